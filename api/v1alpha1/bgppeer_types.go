@@ -1,0 +1,110 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// BGPPeerSpec describes a BGP router the speakers peer with.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.keepaliveTime) || !has(self.holdTime) || duration(self.holdTime) == duration('0s') || duration(self.keepaliveTime) < duration(self.holdTime)",message="keepaliveTime must be shorter than holdTime"
+type BGPPeerSpec struct {
+	// Address of the peer.
+	// +kubebuilder:validation:MaxLength=45
+	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IPv4 or IPv6 address"
+	Address string `json:"address"`
+	// ASN of the peer.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=4294967294
+	ASN int64 `json:"asn"`
+	// LocalASN the speakers use towards this peer.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=4294967294
+	LocalASN int64 `json:"localASN"`
+	// Port of the peer.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +kubebuilder:default=179
+	// +optional
+	Port int32 `json:"port,omitempty"`
+	// HoldTime of the session; 0 disables keepalives, otherwise at least 3s.
+	// +kubebuilder:default="9s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) == duration('0s') || duration(self) >= duration('3s')",message="holdTime must be 0 or at least 3s"
+	// +optional
+	HoldTime *metav1.Duration `json:"holdTime,omitempty"`
+	// KeepaliveTime between keepalive messages.
+	// +kubebuilder:default="3s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s')",message="keepaliveTime must not be negative"
+	// +optional
+	KeepaliveTime *metav1.Duration `json:"keepaliveTime,omitempty"`
+	// ConnectTime is the retry interval for connecting to the peer.
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="connectTime must be at least 1s"
+	// +optional
+	ConnectTime *metav1.Duration `json:"connectTime,omitempty"`
+	// PasswordSecretRef names a Secret whose "password" key holds the TCP MD5 password.
+	// +optional
+	PasswordSecretRef *corev1.SecretReference `json:"passwordSecretRef,omitempty"`
+	// EBGPMultihop allows an eBGP peer more than one hop away.
+	// +optional
+	EBGPMultihop bool `json:"ebgpMultihop,omitempty"`
+	// SourceAddress the session is opened from.
+	// +kubebuilder:validation:MaxLength=45
+	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IPv4 or IPv6 address"
+	// +optional
+	SourceAddress string `json:"sourceAddress,omitempty"`
+	// NodeSelector limits which nodes peer; empty means all.
+	// +optional
+	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
+	// GracefulRestart keeps routes at the peer while a speaker restarts.
+	// +optional
+	GracefulRestart bool `json:"gracefulRestart,omitempty"`
+}
+
+// BGPPeerNodeStatus is one speaker's view of its session.
+type BGPPeerNodeStatus struct {
+	// Node the speaker runs on.
+	Node string `json:"node"`
+	// State of the session (Idle, Connect, Active, OpenSent, OpenConfirm, Established).
+	State string `json:"state"`
+	// Since when the session has been in State.
+	// +optional
+	Since metav1.Time `json:"since,omitempty"`
+	// PrefixesAdvertised to the peer.
+	// +optional
+	PrefixesAdvertised int32 `json:"prefixesAdvertised,omitempty"`
+}
+
+// BGPPeerStatus collects the speakers' session states; each speaker owns its own entry.
+type BGPPeerStatus struct {
+	// +listType=map
+	// +listMapKey=node
+	// +optional
+	Nodes []BGPPeerNodeStatus `json:"nodes,omitempty"`
+}
+
+// BGPPeer is a router that ironlb's speakers announce addresses to.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.spec.address`
+// +kubebuilder:printcolumn:name="ASN",type=integer,JSONPath=`.spec.asn`
+// +kubebuilder:printcolumn:name="Local ASN",type=integer,JSONPath=`.spec.localASN`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type BGPPeer struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec BGPPeerSpec `json:"spec"`
+	// +optional
+	Status BGPPeerStatus `json:"status,omitempty"`
+}
+
+// BGPPeerList is a list of BGPPeers.
+//
+// +kubebuilder:object:root=true
+type BGPPeerList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []BGPPeer `json:"items"`
+}

@@ -1,0 +1,35 @@
+package v1alpha1
+
+// Names shared by ironlb's components and its users' manifests.
+const (
+	// DefaultLoadBalancerClass is the spec.loadBalancerClass ironlb handles by default.
+	DefaultLoadBalancerClass = "ironlb.io/ironlb"
+
+	// AnnotationIPs requests specific addresses, at most one per family: "172.31.10.5,fd31::5".
+	AnnotationIPs = "ironlb.io/ips"
+	// AnnotationPool restricts a Service to the named pools: "public" or "a,b".
+	AnnotationPool = "ironlb.io/pool"
+	// AnnotationSharingKey lets Services in one namespace share an address when their
+	// (protocol, port) pairs do not overlap.
+	AnnotationSharingKey = "ironlb.io/sharing-key"
+	// AnnotationAllocatedFrom is written by ironlb-ccm: the pool the Service's addresses came from.
+	AnnotationAllocatedFrom = "ironlb.io/allocated-from"
+	// AnnotationInternal marks a Service internal: addresses only from Internal pools.
+	AnnotationInternal = "service.beta.kubernetes.io/ironlb-load-balancer-internal"
+
+	// ConditionIPAllocated is the Service condition ironlb-ccm owns.
+	ConditionIPAllocated = "ironlb.io/IPAllocated"
+	// ConditionAnnounced is the Service condition the speakers own.
+	ConditionAnnounced = "ironlb.io/Announced"
+
+	// LoadBalancerCleanupFinalizer is the finalizer every LoadBalancer controller uses, so that
+	// an address is released before its Service disappears.
+	LoadBalancerCleanupFinalizer = "service.kubernetes.io/load-balancer-cleanup"
+
+	// FieldManagerCCM is the server-side apply field manager of ironlb-ccm.
+	FieldManagerCCM = "ironlb-ccm"
+
+	// IPPool condition types.
+	PoolConditionReady    = "Ready"
+	PoolConditionConflict = "Conflict"
+)

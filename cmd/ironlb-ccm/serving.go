@@ -1,0 +1,47 @@
+package main
+
+import (
+	"net"
+	"net/http"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"k8s.io/component-base/metrics/legacyregistry"
+	"k8s.io/klog/v2"
+)
+
+var metricsAddr, healthAddr string
+
+// addServingFlags adds plain-HTTP endpoints for Prometheus and kubelet probes, beside the
+// controller manager's authenticated --secure-port.
+func addServingFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&metricsAddr, "metrics-bind-address", ":10290", "Address for plain-HTTP /metrics; \"0\" disables it.")
+	fs.StringVar(&healthAddr, "health-probe-bind-address", ":10291", "Address for plain-HTTP /healthz and /readyz; \"0\" disables it.")
+}
+
+// startServing starts the endpoints once flags are parsed, before the controller manager runs.
+func startServing(cmd *cobra.Command) {
+	run := cmd.RunE
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		serve("metrics", metricsAddr, map[string]http.Handler{"/metrics": legacyregistry.Handler()})
+		ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+		serve("health", healthAddr, map[string]http.Handler{"/healthz": ok, "/readyz": ok})
+		return run(c, args)
+	}
+}
+
+func serve(what, addr string, routes map[string]http.Handler) {
+	if addr == "" || addr == "0" {
+		return
+	}
+	mux := http.NewServeMux()
+	for path, h := range routes {
+		mux.Handle(path, h)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		klog.Fatalf("listen for %s on %s: %v", what, addr, err)
+	}
+	klog.InfoS("Serving", "what", what, "address", ln.Addr().String())
+	go func() { _ = http.Serve(ln, mux) }()
+}

@@ -1,0 +1,506 @@
+package provider
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/provider/ipam"
+)
+
+// Event reasons on Services.
+const (
+	EventIPAllocated         = "IPAllocated"
+	EventAllocationFailed    = "AllocationFailed"
+	EventIPReleased          = "IPReleased"
+	EventAddressNotInPool    = "AddressNotInPool"
+	EventDeprecatedRequestIP = "DeprecatedLoadBalancerIP"
+)
+
+// ServiceController gives LoadBalancer Services their addresses. It replaces the stock service
+// controller of k8s.io/cloud-provider, which skips every Service that sets a loadBalancerClass:
+// classless Services (with --handle-classless) and Services of ironlb's class go through this
+// one code path, so they behave identically.
+type ServiceController struct {
+	cloud      *Cloud
+	client     kubernetes.Interface
+	services   corelisters.ServiceLister
+	current    cache.MutationCache // the lister plus our own writes the informer has not shown yet
+	namespaces corelisters.NamespaceLister
+	synced     []cache.InformerSynced
+	queue      workqueue.TypedRateLimitingInterface[string]
+	recorder   record.EventRecorder
+	pools      *PoolController
+
+	mu      sync.Mutex
+	waiting map[string]bool // Services that failed for want of an address or a pool
+}
+
+// NewServiceController wires the controller to its informers. The PoolController must be built
+// first: Run waits for both caches before any address is handed out.
+func NewServiceController(cloud *Cloud, client kubernetes.Interface, services coreinformers.ServiceInformer,
+	namespaces coreinformers.NamespaceInformer, pools *PoolController, recorder record.EventRecorder) *ServiceController {
+	c := &ServiceController{
+		cloud:      cloud,
+		client:     client,
+		services:   services.Lister(),
+		namespaces: namespaces.Lister(),
+		synced:     []cache.InformerSynced{services.Informer().HasSynced, namespaces.Informer().HasSynced, pools.HasSynced},
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ironlb-service"}),
+		recorder: recorder,
+		pools:    pools,
+		waiting:  map[string]bool{},
+	}
+	c.current = cache.NewIntegerResourceVersionMutationCacheWithOptions(klog.Background(), services.Informer().GetStore(),
+		cache.MutationCacheOptions{TTL: time.Minute, MaxCacheSize: 20000})
+	lookup := func(ns string) map[string]string {
+		if n, err := c.namespaces.Get(ns); err == nil {
+			return n.Labels
+		}
+		return nil
+	}
+	cloud.lb.namespaceLabels.Store(&lookup)
+	pools.onChange = c.poolsChanged
+	pools.services = func() []*v1.Service {
+		all, _ := c.services.List(everything)
+		return all
+	}
+
+	_, _ = services.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: c.enqueue,
+		UpdateFunc: func(old, cur interface{}) {
+			if serviceChanged(old.(*v1.Service), cur.(*v1.Service)) {
+				c.enqueue(cur)
+			}
+		},
+		DeleteFunc: c.enqueue,
+	})
+	_, _ = namespaces.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, cur interface{}) {
+			o, n := old.(*v1.Namespace), cur.(*v1.Namespace)
+			if !equality.Semantic.DeepEqual(o.Labels, n.Labels) {
+				c.wakeWaiting(func(key string) bool { return strings.HasPrefix(key, n.Name+"/") })
+			}
+		},
+	})
+	return c
+}
+
+// serviceChanged filters out updates that cannot change what ironlb does, such as the status
+// writes of other components.
+func serviceChanged(old, cur *v1.Service) bool {
+	return !equality.Semantic.DeepEqual(old.Spec, cur.Spec) ||
+		!equality.Semantic.DeepEqual(old.Annotations, cur.Annotations) ||
+		!equality.Semantic.DeepEqual(old.Labels, cur.Labels) ||
+		!equality.Semantic.DeepEqual(old.Finalizers, cur.Finalizers) ||
+		!equality.Semantic.DeepEqual(old.DeletionTimestamp, cur.DeletionTimestamp) ||
+		!equality.Semantic.DeepEqual(old.Status.LoadBalancer, cur.Status.LoadBalancer) ||
+		!equality.Semantic.DeepEqual(findCondition(old), findCondition(cur))
+}
+
+func (c *ServiceController) enqueue(obj interface{}) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		utilruntime.HandleError(err)
+		return
+	}
+	c.queue.Add(key)
+}
+
+// Run restores what Services already hold, then serves the queue with the given workers until
+// ctx ends.
+func (c *ServiceController) Run(ctx context.Context, workers int) {
+	defer utilruntime.HandleCrash()
+	defer c.queue.ShutDown()
+	logger := klog.FromContext(ctx)
+
+	if !cache.WaitForNamedCacheSync("ironlb-service", ctx.Done(), c.synced...) {
+		return
+	}
+	c.pools.refresh()
+	// Before any new address is handed out, the allocator learns every address that Services
+	// hold, oldest Service first, so that a restart or a new leader never moves an address.
+	restored, conflicts := c.restore(logger)
+	logger.Info("Restored addresses from Services", "services", restored, "conflicts", conflicts)
+	c.pools.markDirty()
+
+	go c.pools.runStatusWriter(ctx)
+	for i := 0; i < workers; i++ {
+		go wait.UntilWithContext(ctx, c.worker, time.Second)
+	}
+	<-ctx.Done()
+}
+
+func (c *ServiceController) restore(logger klog.Logger) (restored, conflicts int) {
+	all, err := c.services.List(everything)
+	if err != nil {
+		utilruntime.HandleError(err)
+		return 0, 0
+	}
+	sort.Slice(all, func(i, j int) bool {
+		a, b := all[i], all[j]
+		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(&b.CreationTimestamp)
+		}
+		return serviceKey(a) < serviceKey(b)
+	})
+	for _, svc := range all {
+		if !c.cloud.classify.Handles(svc) && !touched(svc) {
+			continue
+		}
+		if len(svc.Status.LoadBalancer.Ingress) == 0 {
+			continue
+		}
+		if err := c.cloud.lb.restore(svc); err != nil {
+			conflicts++
+			logger.Info("Service holds an address another Service already holds", "service", klog.KObj(svc), "err", err)
+			continue
+		}
+		restored++
+	}
+	return restored, conflicts
+}
+
+func (c *ServiceController) worker(ctx context.Context) {
+	for c.processNext(ctx) {
+	}
+}
+
+func (c *ServiceController) processNext(ctx context.Context) bool {
+	key, quit := c.queue.Get()
+	if quit {
+		return false
+	}
+	defer c.queue.Done(key)
+	start := time.Now()
+	err := c.sync(ctx, key)
+	syncDuration.Observe(time.Since(start).Seconds())
+	if err == nil {
+		c.queue.Forget(key)
+		return true
+	}
+	utilruntime.HandleErrorWithContext(ctx, err, "Syncing Service failed; will retry", "service", key)
+	c.queue.AddRateLimited(key)
+	return true
+}
+
+func (c *ServiceController) get(key string) (*v1.Service, bool, error) {
+	obj, exists, err := c.current.GetByKey(key)
+	if err != nil || !exists {
+		return nil, false, err
+	}
+	return obj.(*v1.Service), true, nil
+}
+
+func (c *ServiceController) sync(ctx context.Context, key string) error {
+	svc, exists, err := c.get(key)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		// Gone without our finalizer (it never held an address) or after we removed it.
+		c.forget(key)
+		return nil
+	}
+	if svc.DeletionTimestamp != nil || !c.cloud.classify.Handles(svc) {
+		if !touched(svc) && c.cloud.alloc.Holding(key) == nil {
+			return nil // not ours and never was: untouched
+		}
+		return c.cleanup(ctx, svc)
+	}
+	return c.ensure(ctx, svc)
+}
+
+// touched reports whether ironlb has written to svc.
+func touched(svc *v1.Service) bool {
+	_, ok := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
+	return ok || findCondition(svc) != nil
+}
+
+func findCondition(svc *v1.Service) *metav1.Condition {
+	for i := range svc.Status.Conditions {
+		if svc.Status.Conditions[i].Type == v1alpha1.ConditionIPAllocated {
+			return &svc.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// forget drops a Service that no longer exists.
+func (c *ServiceController) forget(key string) {
+	c.setWaiting(key, false)
+	if freed := c.cloud.alloc.Release(key); len(freed) > 0 {
+		c.addressesFreed()
+	}
+}
+
+// cleanup releases the addresses of a Service that is being deleted or is no longer an ironlb
+// LoadBalancer, and takes back everything ironlb wrote to it.
+func (c *ServiceController) cleanup(ctx context.Context, svc *v1.Service) error {
+	key := serviceKey(svc)
+	c.setWaiting(key, false)
+	held := c.cloud.alloc.Holding(key)
+	freed := c.cloud.alloc.Release(key)
+	if len(held) > 0 {
+		c.recorder.Eventf(svc, v1.EventTypeNormal, EventIPReleased, "Released %s", joinAddrs(held))
+		klog.FromContext(ctx).Info("Released addresses", "service", klog.KObj(svc), "ips", joinAddrs(held))
+	}
+	if len(freed) > 0 {
+		c.addressesFreed()
+	}
+	if len(held) > 0 {
+		c.pools.markDirty()
+	}
+
+	// Applying nothing gives up every field ironlb owns: the ingress, the condition, the
+	// annotation and the finalizer.
+	if svc.DeletionTimestamp == nil && (len(svc.Status.LoadBalancer.Ingress) > 0 || findCondition(svc) != nil) {
+		if err := c.applyStatus(ctx, corev1ac.Service(svc.Name, svc.Namespace).WithStatus(corev1ac.ServiceStatus())); err != nil {
+			return err
+		}
+	}
+	if _, ok := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]; ok || slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer) {
+		updated, err := c.applyMetadata(ctx, corev1ac.Service(svc.Name, svc.Namespace))
+		if err != nil {
+			return err
+		}
+		if updated != nil && slices.Contains(updated.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer) {
+			// Another field manager co-owns the finalizer (e.g. it was added before ironlb
+			// managed the Service). It must not outlive the address.
+			return c.removeFinalizer(ctx, updated)
+		}
+	}
+	return nil
+}
+
+func (c *ServiceController) removeFinalizer(ctx context.Context, svc *v1.Service) error {
+	i := slices.Index(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer)
+	patch := fmt.Sprintf(`[{"op":"test","path":"/metadata/finalizers/%d","value":%q},{"op":"remove","path":"/metadata/finalizers/%d"}]`,
+		i, v1alpha1.LoadBalancerCleanupFinalizer, i)
+	updated, err := c.client.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.JSONPatchType, []byte(patch), metav1.PatchOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove finalizer of %s: %w", serviceKey(svc), err)
+	}
+	c.current.Mutation(updated)
+	return nil
+}
+
+// ensure allocates (or confirms) svc's addresses and writes the outcome to the Service.
+func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
+	key := serviceKey(svc)
+	logger := klog.FromContext(ctx)
+	before := c.cloud.alloc.Holding(key)
+	res, err := c.cloud.lb.ensure(svc)
+	after := res.Addrs
+	var aerr *ipam.Error
+	if err != nil {
+		aerr = allocError(err)
+		allocations.WithLabelValues(string(aerr.Reason)).Inc()
+	}
+	c.setWaiting(key, aerr != nil && aerr.Reason != ipam.ReasonInvalidRequest)
+	if !slices.Equal(before, after) {
+		allocations.WithLabelValues("Allocated").Inc()
+		c.pools.markDirty()
+		if len(before) > 0 {
+			c.addressesFreed() // a Service that moved may have freed what another one waits for
+		}
+	}
+
+	pool := res.Pool
+	if pool == "" && len(after) > 0 {
+		pool = svc.Annotations[v1alpha1.AnnotationAllocatedFrom] // the pool it came from, now gone
+	}
+	cond := allocatedCondition(svc, res, aerr)
+	prev := findCondition(svc)
+
+	// The finalizer goes on before the address shows in the status, so that no address can be
+	// published without being released again.
+	if len(after) > 0 || touched(svc) {
+		wantFinalizer := len(after) > 0
+		hasFinalizer := slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer)
+		ann, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
+		if wantFinalizer != hasFinalizer || wantFinalizer != hasAnn || (wantFinalizer && ann != pool) {
+			ac := corev1ac.Service(svc.Name, svc.Namespace)
+			if wantFinalizer {
+				ac.WithFinalizers(v1alpha1.LoadBalancerCleanupFinalizer).WithAnnotations(map[string]string{v1alpha1.AnnotationAllocatedFrom: pool})
+			}
+			if _, err := c.applyMetadata(ctx, ac); err != nil {
+				return err
+			}
+		}
+	}
+
+	lbStatus := loadBalancerStatus(after, svc)
+	if !equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, lbStatus.Ingress) || !sameCondition(prev, &cond) {
+		st := corev1ac.ServiceStatus().WithConditions(conditionApply(cond))
+		if len(after) > 0 {
+			st.WithLoadBalancer(loadBalancerApply(lbStatus))
+		}
+		if err := c.applyStatus(ctx, corev1ac.Service(svc.Name, svc.Namespace).WithStatus(st)); err != nil {
+			return err
+		}
+	}
+
+	// Events only when something changed, so that resyncs stay quiet.
+	if !slices.Equal(ingressAddrs(svc), after) && len(after) > 0 {
+		msg := fmt.Sprintf("Allocated %s from pool %s", joinAddrs(after), pool)
+		c.recorder.Event(svc, v1.EventTypeNormal, EventIPAllocated, msg)
+		logger.Info("Allocated addresses", "service", klog.KObj(svc), "ips", joinAddrs(after), "pool", pool)
+		if svc.Spec.LoadBalancerIP != "" {
+			c.recorder.Eventf(svc, v1.EventTypeWarning, EventDeprecatedRequestIP,
+				"spec.loadBalancerIP is deprecated; use the annotation %s: %q", v1alpha1.AnnotationIPs, svc.Spec.LoadBalancerIP)
+		}
+	}
+	if !sameCondition(prev, &cond) {
+		switch {
+		case aerr != nil:
+			c.recorder.Eventf(svc, v1.EventTypeWarning, EventAllocationFailed, "%s: %s", aerr.Reason, cond.Message)
+			logger.Info("Allocation failed", "service", klog.KObj(svc), "reason", aerr.Reason, "message", cond.Message)
+		case len(res.Warnings) > 0:
+			c.recorder.Event(svc, v1.EventTypeWarning, EventAddressNotInPool, cond.Message)
+		}
+	}
+	return nil
+}
+
+// allocatedCondition is the ironlb.io/IPAllocated condition for an allocation outcome.
+func allocatedCondition(svc *v1.Service, res ipam.Result, aerr *ipam.Error) metav1.Condition {
+	cond := metav1.Condition{Type: v1alpha1.ConditionIPAllocated, ObservedGeneration: svc.Generation}
+	switch {
+	case aerr != nil:
+		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, string(aerr.Reason), aerr.Message
+		if len(res.Addrs) > 0 {
+			cond.Message += fmt.Sprintf("; the Service keeps %s", joinAddrs(res.Addrs))
+		}
+	case len(res.Warnings) > 0:
+		cond.Status, cond.Reason = metav1.ConditionTrue, EventAddressNotInPool
+		cond.Message = strings.Join(res.Warnings, "; ")
+	default:
+		cond.Status, cond.Reason = metav1.ConditionTrue, "Allocated"
+		cond.Message = fmt.Sprintf("%s from pool %s", joinAddrs(res.Addrs), res.Pool)
+	}
+	cond.LastTransitionTime = metav1.Now()
+	if prev := findCondition(svc); prev != nil && prev.Status == cond.Status {
+		cond.LastTransitionTime = prev.LastTransitionTime
+	}
+	return cond
+}
+
+func sameCondition(a, b *metav1.Condition) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Status == b.Status && a.Reason == b.Reason && a.Message == b.Message && a.ObservedGeneration == b.ObservedGeneration
+}
+
+func conditionApply(c metav1.Condition) *metav1ac.ConditionApplyConfiguration {
+	return metav1ac.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).
+		WithMessage(c.Message).WithObservedGeneration(c.ObservedGeneration).WithLastTransitionTime(c.LastTransitionTime)
+}
+
+func loadBalancerApply(st *v1.LoadBalancerStatus) *corev1ac.LoadBalancerStatusApplyConfiguration {
+	out := corev1ac.LoadBalancerStatus()
+	for _, ing := range st.Ingress {
+		ac := corev1ac.LoadBalancerIngress().WithIP(ing.IP).WithIPMode(*ing.IPMode)
+		for _, p := range ing.Ports {
+			ac.WithPorts(corev1ac.PortStatus().WithPort(p.Port).WithProtocol(p.Protocol))
+		}
+		out.WithIngress(ac)
+	}
+	return out
+}
+
+var applyOptions = metav1.ApplyOptions{FieldManager: v1alpha1.FieldManagerCCM, Force: true}
+
+func (c *ServiceController) applyMetadata(ctx context.Context, ac *corev1ac.ServiceApplyConfiguration) (*v1.Service, error) {
+	updated, err := c.client.CoreV1().Services(*ac.Namespace).Apply(ctx, ac, applyOptions)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write finalizer and annotations of %s/%s: %w", *ac.Namespace, *ac.Name, err)
+	}
+	c.current.Mutation(updated)
+	return updated, nil
+}
+
+func (c *ServiceController) applyStatus(ctx context.Context, ac *corev1ac.ServiceApplyConfiguration) error {
+	updated, err := c.client.CoreV1().Services(*ac.Namespace).ApplyStatus(ctx, ac, applyOptions)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("write status of %s/%s: %w", *ac.Namespace, *ac.Name, err)
+	}
+	c.current.Mutation(updated)
+	return nil
+}
+
+func (c *ServiceController) setWaiting(key string, waiting bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if waiting {
+		c.waiting[key] = true
+	} else {
+		delete(c.waiting, key)
+	}
+	waitingServices.Set(float64(len(c.waiting)))
+}
+
+// wakeWaiting requeues the waiting Services that match. Only Services that wait are retried,
+// never every Service.
+func (c *ServiceController) wakeWaiting(match func(key string) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key := range c.waiting {
+		if match(key) {
+			c.queue.Add(key)
+		}
+	}
+}
+
+func (c *ServiceController) addressesFreed() { c.wakeWaiting(func(string) bool { return true }) }
+
+// poolsChanged is called after the pools changed: waiting Services may now fit, and Services
+// whose address left (or came back into) a pool need their condition updated.
+func (c *ServiceController) poolsChanged(moved []string) {
+	c.addressesFreed()
+	for _, key := range moved {
+		c.queue.Add(key)
+	}
+}
+
+func joinAddrs(addrs []netip.Addr) string {
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
+}

@@ -1,0 +1,121 @@
+package integration
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+)
+
+func addresses(e *env, keys []string) map[string]string {
+	out := map[string]string{}
+	for _, k := range keys {
+		out[k] = strings.Join(ingressIPs(e.get(k)), ",")
+	}
+	return out
+}
+
+func TestRestartWithPendingServicesAndEditedPoolsKeepsEveryAddress(t *testing.T) {
+	e := newEnv(t)
+	e.pool("small", spec("172.31.130.0/29"))
+	first := e.startCCM("first")
+
+	var holders []string
+	for i := 0; i < 8; i++ {
+		key := fmt.Sprintf("holder-%d", i)
+		e.service(key)
+		holders = append(holders, key)
+	}
+	for _, k := range holders {
+		e.waitAllocated(k, 1)
+	}
+	e.service("pending-1")
+	e.waitFailed("pending-1", "PoolExhausted")
+	before := addresses(e, holders)
+	first.stop(syscall.SIGKILL)
+
+	// While ironlb-ccm is down: a pool is added whose addresses sort before the old ones, the
+	// old pool loses half its addresses, more Services wait and one holder is deleted.
+	e.pool("added", spec("172.31.129.0/30"))
+	e.updatePool("small", func(p *v1alpha1.IPPool) { p.Spec.Addresses = []v1alpha1.AddressRange{"172.31.130.0/30"} })
+	e.service("pending-2")
+	e.service("pending-3")
+	e.delete("holder-0")
+	holders = holders[1:]
+	delete(before, "holder-0")
+
+	e.startCCM("second")
+	for _, k := range []string{"pending-1", "pending-2", "pending-3"} {
+		e.waitAllocated(k, 1)
+	}
+	after := addresses(e, holders)
+	for k, ip := range before {
+		if after[k] != ip {
+			t.Errorf("%s moved from %s to %s across the restart", k, ip, after[k])
+		}
+	}
+	seen := map[string]string{}
+	for _, k := range append(holders, "pending-1", "pending-2", "pending-3") {
+		ip := strings.Join(ingressIPs(e.get(k)), ",")
+		if other, dup := seen[ip]; dup {
+			t.Errorf("%s and %s both hold %s", k, other, ip)
+		}
+		seen[ip] = k
+	}
+}
+
+func TestLeaderChangeBetweenTwoReplicasKeepsEveryAddress(t *testing.T) {
+	e := newEnv(t)
+	e.pool("public", spec("172.31.131.0/28"))
+	replicas := map[string]*ccm{"a": e.startCCM("replica-a"), "b": e.startCCM("replica-b")}
+
+	var keys []string
+	for i := 0; i < 6; i++ {
+		key := fmt.Sprintf("svc-%d", i)
+		e.service(key)
+		keys = append(keys, key)
+	}
+	for _, k := range keys {
+		e.waitAllocated(k, 1)
+	}
+	before := addresses(e, keys)
+
+	// Both replicas run on one host, so the lease identity does not tell them apart; the one
+	// that acquired the lease says so in its log.
+	var leader string
+	e.eventually("a leader", func() (bool, string) {
+		for name, r := range replicas {
+			if strings.Contains(tail(r.log, 100000), "successfully acquired lease") {
+				leader = name
+				return true, ""
+			}
+		}
+		return false, "no replica acquired the lease"
+	})
+	replicas[leader].stop(syscall.SIGKILL)
+	standby := replicas[map[string]string{"a": "b", "b": "a"}[leader]]
+	e.eventually("the standby to take over", func() (bool, string) {
+		return strings.Contains(tail(standby.log, 100000), "successfully acquired lease"), "standby has not acquired the lease"
+	})
+	for i := 6; i < 9; i++ {
+		key := fmt.Sprintf("svc-%d", i)
+		e.service(key)
+		e.waitAllocated(key, 1)
+		keys = append(keys, key)
+	}
+	after := addresses(e, keys)
+	for k, ip := range before {
+		if after[k] != ip {
+			t.Errorf("%s moved from %s to %s after the leader (%s) was killed", k, ip, after[k], leader)
+		}
+	}
+	seen := map[string]string{}
+	for _, k := range keys {
+		if other, dup := seen[after[k]]; dup {
+			t.Errorf("%s and %s both hold %s", k, other, after[k])
+		}
+		seen[after[k]] = k
+	}
+}
