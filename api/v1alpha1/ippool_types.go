@@ -19,7 +19,7 @@ const (
 type IPPoolSpec struct {
 	// Addresses are CIDRs and ranges (a-b, one family) the pool hands out.
 	// +kubebuilder:validation:MinItems=1
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=32
 	// +listType=atomic
 	Addresses []AddressRange `json:"addresses"`
 

@@ -3,16 +3,11 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,11 +17,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/testenv"
@@ -46,8 +39,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	_, file, _, _ := runtime.Caller(0)
-	repoRoot = filepath.Join(filepath.Dir(file), "..", "..")
+	var err error
+	if repoRoot, err = testenv.RepoRoot(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	tmp, err := os.MkdirTemp("", "ironlb-integration-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -62,11 +58,8 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		ccmBinary = filepath.Join(tmp, "ironlb-ccm")
-		build := exec.CommandContext(ctx, "go", "build", "-o", ccmBinary, "./cmd/ironlb-ccm")
-		build.Dir = repoRoot
-		build.Stdout, build.Stderr = os.Stderr, os.Stderr
-		if err := build.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build ironlb-ccm:", err)
+		if err := testenv.GoBuild(ctx, repoRoot, "./cmd/ironlb-ccm", ccmBinary); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		return m.Run()
@@ -90,45 +83,10 @@ func newEnv(t *testing.T) *env {
 	e := &env{t: t, api: api, ctx: t.Context()}
 	e.client = kubernetes.NewForConfigOrDie(cfg)
 	e.dyn = dynamic.NewForConfigOrDie(cfg)
-	e.installCRDs()
+	if err := testenv.InstallCRDs(e.ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
 	return e
-}
-
-var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-
-func (e *env) installCRDs() {
-	e.t.Helper()
-	files, err := filepath.Glob(filepath.Join(repoRoot, "deploy", "crds", "*.yaml"))
-	if err != nil || len(files) == 0 {
-		e.t.Fatalf("no CRDs in deploy/crds: %v", err)
-	}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		obj := &unstructured.Unstructured{}
-		if err := yaml.Unmarshal(data, &obj.Object); err != nil {
-			e.t.Fatalf("%s: %v", f, err)
-		}
-		if _, err := e.dyn.Resource(crdResource).Create(e.ctx, obj, metav1.CreateOptions{}); err != nil {
-			e.t.Fatalf("create CRD from %s: %v", filepath.Base(f), err)
-		}
-		e.eventually("CRD "+obj.GetName()+" established", func() (bool, string) {
-			got, err := e.dyn.Resource(crdResource).Get(e.ctx, obj.GetName(), metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error()
-			}
-			conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
-			for _, c := range conds {
-				m := c.(map[string]any)
-				if m["type"] == "Established" && m["status"] == "True" {
-					return true, ""
-				}
-			}
-			return false, "not established"
-		})
-	}
 }
 
 // eventually polls cond until it holds, failing the test with cond's last words after waitTimeout.
@@ -148,22 +106,11 @@ func (e *env) eventually(what string, cond func() (bool, string)) {
 }
 
 // ccm is one ironlb-ccm process.
-type ccm struct {
-	cmd  *exec.Cmd
-	name string
-	log  string
-	done chan struct{}
-	mu   sync.Mutex
-}
+type ccm struct{ *testenv.Process }
 
 // startCCM runs ironlb-ccm with short leader election timers so that a leader change is quick.
 func (e *env) startCCM(name string, args ...string) *ccm {
 	e.t.Helper()
-	logPath := filepath.Join(e.t.TempDir(), name+".log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	all := append([]string{
 		"--kubeconfig=" + e.api.KubeconfigPath(),
 		"--secure-port=0",
@@ -174,59 +121,17 @@ func (e *env) startCCM(name string, args ...string) *ccm {
 		"--leader-elect-retry-period=500ms",
 		"--v=2",
 	}, args...)
-	c := &ccm{name: name, log: logPath, done: make(chan struct{})}
-	c.cmd = exec.Command(ccmBinary, all...)
-	c.cmd.Stdout, c.cmd.Stderr = logFile, logFile
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := c.cmd.Start(); err != nil {
+	p, err := testenv.StartProcess(name, ccmBinary, filepath.Join(e.t.TempDir(), name+".log"), all...)
+	if err != nil {
 		e.t.Fatalf("start ironlb-ccm: %v", err)
 	}
-	go func() {
-		_ = c.cmd.Wait()
-		logFile.Close()
-		close(c.done)
-	}()
 	e.t.Cleanup(func() {
-		c.stop(syscall.SIGKILL)
+		p.Stop()
 		if e.t.Failed() {
-			e.t.Logf("last lines of %s's log:\n%s", name, tail(logPath, 40))
+			e.t.Logf("last lines of %s's log:\n%s", name, p.Tail(40))
 		}
 	})
-	return c
-}
-
-// stop sends sig and waits for the process to exit.
-func (c *ccm) stop(sig syscall.Signal) {
-	select {
-	case <-c.done:
-		return
-	default:
-	}
-	_ = c.cmd.Process.Signal(sig)
-	select {
-	case <-c.done:
-	case <-time.After(20 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-c.done
-	}
-}
-
-func tail(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, "\n")
+	return &ccm{p}
 }
 
 // pool creates an IPPool.

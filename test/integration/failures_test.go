@@ -81,7 +81,8 @@ func TestBadInputIsReportedOnTheServiceAndDisturbsNoOne(t *testing.T) {
 	}
 
 	// A Service that already has an address keeps it when its own new request is bad.
-	e.update("m1", func(s *v1.Service) { s.Annotations[v1alpha1.AnnotationIPs] = "172.31.120.1" })
+	taken := ingressIPs(e.get("m2"))[0]
+	e.update("m1", func(s *v1.Service) { s.Annotations[v1alpha1.AnnotationIPs] = taken })
 	cond := e.waitFailed("m1", "AddressInUse")
 	m1 := e.get("m1")
 	if len(ingressIPs(m1)) != 1 || !strings.Contains(cond.Message, ingressIPs(m1)[0]) {
@@ -95,9 +96,11 @@ func TestBadInputIsReportedOnTheServiceAndDisturbsNoOne(t *testing.T) {
 func TestDeletedOrShrunkPoolNeverMovesAService(t *testing.T) {
 	e := newEnv(t)
 	e.pool("old", spec("172.31.122.0/29"))
-	e.pool("spare", spec("172.31.123.0/29"))
+	spare := spec("172.31.123.0/29")
+	spare.AutoAssign = ptr(false)
+	e.pool("spare", spare)
 	e.startCCM("ccm")
-	e.service("a", withAnnotation(v1alpha1.AnnotationPool, "old"))
+	e.service("a")
 	e.service("b", withAnnotation(v1alpha1.AnnotationIPs, "172.31.122.7"))
 	ipA := ingressIPs(e.waitAllocated("a", 1))[0]
 	e.waitIPs("b", "172.31.122.7")
@@ -114,7 +117,7 @@ func TestDeletedOrShrunkPoolNeverMovesAService(t *testing.T) {
 		c := allocated(e.get("a"))
 		return c != nil && c.Reason == "AddressNotInPool", condString(c)
 	})
-	e.settle("marker")
+	e.settle("marker", withAnnotation(v1alpha1.AnnotationPool, "spare"))
 	if got := ingressIPs(e.get("a")); len(got) != 1 || got[0] != ipA {
 		t.Errorf("a moved from %s to %v after its pool was deleted", ipA, got)
 	}

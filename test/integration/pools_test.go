@@ -18,7 +18,7 @@ func TestAPIServerRejectsMalformedPools(t *testing.T) {
 		addr, want string
 	}{
 		"not-cidr":      {"172.31.1.0/33", "must be a CIDR"},
-		"host-bits":     {"172.31.1.5/24", "did you mean 172.31.1.0/24"},
+		"host-bits":     {"172.31.1.5/24", "must not have host bits set"},
 		"garbage":       {"hello", "must be a CIDR"},
 		"reversed-v4":   {"172.31.1.20-172.31.1.3", "must not be greater"},
 		"reversed-v4-2": {"172.31.2.0-172.31.1.255", "must not be greater"},

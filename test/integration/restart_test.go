@@ -34,7 +34,7 @@ func TestRestartWithPendingServicesAndEditedPoolsKeepsEveryAddress(t *testing.T)
 	e.service("pending-1")
 	e.waitFailed("pending-1", "PoolExhausted")
 	before := addresses(e, holders)
-	first.stop(syscall.SIGKILL)
+	first.Signal(syscall.SIGKILL)
 
 	// While ironlb-ccm is down: a pool is added whose addresses sort before the old ones, the
 	// old pool loses half its addresses, more Services wait and one holder is deleted.
@@ -87,17 +87,17 @@ func TestLeaderChangeBetweenTwoReplicasKeepsEveryAddress(t *testing.T) {
 	var leader string
 	e.eventually("a leader", func() (bool, string) {
 		for name, r := range replicas {
-			if strings.Contains(tail(r.log, 100000), "successfully acquired lease") {
+			if strings.Contains(r.Log(), "Successfully acquired lease") {
 				leader = name
 				return true, ""
 			}
 		}
 		return false, "no replica acquired the lease"
 	})
-	replicas[leader].stop(syscall.SIGKILL)
+	replicas[leader].Signal(syscall.SIGKILL)
 	standby := replicas[map[string]string{"a": "b", "b": "a"}[leader]]
 	e.eventually("the standby to take over", func() (bool, string) {
-		return strings.Contains(tail(standby.log, 100000), "successfully acquired lease"), "standby has not acquired the lease"
+		return strings.Contains(standby.Log(), "Successfully acquired lease"), "standby has not acquired the lease"
 	})
 	for i := 6; i < 9; i++ {
 		key := fmt.Sprintf("svc-%d", i)
