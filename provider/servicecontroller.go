@@ -278,21 +278,10 @@ func (c *ServiceController) cleanup(ctx context.Context, svc *v1.Service) error 
 
 	// Applying nothing gives up every field ironlb owns: the ingress, the condition, the
 	// annotation and the finalizer.
-	if svc.DeletionTimestamp == nil && (len(svc.Status.LoadBalancer.Ingress) > 0 || findCondition(svc) != nil) {
-		if err := c.applyStatus(ctx, corev1ac.Service(svc.Name, svc.Namespace).WithStatus(corev1ac.ServiceStatus())); err != nil {
-			return err
-		}
-	}
-	if _, ok := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]; ok || slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer) {
-		updated, err := c.applyMetadata(ctx, corev1ac.Service(svc.Name, svc.Namespace))
-		if err != nil {
-			return err
-		}
-		if updated != nil && slices.Contains(updated.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer) {
-			// Another field manager co-owns the finalizer (e.g. it was added before ironlb
-			// managed the Service). It must not outlive the address.
-			return c.removeFinalizer(ctx, updated)
-		}
+	_, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
+	if hasAnn || slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer) ||
+		len(svc.Status.LoadBalancer.Ingress) > 0 || findCondition(svc) != nil {
+		return c.write(ctx, svc, nil, "", nil)
 	}
 	return nil
 }
@@ -340,30 +329,13 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	cond := allocatedCondition(svc, res, aerr)
 	prev := findCondition(svc)
 
-	// The finalizer goes on before the address shows in the status, so that no address can be
-	// published without being released again.
-	if len(after) > 0 || touched(svc) {
-		wantFinalizer := len(after) > 0
-		hasFinalizer := slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer)
-		ann, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
-		if wantFinalizer != hasFinalizer || wantFinalizer != hasAnn || (wantFinalizer && ann != pool) {
-			ac := corev1ac.Service(svc.Name, svc.Namespace)
-			if wantFinalizer {
-				ac.WithFinalizers(v1alpha1.LoadBalancerCleanupFinalizer).WithAnnotations(map[string]string{v1alpha1.AnnotationAllocatedFrom: pool})
-			}
-			if _, err := c.applyMetadata(ctx, ac); err != nil {
-				return err
-			}
-		}
-	}
-
-	lbStatus := loadBalancerStatus(after, svc)
-	if !equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, lbStatus.Ingress) || !sameCondition(prev, &cond) {
-		st := corev1ac.ServiceStatus().WithConditions(conditionApply(cond))
-		if len(after) > 0 {
-			st.WithLoadBalancer(loadBalancerApply(lbStatus))
-		}
-		if err := c.applyStatus(ctx, corev1ac.Service(svc.Name, svc.Namespace).WithStatus(st)); err != nil {
+	hasFinalizer := slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer)
+	ann, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
+	holds := len(after) > 0
+	if holds != hasFinalizer || holds != hasAnn || (holds && ann != pool) ||
+		!equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, loadBalancerStatus(after, svc).Ingress) ||
+		!sameCondition(prev, &cond) {
+		if err := c.write(ctx, svc, after, pool, &cond); err != nil {
 			return err
 		}
 	}
@@ -439,27 +411,48 @@ func loadBalancerApply(st *v1.LoadBalancerStatus) *corev1ac.LoadBalancerStatusAp
 
 var applyOptions = metav1.ApplyOptions{FieldManager: v1alpha1.FieldManagerCCM, Force: true}
 
-func (c *ServiceController) applyMetadata(ctx context.Context, ac *corev1ac.ServiceApplyConfiguration) (*v1.Service, error) {
-	updated, err := c.client.CoreV1().Services(*ac.Namespace).Apply(ctx, ac, applyOptions)
-	if apierrors.IsNotFound(err) {
-		return nil, nil
+// write applies everything ironlb owns on a Service in one request: while it holds addresses,
+// the finalizer, the ironlb.io/allocated-from annotation and the ingress; and its condition.
+// Fields left out are given up, so write(svc, nil, "", nil) takes back all of it. The status
+// subresource of a Service resets only spec, so metadata lands in the same write as the status:
+// the address is never published without the finalizer, and each Service costs one write.
+func (c *ServiceController) write(ctx context.Context, svc *v1.Service, addrs []netip.Addr, pool string, cond *metav1.Condition) error {
+	ac := corev1ac.Service(svc.Name, svc.Namespace)
+	st := corev1ac.ServiceStatus()
+	if len(addrs) > 0 {
+		ac.WithFinalizers(v1alpha1.LoadBalancerCleanupFinalizer).WithAnnotations(map[string]string{v1alpha1.AnnotationAllocatedFrom: pool})
+		st.WithLoadBalancer(loadBalancerApply(loadBalancerStatus(addrs, svc)))
 	}
-	if err != nil {
-		return nil, fmt.Errorf("write finalizer and annotations of %s/%s: %w", *ac.Namespace, *ac.Name, err)
+	if cond != nil {
+		st.WithConditions(conditionApply(*cond))
 	}
-	c.current.Mutation(updated)
-	return updated, nil
-}
-
-func (c *ServiceController) applyStatus(ctx context.Context, ac *corev1ac.ServiceApplyConfiguration) error {
-	updated, err := c.client.CoreV1().Services(*ac.Namespace).ApplyStatus(ctx, ac, applyOptions)
+	updated, err := c.client.CoreV1().Services(svc.Namespace).ApplyStatus(ctx, ac.WithStatus(st), applyOptions)
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("write status of %s/%s: %w", *ac.Namespace, *ac.Name, err)
+		return fmt.Errorf("write status of %s: %w", serviceKey(svc), err)
 	}
 	c.current.Mutation(updated)
+
+	hasFinalizer := slices.Contains(updated.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer)
+	switch {
+	case len(addrs) > 0 && !hasFinalizer:
+		// An API server that ignores metadata on the status subresource: add it on its own.
+		meta := corev1ac.Service(svc.Name, svc.Namespace).WithFinalizers(v1alpha1.LoadBalancerCleanupFinalizer).
+			WithAnnotations(map[string]string{v1alpha1.AnnotationAllocatedFrom: pool})
+		updated, err := c.client.CoreV1().Services(svc.Namespace).Apply(ctx, meta, applyOptions)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("write finalizer of %s: %w", serviceKey(svc), err)
+		}
+		if err == nil {
+			c.current.Mutation(updated)
+		}
+	case len(addrs) == 0 && hasFinalizer:
+		// Another field manager co-owns the finalizer (e.g. it was added before ironlb managed
+		// the Service). It must not outlive the address.
+		return c.removeFinalizer(ctx, updated)
+	}
 	return nil
 }
 

@@ -60,7 +60,7 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	defer os.RemoveAll(tmp)
+	defer func() { if os.Getenv("IRONLB_BENCH_KEEP") == "" { os.RemoveAll(tmp) } }()
 	ccm := filepath.Join(tmp, "ironlb-ccm")
 	if err := testenv.GoBuild(ctx, root, "./cmd/ironlb-ccm", ccm); err != nil {
 		fail(err)
