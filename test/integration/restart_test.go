@@ -17,20 +17,43 @@ func addresses(e *env, keys []string) map[string]string {
 	return out
 }
 
+// served creates the Services prefix-from … prefix-(to-1) and waits until each has an address.
+func (e *env) served(prefix string, from, to int) []string {
+	e.t.Helper()
+	var keys []string
+	for i := from; i < to; i++ {
+		keys = append(keys, fmt.Sprintf("%s-%d", prefix, i))
+		e.service(keys[len(keys)-1])
+	}
+	for _, k := range keys {
+		e.waitAllocated(k, 1)
+	}
+	return keys
+}
+
+// checkKeptAndDistinct fails if a Service's address changed or two Services hold one address.
+func checkKeptAndDistinct(t *testing.T, before, after map[string]string, when string) {
+	t.Helper()
+	for k, ip := range before {
+		if after[k] != ip {
+			t.Errorf("%s moved from %s to %s %s", k, ip, after[k], when)
+		}
+	}
+	seen := map[string]string{}
+	for k, ip := range after {
+		if other, dup := seen[ip]; dup {
+			t.Errorf("%s and %s both hold %s", k, other, ip)
+		}
+		seen[ip] = k
+	}
+}
+
 func TestRestartWithPendingServicesAndEditedPoolsKeepsEveryAddress(t *testing.T) {
 	e := newEnv(t)
 	e.pool("small", spec("172.31.130.0/29"))
 	first := e.startCCM("first")
 
-	var holders []string
-	for i := 0; i < 8; i++ {
-		key := fmt.Sprintf("holder-%d", i)
-		e.service(key)
-		holders = append(holders, key)
-	}
-	for _, k := range holders {
-		e.waitAllocated(k, 1)
-	}
+	holders := e.served("holder", 0, 8)
 	e.service("pending-1")
 	e.waitFailed("pending-1", "PoolExhausted")
 	before := addresses(e, holders)
@@ -50,20 +73,8 @@ func TestRestartWithPendingServicesAndEditedPoolsKeepsEveryAddress(t *testing.T)
 	for _, k := range []string{"pending-1", "pending-2", "pending-3"} {
 		e.waitAllocated(k, 1)
 	}
-	after := addresses(e, holders)
-	for k, ip := range before {
-		if after[k] != ip {
-			t.Errorf("%s moved from %s to %s across the restart", k, ip, after[k])
-		}
-	}
-	seen := map[string]string{}
-	for _, k := range append(holders, "pending-1", "pending-2", "pending-3") {
-		ip := strings.Join(ingressIPs(e.get(k)), ",")
-		if other, dup := seen[ip]; dup {
-			t.Errorf("%s and %s both hold %s", k, other, ip)
-		}
-		seen[ip] = k
-	}
+	after := addresses(e, append(holders, "pending-1", "pending-2", "pending-3"))
+	checkKeptAndDistinct(t, before, after, "across the restart")
 }
 
 func TestLeaderChangeBetweenTwoReplicasKeepsEveryAddress(t *testing.T) {
@@ -71,15 +82,7 @@ func TestLeaderChangeBetweenTwoReplicasKeepsEveryAddress(t *testing.T) {
 	e.pool("public", spec("172.31.131.0/28"))
 	replicas := map[string]*ccm{"a": e.startCCM("replica-a"), "b": e.startCCM("replica-b")}
 
-	var keys []string
-	for i := 0; i < 6; i++ {
-		key := fmt.Sprintf("svc-%d", i)
-		e.service(key)
-		keys = append(keys, key)
-	}
-	for _, k := range keys {
-		e.waitAllocated(k, 1)
-	}
+	keys := e.served("svc", 0, 6)
 	before := addresses(e, keys)
 
 	// Both replicas run on one host, so the lease identity does not tell them apart; the one
@@ -99,23 +102,6 @@ func TestLeaderChangeBetweenTwoReplicasKeepsEveryAddress(t *testing.T) {
 	e.eventually("the standby to take over", func() (bool, string) {
 		return strings.Contains(standby.Log(), "Successfully acquired lease"), "standby has not acquired the lease"
 	})
-	for i := 6; i < 9; i++ {
-		key := fmt.Sprintf("svc-%d", i)
-		e.service(key)
-		e.waitAllocated(key, 1)
-		keys = append(keys, key)
-	}
-	after := addresses(e, keys)
-	for k, ip := range before {
-		if after[k] != ip {
-			t.Errorf("%s moved from %s to %s after the leader (%s) was killed", k, ip, after[k], leader)
-		}
-	}
-	seen := map[string]string{}
-	for _, k := range keys {
-		if other, dup := seen[after[k]]; dup {
-			t.Errorf("%s and %s both hold %s", k, other, after[k])
-		}
-		seen[after[k]] = k
-	}
+	keys = append(keys, e.served("svc", 6, 9)...)
+	checkKeptAndDistinct(t, before, addresses(e, keys), "after the leader ("+leader+") was killed")
 }
