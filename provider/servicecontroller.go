@@ -76,7 +76,7 @@ func NewServiceController(cloud *Cloud, client kubernetes.Interface, services co
 		waiting:  map[string]bool{},
 	}
 	c.current = cache.NewIntegerResourceVersionMutationCacheWithOptions(klog.Background(), services.Informer().GetStore(),
-		cache.MutationCacheOptions{TTL: time.Minute, MaxCacheSize: 20000})
+		cache.MutationCacheOptions{TTL: 30 * time.Second, MaxCacheSize: 4096})
 	lookup := func(ns string) map[string]string {
 		if n, err := c.namespaces.Get(ns); err == nil {
 			return n.Labels
