@@ -56,8 +56,15 @@ func (lb *loadBalancer) UpdateLoadBalancer(context.Context, string, *v1.Service,
 
 // EnsureLoadBalancerDeleted releases the Service's addresses.
 func (lb *loadBalancer) EnsureLoadBalancerDeleted(_ context.Context, _ string, svc *v1.Service) error {
-	lb.cloud.alloc.Release(serviceKey(svc))
+	lb.release(serviceKey(svc))
 	return nil
+}
+
+// release frees what the Service holds. held is everything it held; freed is what no other
+// Service holds (a shared address stays until its last holder goes).
+func (lb *loadBalancer) release(key string) (held, freed []netip.Addr) {
+	held = lb.cloud.alloc.Holding(key)
+	return held, lb.cloud.alloc.Release(key)
 }
 
 // ensure runs the allocator for svc. On failure the result still carries the addresses the

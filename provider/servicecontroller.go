@@ -253,8 +253,11 @@ func findCondition(svc *v1.Service) *metav1.Condition {
 // forget drops a Service that no longer exists.
 func (c *ServiceController) forget(key string) {
 	c.setWaiting(key, false)
-	if freed := c.cloud.alloc.Release(key); len(freed) > 0 {
-		c.addressesFreed()
+	if held, freed := c.cloud.lb.release(key); len(held) > 0 {
+		c.pools.markDirty()
+		if len(freed) > 0 {
+			c.addressesFreed()
+		}
 	}
 }
 
@@ -263,17 +266,14 @@ func (c *ServiceController) forget(key string) {
 func (c *ServiceController) cleanup(ctx context.Context, svc *v1.Service) error {
 	key := serviceKey(svc)
 	c.setWaiting(key, false)
-	held := c.cloud.alloc.Holding(key)
-	freed := c.cloud.alloc.Release(key)
+	held, freed := c.cloud.lb.release(key)
 	if len(held) > 0 {
 		c.recorder.Eventf(svc, v1.EventTypeNormal, EventIPReleased, "Released %s", joinAddrs(held))
 		klog.FromContext(ctx).Info("Released addresses", "service", klog.KObj(svc), "ips", joinAddrs(held))
+		c.pools.markDirty()
 	}
 	if len(freed) > 0 {
 		c.addressesFreed()
-	}
-	if len(held) > 0 {
-		c.pools.markDirty()
 	}
 
 	// Applying nothing gives up every field ironlb owns: the ingress, the condition, the
