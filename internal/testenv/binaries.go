@@ -46,15 +46,21 @@ const (
 	lockWait = 40 * time.Minute
 )
 
-// Binaries returns the upstream kube-apiserver, etcd, kube-proxy and
-// kube-controller-manager, built from the versions pinned in e2e/go.mod.
+// Binaries returns the paths of the upstream kube-apiserver, etcd, kube-proxy
+// and kube-controller-manager, built from the versions pinned in e2e/go.mod.
+// Only the binaries named in want (by file name, e.g. "kube-proxy") are built
+// if missing; with no want, kube-apiserver and etcd, which is all a control
+// plane for integration tests needs.
 //
 // They are cached in $IRONLB_CACHE_DIR/<key>/ or, without that variable, in
 // os.UserCacheDir()/ironlb/upstream/<key>/, where the key names the
 // Kubernetes, etcd and Go versions. A cache hit costs a few stat calls and one
-// `go env`. A miss builds all four under an exclusive lock on the cache
+// `go env`. A miss builds what is missing under an exclusive lock on the cache
 // directory, so test packages running in parallel build them once.
-func Binaries(ctx context.Context) (Bins, error) {
+func Binaries(ctx context.Context, want ...string) (Bins, error) {
+	if len(want) == 0 {
+		want = []string{"kube-apiserver", "etcd"}
+	}
 	e2eDir, err := findE2EModule()
 	if err != nil {
 		return Bins{}, err
@@ -76,7 +82,7 @@ func Binaries(ctx context.Context) (Bins, error) {
 	for _, u := range upstream {
 		*u.path(&bins) = filepath.Join(dir, u.name)
 	}
-	if missing := missingBinaries(bins); len(missing) == 0 {
+	if missing := missingBinaries(bins, want); len(missing) == 0 {
 		return bins, nil
 	}
 
@@ -90,7 +96,7 @@ func Binaries(ctx context.Context) (Bins, error) {
 	defer unlock()
 
 	// Another process may have built them while this one waited for the lock.
-	missing := missingBinaries(bins)
+	missing := missingBinaries(bins, want)
 	if len(missing) == 0 {
 		return bins, nil
 	}
@@ -173,11 +179,14 @@ func cacheDir(key string) (string, error) {
 	return filepath.Join(dir, "ironlb", "upstream", key), nil
 }
 
-// missingBinaries lists the packages whose binary is not in the cache yet.
+// missingBinaries lists the packages of want whose binary is not in the cache yet.
 // Binaries are renamed into place whole, so existing means complete.
-func missingBinaries(bins Bins) []string {
+func missingBinaries(bins Bins, want []string) []string {
 	var missing []string
 	for _, u := range upstream {
+		if !slices.Contains(want, u.name) {
+			continue
+		}
 		if fi, err := os.Stat(*u.path(&bins)); err != nil || !fi.Mode().IsRegular() {
 			missing = append(missing, u.pkg)
 		}
