@@ -124,9 +124,6 @@ func (p *Process) Signal(sig syscall.Signal) {
 // Stop kills the process.
 func (p *Process) Stop() { p.c.stop() }
 
-// Exited reports whether the process has ended.
-func (p *Process) Exited() bool { return p.c.exited() }
-
 // Log returns the whole log so far.
 func (p *Process) Log() string {
 	b, err := os.ReadFile(p.c.logPath)
