@@ -36,7 +36,7 @@ vet:
 test: verify-generate vet test-unit test-integration
 
 test-unit:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /test/)
 
 test-integration:
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/integration/
