@@ -251,29 +251,28 @@ func findCondition(svc *v1.Service) *metav1.Condition {
 }
 
 // forget drops a Service that no longer exists.
-func (c *ServiceController) forget(key string) {
+func (c *ServiceController) forget(key string) { c.release(key) }
+
+// release frees what the Service holds, updates the pool counts and wakes the Services waiting
+// for an address. It returns what the Service held.
+func (c *ServiceController) release(key string) []netip.Addr {
 	c.setWaiting(key, false)
-	if held, freed := c.cloud.lb.release(key); len(held) > 0 {
+	held, freed := c.cloud.lb.release(key)
+	if len(held) > 0 {
 		c.pools.markDirty()
-		if len(freed) > 0 {
-			c.addressesFreed()
-		}
 	}
+	if len(freed) > 0 {
+		c.addressesFreed()
+	}
+	return held
 }
 
 // cleanup releases the addresses of a Service that is being deleted or is no longer an ironlb
 // LoadBalancer, and takes back everything ironlb wrote to it.
 func (c *ServiceController) cleanup(ctx context.Context, svc *v1.Service) error {
-	key := serviceKey(svc)
-	c.setWaiting(key, false)
-	held, freed := c.cloud.lb.release(key)
-	if len(held) > 0 {
+	if held := c.release(serviceKey(svc)); len(held) > 0 {
 		c.recorder.Eventf(svc, v1.EventTypeNormal, EventIPReleased, "Released %s", joinAddrs(held))
 		klog.FromContext(ctx).Info("Released addresses", "service", klog.KObj(svc), "ips", joinAddrs(held))
-		c.pools.markDirty()
-	}
-	if len(freed) > 0 {
-		c.addressesFreed()
 	}
 
 	// Applying nothing gives up every field ironlb owns: the ingress, the condition, the
@@ -281,7 +280,7 @@ func (c *ServiceController) cleanup(ctx context.Context, svc *v1.Service) error 
 	_, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
 	if hasAnn || slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer) ||
 		len(svc.Status.LoadBalancer.Ingress) > 0 || findCondition(svc) != nil {
-		return c.write(ctx, svc, nil, "", nil)
+		return c.write(ctx, svc, &v1.LoadBalancerStatus{}, "", nil)
 	}
 	return nil
 }
@@ -332,10 +331,11 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	hasFinalizer := slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer)
 	ann, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
 	holds := len(after) > 0
+	lbStatus := loadBalancerStatus(after, svc)
 	if holds != hasFinalizer || holds != hasAnn || (holds && ann != pool) ||
-		!equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, loadBalancerStatus(after, svc).Ingress) ||
+		!equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, lbStatus.Ingress) ||
 		!sameCondition(prev, &cond) {
-		if err := c.write(ctx, svc, after, pool, &cond); err != nil {
+		if err := c.write(ctx, svc, lbStatus, pool, &cond); err != nil {
 			return err
 		}
 	}
@@ -413,15 +413,17 @@ var applyOptions = metav1.ApplyOptions{FieldManager: v1alpha1.FieldManagerCCM, F
 
 // write applies everything ironlb owns on a Service in one request: while it holds addresses,
 // the finalizer, the ironlb.io/allocated-from annotation and the ingress; and its condition.
-// Fields left out are given up, so write(svc, nil, "", nil) takes back all of it. The status
-// subresource of a Service resets only spec, so metadata lands in the same write as the status:
-// the address is never published without the finalizer, and each Service costs one write.
-func (c *ServiceController) write(ctx context.Context, svc *v1.Service, addrs []netip.Addr, pool string, cond *metav1.Condition) error {
+// Fields left out are given up, so writing no ingress and no condition takes back all of it.
+// The status subresource of a Service resets only spec, so metadata lands in the same write as
+// the status: the address is never published without the finalizer, and each Service costs one
+// write.
+func (c *ServiceController) write(ctx context.Context, svc *v1.Service, lb *v1.LoadBalancerStatus, pool string, cond *metav1.Condition) error {
+	holds := len(lb.Ingress) > 0
 	ac := corev1ac.Service(svc.Name, svc.Namespace)
 	st := corev1ac.ServiceStatus()
-	if len(addrs) > 0 {
+	if holds {
 		ac.WithFinalizers(v1alpha1.LoadBalancerCleanupFinalizer).WithAnnotations(map[string]string{v1alpha1.AnnotationAllocatedFrom: pool})
-		st.WithLoadBalancer(loadBalancerApply(loadBalancerStatus(addrs, svc)))
+		st.WithLoadBalancer(loadBalancerApply(lb))
 	}
 	if cond != nil {
 		st.WithConditions(conditionApply(*cond))
@@ -435,22 +437,12 @@ func (c *ServiceController) write(ctx context.Context, svc *v1.Service, addrs []
 	}
 	c.current.Mutation(updated)
 
-	hasFinalizer := slices.Contains(updated.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer)
-	switch {
-	case len(addrs) > 0 && !hasFinalizer:
-		// An API server that ignores metadata on the status subresource: add it on its own.
-		meta := corev1ac.Service(svc.Name, svc.Namespace).WithFinalizers(v1alpha1.LoadBalancerCleanupFinalizer).
-			WithAnnotations(map[string]string{v1alpha1.AnnotationAllocatedFrom: pool})
-		updated, err := c.client.CoreV1().Services(svc.Namespace).Apply(ctx, meta, applyOptions)
-		if err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("write finalizer of %s: %w", serviceKey(svc), err)
-		}
-		if err == nil {
-			c.current.Mutation(updated)
-		}
-	case len(addrs) == 0 && hasFinalizer:
-		// Another field manager co-owns the finalizer (e.g. it was added before ironlb managed
-		// the Service). It must not outlive the address.
+	switch hasFinalizer := slices.Contains(updated.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer); {
+	case holds && !hasFinalizer:
+		return fmt.Errorf("write status of %s: the API server dropped the finalizer written with it", serviceKey(svc))
+	case !holds && hasFinalizer:
+		// Another field manager co-owns the finalizer (e.g. the Service's manifest lists it).
+		// It must not outlive the address.
 		return c.removeFinalizer(ctx, updated)
 	}
 	return nil

@@ -1,12 +1,14 @@
 package integration
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
@@ -146,6 +148,16 @@ func TestTypeChangeAndDeletionReleaseTheAddressAndFinalizer(t *testing.T) {
 	})
 	e.service("next")
 	e.waitIPs("next", addrB)
+
+	// A manifest may list the cleanup finalizer itself; deleting that Service still completes.
+	e.delete("next")
+	e.service("listed", func(s *v1.Service) { s.Finalizers = []string{v1alpha1.LoadBalancerCleanupFinalizer} })
+	e.waitIPs("listed", addrB)
+	e.delete("listed")
+	e.eventually("listed to be gone", func() (bool, string) {
+		_, err := e.client.CoreV1().Services("default").Get(e.ctx, "listed", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), fmt.Sprintf("get: %v", err)
+	})
 }
 
 func TestInternalServicesUseInternalPools(t *testing.T) {
