@@ -46,17 +46,17 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
 
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		fail(err)
+	}
 	var rows []row
 	if !*skipAlloc {
-		r, err := allocatorRows(ctx)
+		r, err := allocatorRows(ctx, root)
 		if err != nil {
 			fail(err)
 		}
 		rows = append(rows, r...)
-	}
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		fail(err)
 	}
 	tmp, err := os.MkdirTemp("", "ironlb-bench-")
 	if err != nil {
@@ -100,11 +100,7 @@ func fail(err error) {
 var benchLine = regexp.MustCompile(`^BenchmarkAllocate/(\S+?)(-\d+)?\s+\d+\s+([\d.]+) ns/op\s+([\d.]+) B/op\s+(\d+) allocs/op`)
 
 // allocatorRows runs the allocator's Go benchmarks and keeps ns/op and allocs/op.
-func allocatorRows(ctx context.Context) ([]row, error) {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		return nil, err
-	}
+func allocatorRows(ctx context.Context, root string) ([]row, error) {
 	cmd := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", "BenchmarkAllocate", "-benchmem", "-count", "1", "./provider/ipam/")
 	cmd.Dir = root
 	cmd.Stderr = os.Stderr
