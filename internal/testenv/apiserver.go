@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -56,6 +57,8 @@ type config struct {
 	serviceCIDRs []netip.Prefix
 	extraArgs    []string
 	startTimeout time.Duration
+	detached     bool
+	users        map[string][]string
 }
 
 // WithBinaries uses bins instead of calling Binaries.
@@ -82,6 +85,24 @@ func WithAPIServerArgs(args ...string) Option {
 	return func(c *config) { c.extraArgs = append(c.extraArgs, args...) }
 }
 
+// WithDetached lets etcd and kube-apiserver outlive this process (the lab
+// starts them from a command that exits); Processes tells their ids.
+func WithDetached() Option {
+	return func(c *config) { c.detached = true }
+}
+
+// WithUser adds a user with a static token in the given groups, for a
+// component that should run with its own identity; KubeconfigFor writes its
+// kubeconfig.
+func WithUser(name string, groups ...string) Option {
+	return func(c *config) {
+		if c.users == nil {
+			c.users = map[string][]string{}
+		}
+		c.users[name] = groups
+	}
+}
+
 // WithStartTimeout bounds how long Start waits for etcd and kube-apiserver to
 // become ready (default 60 s). Building the binaries is not included.
 func WithStartTimeout(d time.Duration) Option {
@@ -94,6 +115,7 @@ type APIServer struct {
 	ownDir       bool // Start created dir, so Stop removes it
 	url          string
 	token        string
+	users        map[string]string // user name -> token
 	caData       []byte
 	kubeconfig   string
 	serviceCIDRs []netip.Prefix
@@ -194,8 +216,18 @@ func startOnce(ctx context.Context, dir string, cfg config) (s *APIServer, err e
 	if err != nil {
 		return nil, err
 	}
+	tokens := fmt.Sprintf("%s,%s,%s,system:masters\n", token, adminUser, adminUser)
+	users := map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(cfg.users)) {
+		t, err := randomToken()
+		if err != nil {
+			return nil, err
+		}
+		users[name] = t
+		tokens += fmt.Sprintf("%s,%s,%s,%q\n", t, name, name, strings.Join(cfg.users[name], ","))
+	}
 	tokenFile := filepath.Join(dir, "tokens.csv")
-	if err := os.WriteFile(tokenFile, []byte(fmt.Sprintf("%s,%s,%s,system:masters\n", token, adminUser, adminUser)), 0o600); err != nil {
+	if err := os.WriteFile(tokenFile, []byte(tokens), 0o600); err != nil {
 		return nil, err
 	}
 	saKey := filepath.Join(dir, "service-account.key")
@@ -218,6 +250,7 @@ func startOnce(ctx context.Context, dir string, cfg config) (s *APIServer, err e
 		dir:          dir,
 		url:          "https://" + net.JoinHostPort(cfg.address.String(), strconv.Itoa(apiPorts[0])),
 		token:        token,
+		users:        users,
 		kubeconfig:   filepath.Join(dir, "kubeconfig"),
 		serviceCIDRs: cfg.serviceCIDRs,
 	}
@@ -227,7 +260,7 @@ func startOnce(ctx context.Context, dir string, cfg config) (s *APIServer, err e
 		}
 	}()
 
-	s.etcd, err = startChild("etcd", cfg.bins.Etcd, filepath.Join(dir, "etcd.log"),
+	s.etcd, err = startChild("etcd", cfg.bins.Etcd, filepath.Join(dir, "etcd.log"), cfg.detached,
 		"--name=testenv",
 		"--data-dir="+etcdData,
 		"--listen-client-urls="+clientURL,
@@ -266,14 +299,14 @@ func startOnce(ctx context.Context, dir string, cfg config) (s *APIServer, err e
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-cluster-ip-range=" + strings.Join(cidrs, ","),
 	}, cfg.extraArgs...)
-	s.apiserver, err = startChild("kube-apiserver", cfg.bins.KubeAPIServer, filepath.Join(dir, "kube-apiserver.log"), args...)
+	s.apiserver, err = startChild("kube-apiserver", cfg.bins.KubeAPIServer, filepath.Join(dir, "kube-apiserver.log"), cfg.detached, args...)
 	if err != nil {
 		return s, err
 	}
 
 	// kube-apiserver writes its self-signed certificate to the cert dir
 	// before it serves; until that file parses there is nothing to trust.
-	certFile := filepath.Join(certDir, "apiserver.crt")
+	certFile := s.CAPath()
 	client := func() (*http.Client, error) {
 		ca, err := os.ReadFile(certFile)
 		if err != nil {
@@ -392,15 +425,40 @@ func writeServiceAccountKey(path string) error {
 }
 
 func (s *APIServer) writeKubeconfig() error {
+	return writeKubeconfig(s.kubeconfig, s.url, s.caData, adminUser, s.token)
+}
+
+func writeKubeconfig(path, url string, ca []byte, user, token string) error {
 	kc := clientcmdapi.NewConfig()
-	kc.Clusters["testenv"] = &clientcmdapi.Cluster{Server: s.url, CertificateAuthorityData: s.caData}
-	kc.AuthInfos[adminUser] = &clientcmdapi.AuthInfo{Token: s.token}
-	kc.Contexts["testenv"] = &clientcmdapi.Context{Cluster: "testenv", AuthInfo: adminUser}
+	kc.Clusters["testenv"] = &clientcmdapi.Cluster{Server: url, CertificateAuthorityData: ca}
+	kc.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: token}
+	kc.Contexts["testenv"] = &clientcmdapi.Context{Cluster: "testenv", AuthInfo: user}
 	kc.CurrentContext = "testenv"
-	if err := clientcmd.WriteToFile(*kc, s.kubeconfig); err != nil {
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
 		return fmt.Errorf("write kubeconfig: %w", err)
 	}
 	return nil
+}
+
+// KubeconfigFor writes a kubeconfig for a user added with WithUser to path.
+func (s *APIServer) KubeconfigFor(user, path string) error {
+	token, ok := s.users[user]
+	if !ok {
+		return fmt.Errorf("kubeconfig for %s: no such user (add it with WithUser)", user)
+	}
+	return writeKubeconfig(path, s.url, s.caData, user, token)
+}
+
+// CAPath is the file holding the certificate kube-apiserver serves.
+func (s *APIServer) CAPath() string { return filepath.Join(s.dir, "pki", "apiserver.crt") }
+
+// ServiceAccountKeyPath is the key kube-apiserver signs and verifies
+// service account tokens with.
+func (s *APIServer) ServiceAccountKeyPath() string { return filepath.Join(s.dir, "service-account.key") }
+
+// Processes are etcd and kube-apiserver.
+func (s *APIServer) Processes() []*Process {
+	return []*Process{{c: s.etcd}, {c: s.apiserver}}
 }
 
 // Config returns a new client config for a user in group system:masters.

@@ -95,17 +95,39 @@ func waitEstablished(ctx context.Context, dyn dynamic.Interface, name string) er
 }
 
 // Process is a program under test (ironlb-ccm), run like the upstream children: in its own
-// process group, dying with this process, output in a log file.
+// process group, dying with this process, output appended to a log file.
 type Process struct{ c *child }
 
 // StartProcess runs bin with args, logging to logPath.
 func StartProcess(name, bin, logPath string, args ...string) (*Process, error) {
-	c, err := startChild(name, bin, logPath, args...)
+	c, err := startChild(name, bin, logPath, false, args...)
 	if err != nil {
 		return nil, err
 	}
 	return &Process{c: c}, nil
 }
+
+// StartDetached is StartProcess for a process that outlives this one, in a
+// session of its own; whoever stops it later needs its Pid.
+func StartDetached(name, bin, logPath string, args ...string) (*Process, error) {
+	c, err := startChild(name, bin, logPath, true, args...)
+	if err != nil {
+		return nil, err
+	}
+	return &Process{c: c}, nil
+}
+
+// Name is the name the process was started with.
+func (p *Process) Name() string { return p.c.name }
+
+// Pid is the process id, which is also its process group id.
+func (p *Process) Pid() int { return p.c.cmd.Process.Pid }
+
+// LogPath is the file its output goes to.
+func (p *Process) LogPath() string { return p.c.logPath }
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool { return p.c.exited() }
 
 // Signal sends sig and waits, bounded, for the process to exit; it is killed if it does not.
 func (p *Process) Signal(sig syscall.Signal) {

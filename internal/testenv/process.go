@@ -19,10 +19,12 @@ type child struct {
 	err     error         // from Wait, valid after done is closed
 }
 
-// startChild runs bin in its own process group, which dies with this process
-// (Pdeathsig) and which stop kills as a whole.
-func startChild(name, bin, logPath string, args ...string) (*child, error) {
-	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+// startChild runs bin in its own process group, which stop kills as a whole.
+// Unless detached, the group dies with this process (Pdeathsig); a detached
+// child gets its own session and outlives it. Output is appended to logPath,
+// so a restarted process continues its log.
+func startChild(name, bin, logPath string, detached bool, args ...string) (*child, error) {
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -31,6 +33,9 @@ func startChild(name, bin, logPath string, args ...string) (*child, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if detached {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}

@@ -1,0 +1,138 @@
+// Command lab brings up, shows and removes ironlb's bare-metal lab: a
+// Kubernetes control plane, nodes with kube-proxy, an FRR router and clients
+// in network namespaces. It needs root.
+//
+//	lab up     [--name lab] [--nodes 3] [--no-sample]
+//	lab status [--name lab]
+//	lab down   [--name lab | --all]
+//	lab build  (the upstream binaries only)
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ironlb/ironlb/e2e/lab"
+	"github.com/ironlb/ironlb/internal/testenv"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cmd, args := os.Args[1], os.Args[2:]
+	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
+	name := fs.String("name", "lab", "lab name")
+	var err error
+	switch cmd {
+	case "up":
+		nodes := fs.Int("nodes", 3, "number of nodes")
+		noSample := fs.Bool("no-sample", false, "do not create the sample pool and Service")
+		fs.Parse(args)
+		err = up(ctx, *name, *nodes, !*noSample)
+	case "down":
+		all := fs.Bool("all", false, "take every lab down")
+		fs.Parse(args)
+		err = down(ctx, *name, *all)
+	case "status":
+		fs.Parse(args)
+		err = status(*name)
+	case "build":
+		fs.Parse(args)
+		_, err = testenv.Binaries(ctx, "kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager")
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lab %s: %v\n", cmd, err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: lab up|status|down|build [--name NAME] (see the README)")
+	os.Exit(2)
+}
+
+func up(ctx context.Context, name string, nodes int, sample bool) error {
+	l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: nodes, CCM: true, Progress: os.Stdout})
+	if err != nil {
+		return err
+	}
+	if sample {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		if err := l.Sample(sctx, os.Stdout); err != nil {
+			return fmt.Errorf("%w\n(the lab is still up: lab status --name %s; lab down --name %s)", err, name, name)
+		}
+	}
+	fmt.Printf(`
+The lab is up. Look around:
+  export KUBECONFIG=%s
+  kubectl get nodes,services -o wide      (any kubectl; the API server is v1.37)
+  ip netns exec %s bash                   (a shell on the LAN client; nodes: %s-node1..%d)
+  ip netns exec %s vtysh --vty_socket %s/frr -c 'show ip route'
+  logs: %s/logs/ and %s/control-plane/*.log
+Take it down with: make lab-down
+`, l.Dir()+"/kubeconfig", l.ClientNS(), l.Prefix(), l.Nodes, l.RouterNS(), l.Dir(), l.Dir(), l.Dir())
+	return nil
+}
+
+func down(ctx context.Context, name string, all bool) error {
+	if !all {
+		return lab.Down(ctx, name, "")
+	}
+	states, err := lab.List("")
+	if err != nil {
+		return err
+	}
+	for _, s := range states {
+		if err := lab.Down(ctx, s.Name, ""); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func status(name string) error {
+	l, err := lab.Open(name, "")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("lab %s: slot %d, %d nodes, state in %s\n", l.Name(), l.Index, l.Nodes, l.Dir())
+	fmt.Printf("API server: %s  (KUBECONFIG=%s/kubeconfig)\n\nnamespaces:\n", l.RESTConfig.Host, l.Dir())
+	present := map[string]bool{}
+	for _, ns := range lab.ExistingNamespaces(context.Background(), l.Plan) {
+		present[ns] = true
+	}
+	for _, ns := range l.Namespaces() {
+		fmt.Printf("  %-20s %s\n", ns, map[bool]string{true: "present", false: "MISSING"}[present[ns]])
+	}
+	fmt.Printf("\nprocesses:\n")
+	for _, p := range l.Processes() {
+		where := p.Namespace
+		if where == "" {
+			where = "(root)"
+		}
+		state := "running"
+		if !p.Alive() {
+			state = "STOPPED"
+		}
+		fmt.Printf("  %-26s pid %-8d %-8s %-20s %s\n", p.Name, p.Pid, state, where, p.Log)
+	}
+	if eps := l.AllEndpoints(); len(eps) > 0 {
+		fmt.Printf("\nendpoints:\n")
+		for _, e := range eps {
+			fmt.Printf("  %-12s %-20s node%d  %s  ready=%t serving=%t terminating=%t\n", e.Name, e.Service, e.Node, strings.Join(e.Addrs, ","), e.Ready, e.Serving, e.Terminating)
+		}
+	}
+	return nil
+}

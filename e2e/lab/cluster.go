@@ -1,0 +1,297 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/ironlb/ironlb/internal/testenv"
+)
+
+const (
+	kubeProxyUser = "system:kube-proxy" // bound to system:node-proxier by bootstrap RBAC
+	kcmUser       = "system:kube-controller-manager"
+)
+
+// buildBinaries builds or finds the upstream binaries (cached by version)
+// and builds ironlb-ccm and the echo backend, all at once.
+func (l *Lab) buildBinaries(ctx context.Context) error {
+	repo, err := testenv.RepoRoot()
+	if err != nil {
+		return err
+	}
+	bin := filepath.Join(l.dir, "bin")
+	l.bins.CCM, l.bins.Echo = filepath.Join(bin, "ironlb-ccm"), filepath.Join(bin, "echo")
+	errs := make(chan error, 3)
+	go func() {
+		var err error
+		l.bins.Bins, err = testenv.Binaries(ctx, "kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager")
+		errs <- err
+	}()
+	go func() { errs <- testenv.GoBuild(ctx, repo, "./cmd/ironlb-ccm", l.bins.CCM) }()
+	go func() { errs <- testenv.GoBuild(ctx, filepath.Join(repo, "e2e"), "./cmd/echo", l.bins.Echo) }()
+	for range 3 {
+		if e := <-errs; e != nil && err == nil {
+			err = e
+		}
+	}
+	return err
+}
+
+// startControlPlane runs etcd and kube-apiserver in the root namespace on
+// the lab's API address, installs ironlb's CRDs and starts
+// kube-controller-manager (namespace deletion, garbage collection, service
+// account tokens).
+func (l *Lab) startControlPlane(ctx context.Context) error {
+	opts := []testenv.Option{
+		testenv.WithBinaries(l.bins.Bins),
+		testenv.WithAddress(l.APIAddrs()[0]),
+		testenv.WithServiceCIDRs(l.ServiceCIDRs()...),
+		testenv.WithUser(kubeProxyUser),
+		testenv.WithUser(kcmUser),
+	}
+	if !l.cfg.Attached {
+		opts = append(opts, testenv.WithDetached())
+	}
+	api, err := testenv.Start(ctx, filepath.Join(l.dir, "control-plane"), opts...)
+	for _, p := range apiProcs(api) {
+		if rerr := l.record(p); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	if err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(l.dir, "kubeconfig")
+	data, err := os.ReadFile(api.KubeconfigPath())
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(kubeconfig, data, 0o600); err != nil {
+		return err
+	}
+	for _, u := range []string{kubeProxyUser, kcmUser} {
+		if err := api.KubeconfigFor(u, l.kubeconfigFor(u)); err != nil {
+			return err
+		}
+	}
+	l.mu.Lock()
+	l.state.APIServer = api.URL()
+	err = writeState(l.dir, l.state)
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := l.connect(kubeconfig); err != nil {
+		return err
+	}
+	if err := testenv.InstallCRDs(ctx, l.RESTConfig); err != nil {
+		return err
+	}
+	kcm := l.kubeconfigFor(kcmUser)
+	_, err = l.start("kube-controller-manager", "", l.bins.KubeControllerManager,
+		"--kubeconfig="+kcm,
+		"--authentication-kubeconfig="+kcm,
+		"--authorization-kubeconfig="+kcm,
+		"--bind-address="+l.APIAddrs()[0].String(),
+		"--use-service-account-credentials=true",
+		"--service-account-private-key-file="+api.ServiceAccountKeyPath(),
+		"--root-ca-file="+api.CAPath(),
+		// No kubelet renews node leases here: node lifecycle would mark every
+		// node NotReady after 40 s.
+		"--controllers=*,-node-lifecycle-controller",
+		"--leader-elect=false",
+		"--cluster-name="+l.Prefix(),
+	)
+	return err
+}
+
+// apiProcs turns testenv's etcd and kube-apiserver into records; they are
+// stopped by the lab like the rest but not restarted by it.
+func apiProcs(api *testenv.APIServer) []Proc {
+	if api == nil {
+		return nil
+	}
+	var procs []Proc
+	for _, p := range api.Processes() {
+		rec := Proc{Name: p.Name(), Pid: p.Pid(), Log: p.LogPath()}
+		rec.StartTicks, _ = startTicks(rec.Pid)
+		procs = append(procs, rec)
+	}
+	return procs
+}
+
+func (l *Lab) kubeconfigFor(user string) string {
+	return filepath.Join(l.dir, strings.TrimPrefix(strings.ReplaceAll(user, ":", "-"), "system-")+".kubeconfig")
+}
+
+// startNodes creates the Node objects, Ready and with both addresses as a
+// kubelet would report them, and runs kube-proxy in each node's namespace.
+func (l *Lab) startNodes(ctx context.Context) error {
+	for n := 1; n <= l.Nodes; n++ {
+		if err := l.createNode(ctx, n); err != nil {
+			return err
+		}
+		kubeconfig := filepath.Join(l.dir, fmt.Sprintf("kube-proxy-%s.kubeconfig", l.NodeName(n)))
+		data, err := os.ReadFile(l.kubeconfigFor(kubeProxyUser))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(kubeconfig, data, 0o600); err != nil {
+			return err
+		}
+		cidrs := l.PodCIDRs()
+		if _, err := l.start("kube-proxy@"+l.NodeName(n), l.NodeNS(n), l.bins.KubeProxy,
+			"--kubeconfig="+kubeconfig,
+			"--hostname-override="+l.NodeName(n),
+			"--proxy-mode=nftables",
+			"--cluster-cidr="+cidrs[0].String()+","+cidrs[1].String(),
+			// Leave the kernel's conntrack table size alone: it is not per
+			// namespace.
+			"--conntrack-max-per-core=0",
+		); err != nil {
+			return err
+		}
+	}
+	for n := 1; n <= l.Nodes; n++ {
+		if err := l.WaitKubeProxy(ctx, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WaitKubeProxy waits until kube-proxy on node n reports healthy, which it
+// does once it has programmed the Services it has seen.
+func (l *Lab) WaitKubeProxy(ctx context.Context, n int) error {
+	url := "http://" + net.JoinHostPort(l.NodeAddrs(n)[0].String(), "10256") + "/healthz"
+	hc := &http.Client{Timeout: time.Second}
+	name := "kube-proxy@" + l.NodeName(n)
+	var last error
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		if !l.Alive(name) {
+			return false, fmt.Errorf("%s exited: %s", name, l.Tail(name, 20))
+		}
+		resp, err := hc.Get(url)
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		resp.Body.Close()
+		last = fmt.Errorf("GET %s: %s", url, resp.Status)
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s not healthy: %w (last: %v)", name, err, last)
+	}
+	return nil
+}
+
+func (l *Lab) createNode(ctx context.Context, n int) error {
+	name := l.NodeName(n)
+	var podCIDRs []string
+	for _, p := range l.NodePodCIDRs(n) {
+		podCIDRs = append(podCIDRs, p.String())
+	}
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:   name,
+			Labels: map[string]string{"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
+		},
+		Spec: corev1.NodeSpec{PodCIDR: podCIDRs[0], PodCIDRs: podCIDRs},
+	}
+	created, err := l.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create Node %s: %w", name, err)
+	}
+	now := metav1.Now()
+	capacity := corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("2"),
+		corev1.ResourceMemory: resource.MustParse("4Gi"),
+		corev1.ResourcePods:   resource.MustParse("110"),
+	}
+	created.Status = corev1.NodeStatus{
+		Capacity:    capacity,
+		Allocatable: capacity,
+		Conditions: []corev1.NodeCondition{
+			{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", Message: "lab node", LastHeartbeatTime: now, LastTransitionTime: now},
+			{Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse, Reason: "RouteCreated", Message: "lab host-gateway routes", LastHeartbeatTime: now, LastTransitionTime: now},
+		},
+		Addresses: []corev1.NodeAddress{
+			{Type: corev1.NodeInternalIP, Address: l.NodeAddrs(n)[0].String()},
+			{Type: corev1.NodeInternalIP, Address: l.NodeAddrs(n)[1].String()},
+			{Type: corev1.NodeHostName, Address: name},
+		},
+	}
+	if _, err := l.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("set Node %s Ready: %w", name, err)
+	}
+	return nil
+}
+
+// StartCCM runs ironlb-ccm in the root namespace (it only talks to the API
+// server), with short leader-election timers so that a restart takes over
+// within seconds. Its metrics and health endpoints listen on the lab's API
+// address, ports 10290 and 10291.
+func (l *Lab) StartCCM(ctx context.Context, args ...string) error {
+	addr := l.APIAddrs()[0].String()
+	all := append([]string{
+		"--kubeconfig=" + l.Kubeconfig,
+		"--cloud-provider=ironlb",
+		"--secure-port=0",
+		"--metrics-bind-address=" + net.JoinHostPort(addr, "10290"),
+		"--health-probe-bind-address=" + net.JoinHostPort(addr, "10291"),
+		"--leader-elect-lease-duration=3s",
+		"--leader-elect-renew-deadline=2s",
+		"--leader-elect-retry-period=500ms",
+		"--v=2",
+	}, args...)
+	if _, err := l.start("ironlb-ccm", "", l.bins.CCM, all...); err != nil {
+		return err
+	}
+	url := "http://" + net.JoinHostPort(addr, "10291") + "/healthz"
+	hc := &http.Client{Timeout: time.Second}
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		if !l.Alive("ironlb-ccm") {
+			return false, fmt.Errorf("ironlb-ccm exited: %s", l.Tail("ironlb-ccm", 20))
+		}
+		resp, err := hc.Get(url)
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+}
+
+// Tail returns the last n lines of a process's log.
+func (l *Lab) Tail(name string, n int) string {
+	p, ok := l.Proc(name)
+	if !ok {
+		return ""
+	}
+	data, err := os.ReadFile(p.Log)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// hostPort joins an address and a port for a URL.
+func hostPort(a netip.Addr, port int) string { return net.JoinHostPort(a.String(), strconv.Itoa(port)) }

@@ -1,0 +1,132 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+)
+
+// IPPoolResource is the IPPool resource for the dynamic client.
+var IPPoolResource = schema.GroupVersionResource{Group: v1alpha1.SchemeGroupVersion.Group, Version: v1alpha1.SchemeGroupVersion.Version, Resource: "ippools"}
+
+// CreatePool creates an IPPool.
+func (l *Lab) CreatePool(ctx context.Context, name string, spec v1alpha1.IPPoolSpec) error {
+	p := &v1alpha1.IPPool{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "IPPool"},
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       spec,
+	}
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(p)
+	if err != nil {
+		return err
+	}
+	_, err = l.Dynamic.Resource(IPPoolResource).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create IPPool %s: %w", name, err)
+	}
+	return nil
+}
+
+// WaitIngress waits until svc's status lists want addresses and returns them.
+func (l *Lab) WaitIngress(ctx context.Context, svc types.NamespacedName, want int, timeout time.Duration) ([]netip.Addr, error) {
+	var addrs []netip.Addr
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		s, err := l.Client.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		addrs = addrs[:0]
+		for _, in := range s.Status.LoadBalancer.Ingress {
+			if a, err := netip.ParseAddr(in.IP); err == nil {
+				addrs = append(addrs, a)
+			}
+		}
+		return len(addrs) >= want, nil
+	})
+	if err != nil {
+		return addrs, fmt.Errorf("Service %s has %d of %d addresses: %w", svc, len(addrs), want, err)
+	}
+	return addrs, nil
+}
+
+// Sample is what make lab shows: an IPPool in the routed range, a dual-stack
+// Service with two endpoints, its addresses from ironlb-ccm, and a curl from
+// the LAN client and from the external client that reaches it.
+func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
+	routed := l.RoutedPool()
+	if err := l.CreatePool(ctx, "sample", v1alpha1.IPPoolSpec{
+		Addresses:     []v1alpha1.AddressRange{v1alpha1.AddressRange(routed[0].String()), v1alpha1.AddressRange(routed[1].String())},
+		AvoidBuggyIPs: true,
+	}); err != nil {
+		return err
+	}
+	dual := corev1.IPFamilyPolicyPreferDualStack
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "hello", Namespace: "default"},
+		Spec: corev1.ServiceSpec{
+			Type:           corev1.ServiceTypeLoadBalancer,
+			IPFamilyPolicy: &dual,
+			Ports:          []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+		},
+	}
+	if _, err := l.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create Service hello: %w", err)
+	}
+	key := types.NamespacedName{Namespace: "default", Name: "hello"}
+	for i, n := range []int{2, 3} {
+		if _, err := l.AddEndpoint(ctx, key, fmt.Sprintf("hello-%d", i+1), n); err != nil {
+			return err
+		}
+	}
+	addrs, err := l.WaitIngress(ctx, key, 2, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	// Until a speaker announces them, the router reaches the routed pool
+	// through node1 by a static route.
+	for _, p := range routed {
+		if err := l.StaticRoute(ctx, l.RouterNS(), p, 1); err != nil {
+			return err
+		}
+	}
+	s, err := l.Client.CoreV1().Services("default").Get(ctx, "hello", metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nService default/hello (type LoadBalancer, %s) with endpoints on node2 and node3:\n", *s.Spec.IPFamilyPolicy)
+	fmt.Fprintf(out, "  cluster IPs   %s\n", strings.Join(s.Spec.ClusterIPs, ", "))
+	var ext []string
+	for _, a := range addrs {
+		ext = append(ext, a.String())
+	}
+	fmt.Fprintf(out, "  external IPs  %s   (from IPPool sample, written by ironlb-ccm)\n", strings.Join(ext, ", "))
+	for _, c := range s.Status.Conditions {
+		fmt.Fprintf(out, "  condition     %s=%s %s: %s\n", c.Type, c.Status, c.Reason, c.Message)
+	}
+	fmt.Fprintf(out, "  route         the router sends %s and %s to node1 (static, until ironlb-speaker announces them)\n\n", routed[0], routed[1])
+	for _, ns := range []string{l.ClientNS(), l.ExternalNS()} {
+		for _, a := range addrs {
+			fmt.Fprintf(out, "$ ip netns exec %s curl %s\n", ns, strings.Join(CurlArgs(a, 80, "/"), " "))
+			body, err := CurlUntil(ctx, ns, a, 80, "endpoint=", 40, 250*time.Millisecond)
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(out, body)
+		}
+	}
+	return nil
+}
