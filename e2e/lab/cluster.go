@@ -103,15 +103,17 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 	kcm := l.kubeconfigFor(kcmUser)
 	_, err = l.start("kube-controller-manager", "", l.bins.KubeControllerManager,
 		"--kubeconfig="+kcm,
-		"--authentication-kubeconfig="+kcm,
-		"--authorization-kubeconfig="+kcm,
-		"--bind-address="+l.APIAddrs()[0].String(),
+		// No serving port: nothing here scrapes it, and several labs share
+		// the root namespace.
+		"--secure-port=0",
 		"--use-service-account-credentials=true",
 		"--service-account-private-key-file="+api.ServiceAccountKeyPath(),
 		"--root-ca-file="+api.CAPath(),
 		// No kubelet renews node leases here: node lifecycle would mark every
 		// node NotReady after 40 s.
-		"--controllers=*,-node-lifecycle-controller",
+		// The lab's API server certificate is self-signed, not a CA, so it
+		// cannot be published as a ClusterTrustBundle.
+		"--controllers=*,-node-lifecycle-controller,-kube-apiserver-serving-clustertrustbundle-publisher-controller",
 		"--leader-elect=false",
 		"--cluster-name="+l.Prefix(),
 	)

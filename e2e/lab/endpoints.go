@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -79,15 +80,11 @@ func (l *Lab) runEndpoint(ctx context.Context, ep *Endpoint, s *corev1.Service) 
 			tcp = append(tcp, strconv.Itoa(port))
 		}
 	}
-	l.mu.Lock()
 	node := l.NodeName(ep.Node)
-	l.state.PodsUsed[node]++
-	i := l.state.PodsUsed[node]
-	l.mu.Unlock()
-	if i > 14 {
-		return fmt.Errorf("endpoint %s: node %s has no pod address left", ep.Name, node)
+	addrs, err := l.freePodAddrs(ep.Node)
+	if err != nil {
+		return fmt.Errorf("endpoint %s: %w", ep.Name, err)
 	}
-	addrs := l.PodAddrs(ep.Node, i)
 	ep.Addrs = []string{addrs[0].String(), addrs[1].String()}
 	if err := ipBatch(ctx, l.NodeNS(ep.Node),
 		fmt.Sprintf("addr add %s/32 dev lo", addrs[0]),
@@ -102,8 +99,26 @@ func (l *Lab) runEndpoint(ctx context.Context, ep *Endpoint, s *corev1.Service) 
 	for _, p := range slices.Compact(slices.Sorted(slices.Values(udp))) {
 		args = append(args, "--udp", p)
 	}
-	_, err := l.start(ep.proc(), l.NodeNS(ep.Node), l.bins.echoPath(l.dir), args...)
+	_, err = l.start(ep.proc(), l.NodeNS(ep.Node), l.bins.echoPath(l.dir), args...)
 	return err
+}
+
+// freePodAddrs is the first pod address pair of node n that no endpoint holds.
+func (l *Lab) freePodAddrs(n int) ([]netip.Addr, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	used := map[string]bool{}
+	for _, e := range l.state.Endpoints {
+		if e.Node == n && len(e.Addrs) > 0 {
+			used[e.Addrs[0]] = true
+		}
+	}
+	for i := 1; i < 15; i++ {
+		if a := l.PodAddrs(n, i); !used[a[0].String()] {
+			return a, nil
+		}
+	}
+	return nil, fmt.Errorf("node %s has no pod address left (14 endpoints)", l.NodeName(n))
 }
 
 // echoPath finds the echo binary also for a lab opened by another process.

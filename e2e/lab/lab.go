@@ -145,7 +145,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		Plan:  plan,
 		cfg:   cfg,
 		dir:   dir,
-		state: &State{Name: cfg.Name, Index: index, Nodes: cfg.Nodes, Created: time.Now().UTC(), PodsUsed: map[string]int{}},
+		state: &State{Name: cfg.Name, Index: index, Nodes: cfg.Nodes, Created: time.Now().UTC()},
 	}
 	err = writeState(dir, l.state)
 	unlock()

@@ -112,7 +112,15 @@ func buildNetwork(ctx context.Context, p Plan) error {
 		}
 		// No duplicate address detection: addresses are planned, and a
 		// tentative address would delay every start by seconds.
-		if err := sysctl(ctx, ns, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"); err != nil {
+		// No ICMP redirects: a node that forwards a packet it cannot serve
+		// yet (kube-proxy syncs once a second) would otherwise redirect the
+		// client to the router for minutes.
+		if err := sysctl(ctx, ns,
+			"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+			"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0",
+			"net.ipv4.conf.all.accept_redirects=0", "net.ipv4.conf.default.accept_redirects=0",
+			"net.ipv6.conf.all.accept_redirects=0", "net.ipv6.conf.default.accept_redirects=0",
+		); err != nil {
 			return err
 		}
 		if err := ipBatch(ctx, ns, "link set lo up"); err != nil {
@@ -282,4 +290,9 @@ func ExistingNamespaces(ctx context.Context, p Plan) []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// RootExec runs a command in the root namespace and returns its combined output.
+func RootExec(ctx context.Context, name string, args ...string) (string, error) {
+	return run(ctx, name, args...)
 }

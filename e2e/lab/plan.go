@@ -113,7 +113,7 @@ func (p Plan) PodAddrs(n, i int) []netip.Addr {
 }
 
 // Addresses of the hosts on the LAN, IPv4 then IPv6.
-func (p Plan) RouterLAN() []netip.Addr  { return []netip.Addr{p.v4(0, 1), p.v6(0, "1")} }
+func (p Plan) RouterLAN() []netip.Addr   { return []netip.Addr{p.v4(0, 1), p.v6(0, "1")} }
 func (p Plan) ClientAddrs() []netip.Addr { return []netip.Addr{p.v4(0, 100), p.v6(0, "100")} }
 func (p Plan) APIAddrs() []netip.Addr    { return []netip.Addr{p.v4(0, 254), p.v6(0, "254")} }
 func (p Plan) NodeAddrs(n int) []netip.Addr {
@@ -146,3 +146,12 @@ const (
 	RouterASN = 64512
 	NodeASN   = 64513
 )
+
+// TestPool is the i-th (0..15) slice of the routed pool, so that tests that
+// run one after another in a lab never share addresses.
+func (p Plan) TestPool(i int) []netip.Prefix {
+	return []netip.Prefix{
+		prefix(p.v4(4, 16*(i%16)), 28),
+		prefix(netip.MustParseAddr(fmt.Sprintf("fd31:0:0:%x04:%x::", p.Index, i%16)), 112),
+	}
+}

@@ -37,8 +37,6 @@ type State struct {
 	APIServer string      `json:"apiServer,omitempty"`
 	Processes []Proc      `json:"processes,omitempty"`
 	Endpoints []*Endpoint `json:"endpoints,omitempty"`
-	// PodsUsed counts pod addresses handed out per node, so none is reused.
-	PodsUsed map[string]int `json:"podsUsed,omitempty"`
 }
 
 // Proc is one process the lab started, identified by pid and start time so

@@ -454,7 +454,9 @@ func (s *APIServer) CAPath() string { return filepath.Join(s.dir, "pki", "apiser
 
 // ServiceAccountKeyPath is the key kube-apiserver signs and verifies
 // service account tokens with.
-func (s *APIServer) ServiceAccountKeyPath() string { return filepath.Join(s.dir, "service-account.key") }
+func (s *APIServer) ServiceAccountKeyPath() string {
+	return filepath.Join(s.dir, "service-account.key")
+}
 
 // Processes are etcd and kube-apiserver.
 func (s *APIServer) Processes() []*Process {

@@ -1,0 +1,224 @@
+// Package framework runs the end-to-end tests of one package against one
+// lab: Main brings it up for the package, New gives each test a Kubernetes
+// namespace of its own, cleans up after it, and prints every component's log
+// lines from the test's time when the test fails.
+package framework
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ironlb/ironlb/e2e/lab"
+)
+
+var shared *lab.Lab
+
+// Main brings up the package's lab, runs the tests and takes the lab down.
+// The tests need root; without it they fail, they do not skip.
+func Main(m *testing.M, cfg lab.Config) {
+	os.Exit(run(m, cfg))
+}
+
+func run(m *testing.M, cfg lab.Config) int {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "FAIL: the end-to-end tests need root: they build a lab in network namespaces (run make test as root)")
+		return 1
+	}
+	if cfg.Name == "" {
+		wd, _ := os.Getwd()
+		cfg.Name = "e2e-" + filepath.Base(wd)
+	}
+	// Attached: the lab dies with the test binary, also on a timeout panic.
+	// IRONLB_E2E_KEEP leaves it up after a failure, for a look around.
+	cfg.Attached = os.Getenv("IRONLB_E2E_KEEP") == ""
+	cfg.Progress = os.Stderr
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	l, err := lab.Up(ctx, cfg)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: bring the lab up: %v\n", err)
+		return 1
+	}
+	shared = l
+	code := m.Run()
+	if code != 0 && os.Getenv("IRONLB_E2E_KEEP") != "" {
+		fmt.Fprintf(os.Stderr, "IRONLB_E2E_KEEP is set: lab %s stays up for a look (state in %s); take it down with: go run ./cmd/lab down --name %s\n", l.Name(), l.Dir(), l.Name())
+		return code
+	}
+	if err := l.Down(context.Background()); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: take the lab down: %v\n", err)
+		return 1
+	}
+	return code
+}
+
+// F is one test's view of the lab.
+type F struct {
+	*lab.Lab
+	T         *testing.T
+	Ctx       context.Context
+	Namespace string
+
+	mu      sync.Mutex
+	offsets map[string]int64 // log path -> size when the test began
+	cleanup []func(context.Context)
+}
+
+// New gives t the package's lab and a namespace of its own.
+func New(t *testing.T) *F {
+	t.Helper()
+	if shared == nil {
+		t.Fatal("no lab: the package's TestMain must call framework.Main")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	f := &F{Lab: shared, T: t, Ctx: ctx, offsets: map[string]int64{}}
+	for _, p := range shared.Processes() {
+		if fi, err := os.Stat(p.Log); err == nil {
+			f.offsets[p.Log] = fi.Size()
+		}
+	}
+	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
+	if len(name) > 50 {
+		name = name[:50]
+	}
+	f.Namespace = strings.Trim(name, "-")
+	if _, err := f.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.Namespace}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create namespace %s: %v", f.Namespace, err)
+	}
+	t.Cleanup(func() {
+		defer cancel()
+		if t.Failed() {
+			f.dumpLogs()
+		}
+		cctx, ccancel := context.WithTimeout(context.Background(), time.Minute)
+		defer ccancel()
+		for i := len(f.cleanup) - 1; i >= 0; i-- {
+			f.cleanup[i](cctx)
+		}
+		for _, e := range f.AllEndpoints() {
+			if strings.HasPrefix(e.Service, f.Namespace+"/") {
+				if err := f.RemoveEndpoint(cctx, e.Name); err != nil {
+					t.Errorf("cleanup: %v", err)
+				}
+			}
+		}
+		if err := f.Client.CoreV1().Namespaces().Delete(cctx, f.Namespace, metav1.DeleteOptions{}); err != nil {
+			t.Errorf("cleanup: delete namespace %s: %v", f.Namespace, err)
+		}
+	})
+	return f
+}
+
+// Cleanup runs fn when the test ends, before its namespace goes.
+func (f *F) Cleanup(fn func(context.Context)) { f.cleanup = append(f.cleanup, fn) }
+
+// dumpLogs prints what every component logged during the test.
+func (f *F) dumpLogs() {
+	const maxLines = 60
+	for _, p := range f.Processes() {
+		data, err := os.ReadFile(p.Log)
+		if err != nil {
+			continue
+		}
+		if off := f.offsets[p.Log]; off <= int64(len(data)) {
+			data = data[off:]
+		}
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(lines) == 1 && lines[0] == "" {
+			continue
+		}
+		skipped := ""
+		if len(lines) > maxLines {
+			skipped = fmt.Sprintf(" (last %d of %d lines; all in %s)", maxLines, len(lines), p.Log)
+			lines = lines[len(lines)-maxLines:]
+		}
+		f.T.Logf("--- %s during the test%s:\n%s", p.Name, skipped, strings.Join(lines, "\n"))
+	}
+}
+
+// Eventually calls check every interval until it returns nil, at most
+// attempts times; the test fails with check's last error.
+func (f *F) Eventually(what string, attempts int, interval time.Duration, check func() error) {
+	f.T.Helper()
+	var err error
+	for i := 0; i < attempts; i++ {
+		if err = check(); err == nil {
+			return
+		}
+		if f.Ctx.Err() != nil {
+			break
+		}
+		time.Sleep(interval)
+	}
+	f.T.Fatalf("%s: not so after %d tries %s apart: %v", what, attempts, interval, err)
+}
+
+// Service creates a Service of type LoadBalancer in the test's namespace
+// with one TCP port 80 -> 8080; mutate changes it before it is created.
+func (f *F) Service(name string, mutate func(*corev1.Service)) types.NamespacedName {
+	f.T.Helper()
+	s := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.Namespace},
+		Spec: corev1.ServiceSpec{
+			Type:  corev1.ServiceTypeLoadBalancer,
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}},
+		},
+	}
+	s.Spec.Ports[0].TargetPort.IntVal = 8080
+	if mutate != nil {
+		mutate(s)
+	}
+	if _, err := f.Client.CoreV1().Services(f.Namespace).Create(f.Ctx, s, metav1.CreateOptions{}); err != nil {
+		f.T.Fatalf("create Service %s: %v", name, err)
+	}
+	return types.NamespacedName{Namespace: f.Namespace, Name: name}
+}
+
+// Endpoint adds a ready endpoint for svc on node n.
+func (f *F) Endpoint(svc types.NamespacedName, name string, n int) *lab.Endpoint {
+	f.T.Helper()
+	ep, err := f.AddEndpoint(f.Ctx, svc, name, n)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	return ep
+}
+
+// Route adds a static route in namespace ns for prefix via node n, removed
+// when the test ends.
+func (f *F) Route(ns string, prefix netip.Prefix, n int) {
+	f.T.Helper()
+	if err := f.StaticRoute(f.Ctx, ns, prefix, n); err != nil {
+		f.T.Fatal(err)
+	}
+	f.Cleanup(func(ctx context.Context) {
+		if err := f.DeleteStaticRoute(ctx, ns, prefix); err != nil {
+			f.T.Errorf("cleanup: %v", err)
+		}
+	})
+}
+
+// Curl fetches http://addr/ from namespace ns until the body contains want,
+// trying at most attempts times 250 ms apart, and returns the body.
+func (f *F) Curl(ns string, addr netip.Addr, want string, attempts int) string {
+	f.T.Helper()
+	body, err := lab.CurlUntil(f.Ctx, ns, addr, 80, want, attempts, 250*time.Millisecond)
+	if err != nil {
+		f.T.Fatalf("curl from %s: %v", ns, err)
+	}
+	return body
+}
+
+// Host is the host part of an address as a prefix of one address.
+func Host(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
