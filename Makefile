@@ -4,7 +4,7 @@ GO ?= go
 # Integration tests start real API servers; the first run also builds them (minutes).
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build generate verify-generate vet test test-unit test-integration bench clean
+.PHONY: all build generate verify-generate vet test test-unit test-integration test-e2e upstream lab lab-down lab-status lab-down-tests bench clean
 
 all: build
 
@@ -31,9 +31,32 @@ vet:
 	$(GO) vet ./...
 	cd e2e && if [ -n "$$($(GO) list ./... 2>/dev/null)" ]; then $(GO) vet ./...; fi
 
-# Every test: unit tests, and integration tests that run ironlb-ccm against a real
-# kube-apiserver and etcd.
-test: verify-generate vet test-unit test-integration
+# Every test: unit tests, integration tests that run ironlb-ccm against a real
+# kube-apiserver and etcd, and end-to-end tests in the lab (root needed).
+test: verify-generate vet upstream test-unit test-integration test-e2e
+
+# The pinned upstream binaries, built once into a cache keyed by version (minutes cold,
+# nothing warm), all in one go build so that they share its work.
+upstream:
+	cd e2e && $(GO) run ./cmd/lab build
+
+# The end-to-end suites; each brings up a lab of its own and takes it down. After an
+# interrupted run, the next run (or make lab-down-tests) removes what was left.
+test-e2e:
+	cd e2e && { $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./... ; rc=$$?; $(GO) run ./cmd/lab down --tests; exit $$rc; }
+
+# A lab with a sample pool and Service, and the curl that reaches it.
+lab:
+	cd e2e && $(GO) run ./cmd/lab up
+
+lab-down:
+	cd e2e && $(GO) run ./cmd/lab down
+
+lab-status:
+	cd e2e && $(GO) run ./cmd/lab status
+
+lab-down-tests:
+	cd e2e && $(GO) run ./cmd/lab down --tests
 
 test-unit:
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /test/)

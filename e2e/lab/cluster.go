@@ -8,8 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -33,11 +35,20 @@ func (l *Lab) buildBinaries(ctx context.Context) error {
 		return err
 	}
 	bin := filepath.Join(l.dir, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return err
+	}
 	l.bins.CCM, l.bins.Echo = filepath.Join(bin, "ironlb-ccm"), filepath.Join(bin, "echo")
 	errs := make(chan error, 3)
 	go func() {
+		want := []string{"kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager"}
+		if l.cfg.Kubectl {
+			want = append(want, "kubectl")
+		}
 		var err error
-		l.bins.Bins, err = testenv.Binaries(ctx, "kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager")
+		if l.bins.Bins, err = testenv.Binaries(ctx, want...); err == nil && l.cfg.Kubectl {
+			err = os.Symlink(l.bins.Kubectl, filepath.Join(bin, "kubectl"))
+		}
 		errs <- err
 	}()
 	go func() { errs <- testenv.GoBuild(ctx, repo, "./cmd/ironlb-ccm", l.bins.CCM) }()
@@ -210,7 +221,7 @@ func (l *Lab) createNode(ctx context.Context, n int) error {
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:   name,
-			Labels: map[string]string{"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
+			Labels: map[string]string{"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": runtime.GOARCH},
 		},
 		Spec: corev1.NodeSpec{PodCIDR: podCIDRs[0], PodCIDRs: podCIDRs},
 	}
@@ -230,6 +241,12 @@ func (l *Lab) createNode(ctx context.Context, n int) error {
 		Conditions: []corev1.NodeCondition{
 			{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", Message: "lab node", LastHeartbeatTime: now, LastTransitionTime: now},
 			{Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse, Reason: "RouteCreated", Message: "lab host-gateway routes", LastHeartbeatTime: now, LastTransitionTime: now},
+		},
+		NodeInfo: corev1.NodeSystemInfo{
+			OperatingSystem: "linux",
+			Architecture:    runtime.GOARCH,
+			OSImage:         "ironlb lab (network namespace)",
+			KernelVersion:   kernelVersion(),
 		},
 		Addresses: []corev1.NodeAddress{
 			{Type: corev1.NodeInternalIP, Address: l.NodeAddrs(n)[0].String()},
@@ -297,3 +314,18 @@ func (l *Lab) Tail(name string, n int) string {
 
 // hostPort joins an address and a port for a URL.
 func hostPort(a netip.Addr, port int) string { return net.JoinHostPort(a.String(), strconv.Itoa(port)) }
+
+func kernelVersion() string {
+	var u syscall.Utsname
+	if err := syscall.Uname(&u); err != nil {
+		return ""
+	}
+	var b []byte
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
+}

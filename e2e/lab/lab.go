@@ -38,6 +38,8 @@ type Config struct {
 	CCM bool
 	// CCMArgs are extra flags for ironlb-ccm.
 	CCMArgs []string
+	// Kubectl builds kubectl too (bin/kubectl in the state directory).
+	Kubectl bool
 	// Attached processes die with this process (tests); otherwise they run
 	// on until Down (make lab).
 	Attached bool

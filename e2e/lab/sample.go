@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -128,5 +130,20 @@ func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
 			fmt.Fprint(out, body)
 		}
 	}
+	if kubectl := filepath.Join(l.dir, "bin", "kubectl"); fileExists(kubectl) {
+		for _, args := range [][]string{{"get", "service", "hello", "-o", "wide"}, {"get", "ippools"}} {
+			fmt.Fprintf(out, "\n$ kubectl %s\n", strings.Join(args, " "))
+			got, err := run(ctx, kubectl, append([]string{"--kubeconfig", l.Kubeconfig}, args...)...)
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(out, got)
+		}
+	}
 	return nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

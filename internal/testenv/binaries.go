@@ -21,6 +21,7 @@ type Bins struct {
 	Etcd                  string
 	KubeProxy             string
 	KubeControllerManager string
+	Kubectl               string
 }
 
 // upstream names the binaries and the packages they are built from, in the
@@ -34,6 +35,7 @@ var upstream = []struct {
 	{"etcd", "go.etcd.io/etcd/server/v3", func(b *Bins) *string { return &b.Etcd }},
 	{"kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy", func(b *Bins) *string { return &b.KubeProxy }},
 	{"kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", func(b *Bins) *string { return &b.KubeControllerManager }},
+	{"kubectl", "k8s.io/kubernetes/cmd/kubectl", func(b *Bins) *string { return &b.Kubectl }},
 }
 
 const (
@@ -46,8 +48,8 @@ const (
 	lockWait = 40 * time.Minute
 )
 
-// Binaries returns the paths of the upstream kube-apiserver, etcd, kube-proxy
-// and kube-controller-manager, built from the versions pinned in e2e/go.mod.
+// Binaries returns the paths of the upstream kube-apiserver, etcd, kube-proxy,
+// kube-controller-manager and kubectl, built from the versions pinned in e2e/go.mod.
 // Only the binaries named in want (by file name, e.g. "kube-proxy") are built
 // if missing; with no want, kube-apiserver and etcd, which is all a control
 // plane for integration tests needs.

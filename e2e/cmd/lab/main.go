@@ -4,8 +4,8 @@
 //
 //	lab up     [--name lab] [--nodes 3] [--no-sample]
 //	lab status [--name lab]
-//	lab down   [--name lab | --all]
-//	lab build  (the upstream binaries only)
+//	lab down   [--name lab | --all | --tests]
+//	lab build  [--kubectl] (the upstream binaries only)
 package main
 
 import (
@@ -40,14 +40,20 @@ func main() {
 		err = up(ctx, *name, *nodes, !*noSample)
 	case "down":
 		all := fs.Bool("all", false, "take every lab down")
+		tests := fs.Bool("tests", false, "take down the labs of the end-to-end tests (names e2e-*)")
 		fs.Parse(args)
-		err = down(ctx, *name, *all)
+		err = down(ctx, *name, *all, *tests)
 	case "status":
 		fs.Parse(args)
 		err = status(*name)
 	case "build":
+		kubectl := fs.Bool("kubectl", false, "kubectl too")
 		fs.Parse(args)
-		_, err = testenv.Binaries(ctx, "kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager")
+		want := []string{"kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager"}
+		if *kubectl {
+			want = append(want, "kubectl")
+		}
+		_, err = testenv.Binaries(ctx, want...)
 	default:
 		usage()
 	}
@@ -63,7 +69,7 @@ func usage() {
 }
 
 func up(ctx context.Context, name string, nodes int, sample bool) error {
-	l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: nodes, CCM: true, Progress: os.Stdout})
+	l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: nodes, CCM: true, Kubectl: true, Progress: os.Stdout})
 	if err != nil {
 		return err
 	}
@@ -76,18 +82,18 @@ func up(ctx context.Context, name string, nodes int, sample bool) error {
 	}
 	fmt.Printf(`
 The lab is up. Look around:
-  export KUBECONFIG=%s
-  kubectl get nodes,services -o wide      (any kubectl; the API server is v1.37)
-  ip netns exec %s bash                   (a shell on the LAN client; nodes: %s-node1..%d)
-  ip netns exec %s vtysh --vty_socket %s/frr -c 'show ip route'
-  logs: %s/logs/ and %s/control-plane/*.log
+  export KUBECONFIG=%[1]s/kubeconfig PATH=%[1]s/bin:$PATH
+  kubectl get nodes,services,ippools -o wide
+  ip netns exec %[2]s bash          # a shell on the LAN client; nodes are %[3]s-node1..%[4]d
+  ip netns exec %[5]s vtysh --vty_socket %[1]s/frr -c 'show ip route'
+  go run ./cmd/lab status           # every namespace and process, with its log
 Take it down with: make lab-down
-`, l.Dir()+"/kubeconfig", l.ClientNS(), l.Prefix(), l.Nodes, l.RouterNS(), l.Dir(), l.Dir(), l.Dir())
+`, l.Dir(), l.ClientNS(), l.Prefix(), l.Nodes, l.RouterNS())
 	return nil
 }
 
-func down(ctx context.Context, name string, all bool) error {
-	if !all {
+func down(ctx context.Context, name string, all, tests bool) error {
+	if !all && !tests {
 		return lab.Down(ctx, name, "")
 	}
 	states, err := lab.List("")
@@ -95,6 +101,9 @@ func down(ctx context.Context, name string, all bool) error {
 		return err
 	}
 	for _, s := range states {
+		if tests && !strings.HasPrefix(s.Name, "e2e-") {
+			continue
+		}
 		if err := lab.Down(ctx, s.Name, ""); err != nil {
 			return err
 		}
