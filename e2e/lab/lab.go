@@ -101,56 +101,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	root := stateRoot(cfg.StateRoot)
 	began := time.Now()
 
-	unlock, err := lockRoot(root)
-	if err != nil {
-		return nil, err
-	}
-	dir := filepath.Join(root, cfg.Name)
-	if old, err := readState(dir); err == nil {
-		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, "lab %s: removing what a previous run left\n", cfg.Name)
-		}
-		if err := down(ctx, root, old); err != nil {
-			unlock()
-			return nil, err
-		}
-	}
-	others, err := otherLabs(root, cfg.Name)
-	if err != nil {
-		unlock()
-		return nil, err
-	}
-	index, err := freeIndex(others)
-	if err != nil {
-		unlock()
-		return nil, err
-	}
-	plan, err := NewPlan(index, cfg.Nodes)
-	if err != nil {
-		unlock()
-		return nil, err
-	}
-	// No other lab owns this index, so anything with its prefix is debris.
-	if err := removeNetwork(ctx, plan); err != nil {
-		unlock()
-		return nil, err
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		unlock()
-		return nil, err
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		unlock()
-		return nil, err
-	}
-	l = &Lab{
-		Plan:  plan,
-		cfg:   cfg,
-		dir:   dir,
-		state: &State{Name: cfg.Name, Index: index, Nodes: cfg.Nodes, Created: time.Now().UTC()},
-	}
-	err = writeState(dir, l.state)
-	unlock()
+	l, err = claim(ctx, root, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -163,11 +114,11 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		}
 	}()
 
-	l.progress("lab %s: slot %d, namespaces %s-*, state in %s", cfg.Name, index, plan.Prefix(), dir)
+	l.progress("lab %s: slot %d, namespaces %s-*, state in %s", cfg.Name, l.Index, l.Prefix(), l.dir)
 	if err := l.buildBinaries(ctx); err != nil {
 		return l, err
 	}
-	if err := buildNetwork(ctx, plan); err != nil {
+	if err := buildNetwork(ctx, l.Plan); err != nil {
 		return l, err
 	}
 	l.progress("lab %s: network up (%d nodes, router, LAN client, external client)", cfg.Name, cfg.Nodes)
@@ -191,6 +142,54 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	}
 	l.progress("lab %s: up in %.1fs", cfg.Name, time.Since(began).Seconds())
 	return l, nil
+}
+
+// claim takes the lab's name and a free slot under the state root's lock:
+// it takes down what a previous lab of that name left, removes any debris
+// of the slot (no other lab owns it), and records the new lab's state.
+func claim(ctx context.Context, root string, cfg Config) (*Lab, error) {
+	unlock, err := lockRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	dir := filepath.Join(root, cfg.Name)
+	if old, err := readState(dir); err == nil {
+		if cfg.Progress != nil {
+			fmt.Fprintf(cfg.Progress, "lab %s: removing what a previous run left\n", cfg.Name)
+		}
+		if err := down(ctx, root, old); err != nil {
+			return nil, err
+		}
+	}
+	others, err := otherLabs(root, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	index, err := freeIndex(others)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := NewPlan(index, cfg.Nodes)
+	if err != nil {
+		return nil, err
+	}
+	if err := removeNetwork(ctx, plan); err != nil {
+		return nil, err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	l := &Lab{
+		Plan:  plan,
+		cfg:   cfg,
+		dir:   dir,
+		state: &State{Name: cfg.Name, Index: index, Nodes: cfg.Nodes, Created: time.Now().UTC()},
+	}
+	return l, writeState(dir, l.state)
 }
 
 // Open attaches to a lab that another process brought up.
