@@ -8,6 +8,7 @@ import (
 
 	cloudprovider "k8s.io/cloud-provider"
 
+	"github.com/ironlb/ironlb/internal/lbclass"
 	"github.com/ironlb/ironlb/provider/ipam"
 )
 
@@ -27,7 +28,7 @@ type Options struct {
 // Cloud implements cloudprovider.Interface for ironlb.
 type Cloud struct {
 	opts      Options
-	classify  Classifier
+	classify  lbclass.Classifier
 	alloc     *ipam.Allocator
 	instances instances
 	lb        *loadBalancer
@@ -39,7 +40,7 @@ var _ cloudprovider.Interface = (*Cloud)(nil)
 func New(opts Options) *Cloud {
 	c := &Cloud{
 		opts:     opts,
-		classify: Classifier{Class: opts.LoadBalancerClass, HandleClassless: opts.HandleClassless},
+		classify: lbclass.Classifier{Class: opts.LoadBalancerClass, HandleClassless: opts.HandleClassless},
 		alloc:    ipam.New(),
 	}
 	c.lb = &loadBalancer{cloud: c}

@@ -2,33 +2,14 @@ package provider
 
 import (
 	"fmt"
-	"net/netip"
 	"strings"
 
-	"go4.org/netipx"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/provider/ipam"
 )
-
-// parseAddressRange reads one IPPool address entry. The API server has already checked the
-// syntax; this is the second line of defence for objects stored before a schema change.
-func parseAddressRange(s string) (netipx.IPRange, error) {
-	if lo, hi, ok := strings.Cut(s, "-"); ok {
-		r, err := netipx.ParseIPRange(strings.TrimSpace(lo) + "-" + strings.TrimSpace(hi))
-		if err != nil {
-			return netipx.IPRange{}, fmt.Errorf("range %q: %w", s, err)
-		}
-		return r, nil
-	}
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		return netipx.IPRange{}, fmt.Errorf("CIDR %q: %w", s, err)
-	}
-	return netipx.RangeOfPrefix(p.Masked()), nil
-}
 
 // poolFor turns an IPPool into what the allocator needs.
 func poolFor(p *v1alpha1.IPPool) (ipam.Pool, error) {
@@ -43,7 +24,7 @@ func poolFor(p *v1alpha1.IPPool) (ipam.Pool, error) {
 		out.Visibility = ipam.Internal
 	}
 	for _, a := range p.Spec.Addresses {
-		r, err := parseAddressRange(string(a))
+		r, err := a.IPRange()
 		if err != nil {
 			return out, err
 		}

@@ -46,12 +46,12 @@ func TestParseAddressRange_CIDRsAndRangesOfBothFamilies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got, err := parseAddressRange(tt.in)
+			got, err := v1alpha1.AddressRange(tt.in).IPRange()
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got != testRange(tt.want) {
-				t.Errorf("parseAddressRange(%q) = %v, want %v", tt.in, got, tt.want)
+				t.Errorf("IPRange(%q) = %v, want %v", tt.in, got, tt.want)
 			}
 		})
 	}
@@ -75,9 +75,9 @@ func TestParseAddressRange_BadInputIsAnErrorQuotingIt(t *testing.T) {
 		"172.31.10.0/24-172.31.10.255",
 	} {
 		t.Run(in, func(t *testing.T) {
-			got, err := parseAddressRange(in)
+			got, err := v1alpha1.AddressRange(in).IPRange()
 			if err == nil {
-				t.Fatalf("parseAddressRange(%q) = %v, want an error", in, got)
+				t.Fatalf("IPRange(%q) = %v, want an error", in, got)
 			}
 			if !strings.Contains(err.Error(), `"`+in+`"`) {
 				t.Errorf("error %q does not quote the input %q", err, in)

@@ -12,24 +12,6 @@ import (
 	"github.com/ironlb/ironlb/provider/ipam"
 )
 
-// Classifier decides which Services ironlb handles.
-type Classifier struct {
-	Class           string // the loadBalancerClass that is ironlb's
-	HandleClassless bool
-}
-
-// Handles reports whether svc is an ironlb LoadBalancer. Services of any other class are never
-// touched.
-func (c Classifier) Handles(svc *v1.Service) bool {
-	if svc.Spec.Type != v1.ServiceTypeLoadBalancer {
-		return false
-	}
-	if svc.Spec.LoadBalancerClass == nil {
-		return c.HandleClassless
-	}
-	return *svc.Spec.LoadBalancerClass == c.Class
-}
-
 // cloudInternal is how another cloud marks a Service internal: the annotation, and how its value
 // reads. Manifests written for those clouds keep their meaning on bare metal.
 type cloudInternal struct {

@@ -69,40 +69,6 @@ func requireInvalidRequest(t *testing.T, err error, fragments ...string) {
 	}
 }
 
-func TestClassifierHandles_OnlyLoadBalancersOfOurClassOrClassless(t *testing.T) {
-	const ours = "ironlb.io/ironlb"
-	tests := []struct {
-		name            string
-		typ             v1.ServiceType
-		class           *string
-		handleClassless bool
-		want            bool
-	}{
-		{"classless LoadBalancer with HandleClassless", v1.ServiceTypeLoadBalancer, nil, true, true},
-		{"classless LoadBalancer without HandleClassless", v1.ServiceTypeLoadBalancer, nil, false, false},
-		{"LoadBalancer of our class", v1.ServiceTypeLoadBalancer, testStrPtr(ours), false, true},
-		{"LoadBalancer of our class with HandleClassless", v1.ServiceTypeLoadBalancer, testStrPtr(ours), true, true},
-		{"LoadBalancer of another class", v1.ServiceTypeLoadBalancer, testStrPtr("example.com/other"), true, false},
-		{"LoadBalancer of another class without HandleClassless", v1.ServiceTypeLoadBalancer, testStrPtr("example.com/other"), false, false},
-		{"LoadBalancer of a class that only looks like ours", v1.ServiceTypeLoadBalancer, testStrPtr("ironlb.io/ironlb2"), true, false},
-		{"ClusterIP", v1.ServiceTypeClusterIP, nil, true, false},
-		{"NodePort", v1.ServiceTypeNodePort, nil, true, false},
-		{"ExternalName", v1.ServiceTypeExternalName, nil, true, false},
-		{"ClusterIP with our class", v1.ServiceTypeClusterIP, testStrPtr(ours), true, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			svc := testLBService(nil)
-			svc.Spec.Type = tt.typ
-			svc.Spec.LoadBalancerClass = tt.class
-			c := Classifier{Class: ours, HandleClassless: tt.handleClassless}
-			if got := c.Handles(svc); got != tt.want {
-				t.Errorf("Handles = %v, want %v", got, tt.want)
-			}
-		})
-	}
-}
-
 func TestIsInternal_OwnAnnotation(t *testing.T) {
 	tests := []struct {
 		value   string
