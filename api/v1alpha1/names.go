@@ -28,6 +28,8 @@ const (
 
 	// FieldManagerCCM is the server-side apply field manager of ironlb-ccm.
 	FieldManagerCCM = "ironlb-ccm"
+	// FieldManagerSpeaker is the server-side apply field manager of every ironlb-speaker.
+	FieldManagerSpeaker = "ironlb-speaker"
 
 	// IPPool condition types.
 	PoolConditionReady    = "Ready"

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -38,8 +39,8 @@ func (l *Lab) buildBinaries(ctx context.Context) error {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return err
 	}
-	l.bins.CCM, l.bins.Echo = filepath.Join(bin, "ironlb-ccm"), filepath.Join(bin, "echo")
-	errs := make(chan error, 3)
+	l.bins.CCM, l.bins.Speaker, l.bins.Echo = filepath.Join(bin, "ironlb-ccm"), filepath.Join(bin, "ironlb-speaker"), filepath.Join(bin, "echo")
+	errs := make(chan error, 4)
 	go func() {
 		want := []string{"kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager"}
 		if l.cfg.Kubectl {
@@ -52,8 +53,9 @@ func (l *Lab) buildBinaries(ctx context.Context) error {
 		errs <- err
 	}()
 	go func() { errs <- testenv.GoBuild(ctx, repo, "./cmd/ironlb-ccm", l.bins.CCM) }()
+	go func() { errs <- testenv.GoBuild(ctx, repo, "./cmd/ironlb-speaker", l.bins.Speaker) }()
 	go func() { errs <- testenv.GoBuild(ctx, filepath.Join(repo, "e2e"), "./cmd/echo", l.bins.Echo) }()
-	for range 3 {
+	for range 4 {
 		if e := <-errs; e != nil && err == nil {
 			err = e
 		}
@@ -280,11 +282,48 @@ func (l *Lab) StartCCM(ctx context.Context, args ...string) error {
 	if _, err := l.start("ironlb-ccm", "", l.bins.CCM, all...); err != nil {
 		return err
 	}
-	url := "http://" + net.JoinHostPort(addr, "10291") + "/healthz"
+	return l.waitHealthy(ctx, "ironlb-ccm", "http://"+net.JoinHostPort(addr, "10291")+"/healthz")
+}
+
+// SpeakerName is the process name of node n's ironlb-speaker.
+func (l *Lab) SpeakerName(n int) string { return "ironlb-speaker@" + l.NodeName(n) }
+
+// StartSpeaker runs ironlb-speaker in node n's namespace, as the DaemonSet
+// would with host networking. Its metrics and health endpoints listen on the
+// node's address, ports 10292 and 10293; heartbeats use UDP 7947.
+func (l *Lab) StartSpeaker(ctx context.Context, n int, args ...string) error {
+	addr := l.NodeAddrs(n)[0].String()
+	all := append([]string{
+		"--kubeconfig=" + l.Kubeconfig,
+		"--node-name=" + l.NodeName(n),
+		"--metrics-bind-address=" + net.JoinHostPort(addr, "10292"),
+		"--health-probe-bind-address=" + net.JoinHostPort(addr, "10293"),
+		"--v=2",
+	}, args...)
+	name := l.SpeakerName(n)
+	if _, err := l.start(name, l.NodeNS(n), l.bins.speakerPath(l.dir), all...); err != nil {
+		return err
+	}
+	return l.waitHealthy(ctx, name, "http://"+net.JoinHostPort(addr, "10293")+"/healthz")
+}
+
+// SpeakerMetrics is node n's speaker's /metrics text.
+func (l *Lab) SpeakerMetrics(n int) (string, error) {
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + net.JoinHostPort(l.NodeAddrs(n)[0].String(), "10292") + "/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// waitHealthy waits until url answers 200, failing at once if the process exits.
+func (l *Lab) waitHealthy(ctx context.Context, name, url string) error {
 	hc := &http.Client{Timeout: time.Second}
 	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		if !l.Alive("ironlb-ccm") {
-			return false, fmt.Errorf("ironlb-ccm exited: %s", l.Tail("ironlb-ccm", 20))
+		if !l.Alive(name) {
+			return false, fmt.Errorf("%s exited: %s", name, l.Tail(name, 20))
 		}
 		resp, err := hc.Get(url)
 		if err != nil {

@@ -129,6 +129,13 @@ func (b binaries) echoPath(dir string) string {
 	return dir + "/bin/echo"
 }
 
+func (b binaries) speakerPath(dir string) string {
+	if b.Speaker != "" {
+		return b.Speaker
+	}
+	return dir + "/bin/ironlb-speaker"
+}
+
 func (l *Lab) endpoint(name string) (*Endpoint, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -38,6 +38,10 @@ type Config struct {
 	CCM bool
 	// CCMArgs are extra flags for ironlb-ccm.
 	CCMArgs []string
+	// Speakers runs ironlb-speaker on every node.
+	Speakers bool
+	// SpeakerArgs are extra flags for every ironlb-speaker.
+	SpeakerArgs []string
 	// Kubectl builds kubectl too (bin/kubectl in the state directory).
 	Kubectl bool
 	// Attached processes die with this process (tests); otherwise they run
@@ -70,8 +74,9 @@ type Lab struct {
 
 type binaries struct {
 	testenv.Bins
-	CCM  string
-	Echo string
+	CCM     string
+	Speaker string
+	Echo    string
 }
 
 // Dir is the lab's state directory: state.json, kubeconfigs, logs/.
@@ -139,6 +144,14 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			return l, err
 		}
 		l.progress("lab %s: ironlb-ccm running", cfg.Name)
+	}
+	if cfg.Speakers {
+		for n := 1; n <= l.Nodes; n++ {
+			if err := l.StartSpeaker(ctx, n, cfg.SpeakerArgs...); err != nil {
+				return l, err
+			}
+		}
+		l.progress("lab %s: ironlb-speaker running on every node", cfg.Name)
 	}
 	l.progress("lab %s: up in %.1fs", cfg.Name, time.Since(began).Seconds())
 	return l, nil

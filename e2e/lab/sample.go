@@ -65,14 +65,15 @@ func (l *Lab) WaitIngress(ctx context.Context, svc types.NamespacedName, want in
 	return addrs, nil
 }
 
-// Sample is what make lab shows: an IPPool in the routed range, a dual-stack
-// Service with two endpoints, its addresses from ironlb-ccm, and a curl from
-// the LAN client and from the external client that reaches it.
+// Sample is what make lab shows: an L2 IPPool on the LAN, a dual-stack
+// Service with two endpoints, its addresses from ironlb-ccm, announced by
+// the speakers, and a curl from the LAN client and from the external client
+// (through the router) that reaches it.
 func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
-	routed := l.RoutedPool()
+	pool := l.L2Pool()
 	if err := l.CreatePool(ctx, "sample", v1alpha1.IPPoolSpec{
-		Addresses:     []v1alpha1.AddressRange{v1alpha1.AddressRange(routed[0].String()), v1alpha1.AddressRange(routed[1].String())},
-		AvoidBuggyIPs: true,
+		Addresses: []v1alpha1.AddressRange{v1alpha1.AddressRange(pool[0].String()), v1alpha1.AddressRange(pool[1].String())},
+		L2:        &v1alpha1.L2Advertisement{},
 	}); err != nil {
 		return err
 	}
@@ -98,14 +99,7 @@ func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// Until a speaker announces them, the router reaches the routed pool
-	// through node1 by a static route.
-	for _, p := range routed {
-		if err := l.StaticRoute(ctx, l.RouterNS(), p, 1); err != nil {
-			return err
-		}
-	}
-	s, err := l.Client.CoreV1().Services("default").Get(ctx, "hello", metav1.GetOptions{})
+	s, err := l.WaitCondition(ctx, key, v1alpha1.ConditionAnnounced, metav1.ConditionTrue, 30*time.Second)
 	if err != nil {
 		return err
 	}
@@ -115,11 +109,11 @@ func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
 	for _, a := range addrs {
 		ext = append(ext, a.String())
 	}
-	fmt.Fprintf(out, "  external IPs  %s   (from IPPool sample, written by ironlb-ccm)\n", strings.Join(ext, ", "))
+	fmt.Fprintf(out, "  external IPs  %s   (from IPPool sample)\n", strings.Join(ext, ", "))
 	for _, c := range s.Status.Conditions {
 		fmt.Fprintf(out, "  condition     %s=%s %s: %s\n", c.Type, c.Status, c.Reason, c.Message)
 	}
-	fmt.Fprintf(out, "  route         the router sends %s and %s to node1 (static, until ironlb-speaker announces them)\n\n", routed[0], routed[1])
+	fmt.Fprintln(out)
 	for _, ns := range []string{l.ClientNS(), l.ExternalNS()} {
 		for _, a := range addrs {
 			fmt.Fprintf(out, "$ ip netns exec %s curl %s\n", ns, strings.Join(CurlArgs(a, 80, "/"), " "))
@@ -141,6 +135,31 @@ func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// WaitCondition waits until svc has condition typ with status want and returns the Service.
+func (l *Lab) WaitCondition(ctx context.Context, svc types.NamespacedName, typ string, want metav1.ConditionStatus, timeout time.Duration) (*corev1.Service, error) {
+	var got *corev1.Service
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		s, err := l.Client.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		got = s
+		for _, c := range s.Status.Conditions {
+			if c.Type == typ {
+				last = fmt.Sprintf("%s %s: %s", c.Status, c.Reason, c.Message)
+				return c.Status == want, nil
+			}
+		}
+		last = "no such condition"
+		return false, nil
+	})
+	if err != nil {
+		return got, fmt.Errorf("Service %s: condition %s is not %s (last: %s): %w", svc, typ, want, last, err)
+	}
+	return got, nil
 }
 
 func fileExists(path string) bool {

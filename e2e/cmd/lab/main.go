@@ -69,7 +69,7 @@ func usage() {
 }
 
 func up(ctx context.Context, name string, nodes int, sample bool) error {
-	l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: nodes, CCM: true, Kubectl: true, Progress: os.Stdout})
+	l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: nodes, CCM: true, Speakers: true, Kubectl: true, Progress: os.Stdout})
 	if err != nil {
 		return err
 	}

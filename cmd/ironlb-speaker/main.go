@@ -1,0 +1,119 @@
+// Command ironlb-speaker makes the addresses ironlb-ccm assigns reachable:
+// one per node (a DaemonSet with host networking), it answers ARP and NDP for
+// the addresses of L2 pools that its node owns.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/lbclass"
+	"github.com/ironlb/ironlb/speaker"
+	"github.com/ironlb/ironlb/speaker/member"
+)
+
+func main() {
+	fs := pflag.NewFlagSet("ironlb-speaker", pflag.ExitOnError)
+	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; in-cluster configuration when empty.")
+	node := fs.String("node-name", os.Getenv("NODE_NAME"), "This node's name (default $NODE_NAME).")
+	class := fs.String("load-balancer-class", v1alpha1.DefaultLoadBalancerClass, "The spec.loadBalancerClass that is ironlb's.")
+	classless := fs.Bool("handle-classless", true, "Also announce Services with no loadBalancerClass.")
+	metricsAddr := fs.String("metrics-bind-address", ":10292", "Address for plain-HTTP /metrics; \"0\" disables it.")
+	healthAddr := fs.String("health-probe-bind-address", ":10293", "Address for plain-HTTP /healthz; \"0\" disables it.")
+	peerPort := fs.Uint16("peer-port", member.DefaultPort, "UDP port of the heartbeats between speakers, on each node's InternalIP.")
+	interval := fs.Duration("heartbeat-interval", member.DefaultInterval, "How often a speaker tells the others it is alive.")
+	timeout := fs.Duration("heartbeat-timeout", member.DefaultTimeout, "How long a silent speaker counts as alive; its addresses move after that.")
+	qps := fs.Float32("kube-api-qps", 20, "Requests per second to the API server.")
+	klogFlags := flag.NewFlagSet("klog", flag.ExitOnError)
+	klog.InitFlags(klogFlags)
+	fs.AddGoFlagSet(klogFlags)
+	_ = fs.Parse(os.Args[1:])
+
+	if err := run(*kubeconfig, speaker.Config{
+		Node:              *node,
+		Classifier:        lbclass.Classifier{Class: *class, HandleClassless: *classless},
+		PeerPort:          *peerPort,
+		HeartbeatInterval: *interval,
+		HeartbeatTimeout:  *timeout,
+		Logger:            klog.Background().WithName("speaker"),
+	}, *qps, *metricsAddr, *healthAddr); err != nil {
+		klog.ErrorS(err, "ironlb-speaker failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+func run(kubeconfig string, cfg speaker.Config, qps float32, metricsAddr, healthAddr string) error {
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	rc.QPS, rc.Burst = qps, int(2*qps)
+	rc.UserAgent = "ironlb-speaker/" + cfg.Node
+	if cfg.Client, err = kubernetes.NewForConfig(rc); err != nil {
+		return err
+	}
+	if cfg.Dynamic, err = dynamic.NewForConfig(rc); err != nil {
+		return err
+	}
+	s, err := speaker.New(cfg)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := speaker.RegisterMetrics(reg); err != nil {
+		return err
+	}
+	if err := serve("metrics", metricsAddr, "/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})); err != nil {
+		return err
+	}
+	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	if err := serve("health", healthAddr, "/healthz", ok); err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	began := time.Now()
+	err = s.Run(ctx)
+	klog.InfoS("ironlb-speaker stopped", "node", cfg.Node, "ran", time.Since(began).Round(time.Second))
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func serve(what, addr, path string, h http.Handler) error {
+	if addr == "" || addr == "0" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for %s on %s: %w", what, addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(path, h)
+	klog.InfoS("Serving", "what", what, "address", ln.Addr().String())
+	go func() { _ = http.Serve(ln, mux) }()
+	return nil
+}

@@ -1,0 +1,553 @@
+package speaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/lbclass"
+	"github.com/ironlb/ironlb/speaker/l2"
+	"github.com/ironlb/ironlb/speaker/member"
+)
+
+// Config configures a Speaker.
+type Config struct {
+	Node       string
+	Classifier lbclass.Classifier
+	Client     kubernetes.Interface
+	Dynamic    dynamic.Interface
+	// PeerPort is the UDP port of the heartbeats (member.DefaultPort if 0).
+	PeerPort uint16
+	// HeartbeatInterval and HeartbeatTimeout tune how fast a dead speaker is
+	// noticed (member's defaults if 0).
+	HeartbeatInterval, HeartbeatTimeout time.Duration
+	Logger                              klog.Logger
+}
+
+// IPPoolResource is the IPPool resource.
+var IPPoolResource = v1alpha1.SchemeGroupVersion.WithResource("ippools")
+
+// Speaker announces the addresses this node owns.
+type Speaker struct {
+	cfg      Config
+	logger   klog.Logger
+	factory  informers.SharedInformerFactory
+	dynamic  dynamicinformer.DynamicSharedInformerFactory
+	services cache.SharedIndexInformer
+	slices   cache.SharedIndexInformer
+	nodes    cache.SharedIndexInformer
+	pools    cache.SharedIndexInformer
+	members  *member.Members
+	events   *eventSink
+
+	queue  workqueue.TypedRateLimitingInterface[string] // one key: recompute everything
+	status workqueue.TypedRateLimitingInterface[types.NamespacedName]
+
+	mu         sync.Mutex
+	desired    map[types.NamespacedName]metav1.Condition // conditions this speaker writes
+	responders map[string]*running                       // by interface
+	owned      map[netip.Addr]bool                       // addresses answered here, for events
+	failed     map[string]bool                           // interfaces that could not be opened
+	warned     map[string]bool                           // AnnounceFailed events already sent
+	myIP       netip.Addr
+}
+
+type running struct {
+	r      *l2.Responder
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+const (
+	syncKey        = "sync"
+	sliceByService = "service"
+)
+
+// New wires the informers; Run starts everything.
+func New(cfg Config) (*Speaker, error) {
+	if cfg.Node == "" {
+		return nil, errors.New("speaker: no node name (set --node-name or NODE_NAME)")
+	}
+	if cfg.Logger.GetSink() == nil {
+		cfg.Logger = klog.Background()
+	}
+	s := &Speaker{
+		cfg:        cfg,
+		logger:     cfg.Logger,
+		factory:    informers.NewSharedInformerFactory(cfg.Client, 0),
+		dynamic:    dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0),
+		queue:      workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		status:     workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
+		desired:    map[types.NamespacedName]metav1.Condition{},
+		responders: map[string]*running{},
+		owned:      map[netip.Addr]bool{},
+		failed:     map[string]bool{},
+		warned:     map[string]bool{},
+	}
+	s.events = newEventSink(cfg.Client, cfg.Node)
+	s.services = s.factory.Core().V1().Services().Informer()
+	s.slices = s.factory.Discovery().V1().EndpointSlices().Informer()
+	s.nodes = s.factory.Core().V1().Nodes().Informer()
+	s.pools = s.dynamic.ForResource(IPPoolResource).Informer()
+	if err := s.slices.AddIndexers(cache.Indexers{sliceByService: func(obj any) ([]string, error) {
+		es, ok := obj.(*discoveryv1.EndpointSlice)
+		if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
+			return nil, nil
+		}
+		return []string{es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]}, nil
+	}}); err != nil {
+		return nil, err
+	}
+	enqueue := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { s.queue.Add(syncKey) },
+		UpdateFunc: func(any, any) { s.queue.Add(syncKey) },
+		DeleteFunc: func(any) { s.queue.Add(syncKey) },
+	}
+	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools} {
+		if _, err := inf.AddEventHandler(enqueue); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Run runs the speaker until ctx ends. On the way out it stops answering
+// first and then tells the other speakers it leaves, so they take over at once.
+func (s *Speaker) Run(ctx context.Context) error {
+	defer s.queue.ShutDown()
+	defer s.status.ShutDown()
+	s.factory.Start(ctx.Done())
+	s.dynamic.Start(ctx.Done())
+	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools} {
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			return ctx.Err()
+		}
+	}
+	myIP, err := s.nodeIP(ctx)
+	if err != nil {
+		return err
+	}
+	s.myIP = myIP
+	s.members, err = member.New(member.Config{
+		Node:     s.cfg.Node,
+		Bind:     netip.AddrPortFrom(myIP, s.cfg.PeerPort),
+		Interval: s.cfg.HeartbeatInterval,
+		Timeout:  s.cfg.HeartbeatTimeout,
+		Logger:   s.logger.WithName("member"),
+	})
+	if err != nil {
+		return err
+	}
+	s.refreshInfo()
+
+	// The heartbeats outlive ctx by the time it takes to stop answering.
+	memberCtx, stopMembers := context.WithCancel(context.WithoutCancel(ctx))
+	membersDone := make(chan error, 1)
+	go func() { membersDone <- s.members.Run(memberCtx) }()
+	go s.watchMembers(ctx)
+	go s.watchLinks(ctx)
+	for range 4 {
+		go s.statusWorker(ctx)
+	}
+	s.logger.Info("Speaker running", "node", s.cfg.Node, "heartbeats", netip.AddrPortFrom(myIP, s.cfg.PeerPort))
+
+	s.queue.Add(syncKey)
+	go func() {
+		<-ctx.Done()
+		s.queue.ShutDown()
+	}()
+	for s.processNext(ctx) {
+	}
+
+	s.stopAnswering()
+	stopMembers()
+	return <-membersDone
+}
+
+func (s *Speaker) processNext(ctx context.Context) bool {
+	key, quit := s.queue.Get()
+	if quit {
+		return false
+	}
+	defer s.queue.Done(key)
+	if err := s.sync(ctx); err != nil {
+		s.logger.Error(err, "Sync failed; retrying")
+		s.queue.AddRateLimited(key)
+		return true
+	}
+	s.queue.Forget(key)
+	return true
+}
+
+// nodeIP is this node's first InternalIP, where its heartbeats come from.
+func (s *Speaker) nodeIP(ctx context.Context) (netip.Addr, error) {
+	for i := 0; i < 300; i++ {
+		if obj, ok, _ := s.nodes.GetStore().GetByKey(s.cfg.Node); ok {
+			if ip := internalIP(obj.(*v1.Node), netip.Addr{}); ip.IsValid() {
+				return ip, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return netip.Addr{}, ctx.Err()
+		case <-time.After(time.Second):
+		}
+		if i%10 == 0 {
+			s.logger.Info("Waiting for this node's Node object and InternalIP", "node", s.cfg.Node)
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("node %s: no Node object with an InternalIP", s.cfg.Node)
+}
+
+// internalIP is the node's first InternalIP, of like's family if like is valid.
+func internalIP(n *v1.Node, like netip.Addr) netip.Addr {
+	for _, a := range n.Status.Addresses {
+		if a.Type != v1.NodeInternalIP {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil {
+			continue
+		}
+		if !like.IsValid() || ip.Is4() == like.Is4() {
+			return ip.Unmap()
+		}
+	}
+	return netip.Addr{}
+}
+
+func (s *Speaker) watchMembers(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.members.Changes():
+			s.queue.Add(syncKey)
+		}
+	}
+}
+
+// watchLinks follows the node's links, so that an interface going down
+// moves its addresses (link awareness).
+func (s *Speaker) watchLinks(ctx context.Context) {
+	updates := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	if err := netlink.LinkSubscribe(updates, done); err != nil {
+		s.logger.Error(err, "Cannot follow link changes; interface state is read on every sync only")
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-updates:
+			if !ok {
+				return
+			}
+			if s.refreshInfo() {
+				s.queue.Add(syncKey)
+			}
+		}
+	}
+}
+
+// refreshInfo tells the other speakers which interfaces that matter are up
+// here; it reports whether anything changed.
+func (s *Speaker) refreshInfo() bool {
+	info := map[string]string{}
+	if def := interfaceWithAddr(s.myIP); def != "" {
+		info[infoDefaultIf] = def
+	}
+	names := map[string]bool{}
+	if def := info[infoDefaultIf]; def != "" {
+		names[def] = true
+	}
+	for _, p := range s.poolList() {
+		if p.Spec.L2 != nil {
+			for _, n := range p.Spec.L2.Interfaces {
+				names[n] = true
+			}
+		}
+	}
+	s.mu.Lock()
+	for n := range names {
+		if linkUp(n) && !s.failed[n] {
+			info[infoIfPrefix+n] = ifUp
+		}
+	}
+	s.mu.Unlock()
+	prev := s.members.View().Alive[s.cfg.Node].Info
+	if mapsEqual(prev, info) {
+		return false
+	}
+	s.members.SetInfo(info)
+	return true
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// linkUp reports whether the interface exists, is up and has carrier.
+func linkUp(name string) bool {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return false
+	}
+	a := l.Attrs()
+	if a.Flags&net.FlagUp == 0 {
+		return false
+	}
+	return a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown && a.RawFlags&0x10000 != 0 // IFF_LOWER_UP
+}
+
+// interfaceWithAddr is the interface that holds ip.
+func interfaceWithAddr(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return ""
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+			if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
+				return l.Attrs().Name
+			}
+		}
+	}
+	return ""
+}
+
+func (s *Speaker) poolList() []*v1alpha1.IPPool {
+	var pools []*v1alpha1.IPPool
+	for _, obj := range s.pools.GetStore().List() {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		p := &v1alpha1.IPPool{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p); err != nil {
+			s.logger.Error(err, "Ignoring an IPPool that does not parse", "pool", u.GetName())
+			continue
+		}
+		pools = append(pools, p)
+	}
+	return pools
+}
+
+// inputs reads the caches.
+func (s *Speaker) inputs(view member.View) inputs {
+	in := inputs{
+		slices: map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
+		pools:  s.poolList(),
+		nodes:  map[string]*v1.Node{},
+		alive:  map[string]map[string]string{},
+	}
+	for _, obj := range s.services.GetStore().List() {
+		svc := obj.(*v1.Service)
+		if !s.cfg.Classifier.Handles(svc) || len(svc.Status.LoadBalancer.Ingress) == 0 {
+			continue
+		}
+		in.services = append(in.services, svc)
+		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		objs, _ := s.slices.GetIndexer().ByIndex(sliceByService, key.String())
+		for _, o := range objs {
+			in.slices[key] = append(in.slices[key], o.(*discoveryv1.EndpointSlice))
+		}
+	}
+	for _, obj := range s.nodes.GetStore().List() {
+		n := obj.(*v1.Node)
+		in.nodes[n.Name] = n
+	}
+	for name, p := range view.Alive {
+		in.alive[name] = p.Info
+	}
+	return in
+}
+
+// sync recomputes the plan, answers for what this node owns, and queues the
+// conditions this node writes.
+func (s *Speaker) sync(ctx context.Context) error {
+	s.members.SetPeers(s.peers())
+	view := s.members.View()
+	in := s.inputs(view)
+	plan, notAnnounced := l2Plan(in)
+
+	want := map[string][]netip.Addr{}
+	if view.Isolated {
+		s.logger.Info("Cut off from every other speaker: answering for no address until one is heard again")
+	} else {
+		for addr, a := range plan {
+			if a.owner != s.cfg.Node {
+				continue
+			}
+			for _, ifc := range a.interfaces {
+				want[ifc] = append(want[ifc], addr)
+			}
+		}
+	}
+	s.answer(ctx, want, plan)
+	s.warnMissing(plan, in)
+	if !view.Isolated {
+		s.queueConditions(in, plan, notAnnounced, view)
+	}
+	return nil
+}
+
+// peers are every other node's InternalIP of this node's family.
+func (s *Speaker) peers() map[string]netip.AddrPort {
+	peers := map[string]netip.AddrPort{}
+	port := s.cfg.PeerPort
+	if port == 0 {
+		port = member.DefaultPort
+	}
+	for _, obj := range s.nodes.GetStore().List() {
+		n := obj.(*v1.Node)
+		if n.Name == s.cfg.Node {
+			continue
+		}
+		if ip := internalIP(n, s.myIP); ip.IsValid() {
+			peers[n.Name] = netip.AddrPortFrom(ip, port)
+		}
+	}
+	return peers
+}
+
+// answer makes the responders answer exactly want, opening them as needed.
+func (s *Speaker) answer(ctx context.Context, want map[string][]netip.Addr, plan map[netip.Addr]*announcement) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ifc := range want {
+		if _, ok := s.responders[ifc]; ok {
+			continue
+		}
+		r, err := l2.New(ifc, s.logger.WithName("l2"))
+		if err != nil {
+			s.logger.Error(err, "Cannot answer on interface; its addresses go to another node", "interface", ifc)
+			s.failed[ifc] = true
+			delete(want, ifc)
+			go func() {
+				if s.refreshInfo() {
+					s.queue.Add(syncKey)
+				}
+			}()
+			continue
+		}
+		delete(s.failed, ifc)
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		run := &running{r: r, cancel: cancel, done: make(chan struct{})}
+		go func() {
+			defer close(run.done)
+			if err := r.Run(rctx); err != nil {
+				s.logger.Error(err, "Responder stopped", "interface", ifc)
+			}
+		}()
+		s.responders[ifc] = run
+	}
+	owned := map[netip.Addr]bool{}
+	for ifc, run := range s.responders {
+		addrs := want[ifc]
+		slices.SortFunc(addrs, netip.Addr.Compare)
+		run.r.SetAddresses(addrs)
+		for _, a := range addrs {
+			owned[a] = true
+		}
+	}
+	var v4, v6 float64
+	for a := range owned {
+		if a.Is4() {
+			v4++
+		} else {
+			v6++
+		}
+		if !s.owned[a] {
+			if ann := plan[a]; ann != nil {
+				for _, svc := range ann.services {
+					s.events.normal(svc, EventAnnouncing, fmt.Sprintf("Announcing %s from %s on %s (%s)",
+						a, s.cfg.Node, strings.Join(ann.interfaces, ","), ann.protocol()))
+				}
+				s.logger.Info("Announcing", "address", a, "interfaces", ann.interfaces, "protocol", ann.protocol(), "services", ann.services)
+			}
+		}
+	}
+	for a := range s.owned {
+		if !owned[a] {
+			s.logger.Info("Stopped announcing", "address", a)
+		}
+	}
+	s.owned = owned
+	addressesOwned.WithLabelValues("arp").Set(v4)
+	addressesOwned.WithLabelValues("ndp").Set(v6)
+}
+
+// warnMissing sends AnnounceFailed once per Service and problem when this
+// node is selected by a pool but lacks its interfaces.
+func (s *Speaker) warnMissing(plan map[netip.Addr]*announcement, in inputs) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range plan {
+		msg, ok := a.missing[s.cfg.Node]
+		if !ok {
+			continue
+		}
+		for _, svc := range a.services {
+			key := svc.String() + "|" + msg
+			if s.warned[key] {
+				continue
+			}
+			s.warned[key] = true
+			s.events.warning(svc, EventAnnounceFailed, fmt.Sprintf("Cannot announce %s from IPPool %s on %s", a.addr, a.pool, msg))
+		}
+	}
+}
+
+// stopAnswering silences every responder at once and closes them.
+func (s *Speaker) stopAnswering() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, run := range s.responders {
+		run.r.SetAddresses(nil)
+	}
+	for ifc, run := range s.responders {
+		run.cancel()
+		select {
+		case <-run.done:
+		case <-time.After(5 * time.Second):
+			s.logger.Info("Responder did not stop in time", "interface", ifc)
+		}
+	}
+	s.responders = map[string]*running{}
+}

@@ -1,0 +1,316 @@
+package l2
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/ndp"
+	"github.com/mdlayher/packet"
+	"golang.org/x/net/bpf"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv6"
+)
+
+const (
+	// protocolICMPv6 is the IPv6 Next Header value of ICMPv6.
+	protocolICMPv6 = 58
+	// ethernetHeaderLen is an untagged Ethernet header: two MACs and the EtherType.
+	ethernetHeaderLen = 14
+	// acceptFrame is the filter's "keep" verdict: more bytes than any frame.
+	acceptFrame = 1 << 18
+)
+
+// solicitationFilter is the BPF program of the solicitation socket: it
+// passes Ethernet frames carrying IPv6 whose Next Header is ICMPv6 and whose
+// ICMPv6 type is Neighbor Solicitation (135), and drops everything else in
+// the kernel. Extension headers between the IPv6 header and ICMPv6 are not
+// followed: such solicitations are dropped, and no common stack sends them.
+func solicitationFilter() []bpf.Instruction {
+	const (
+		etherTypeOffset  = 12
+		nextHeaderOffset = ethernetHeaderLen + 6
+		icmpTypeOffset   = ethernetHeaderLen + ipv6.HeaderLen
+	)
+	return []bpf.Instruction{
+		bpf.LoadAbsolute{Off: etherTypeOffset, Size: 2},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(ethernet.EtherTypeIPv6), SkipTrue: 5},
+		bpf.LoadAbsolute{Off: nextHeaderOffset, Size: 1},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: protocolICMPv6, SkipTrue: 3},
+		bpf.LoadAbsolute{Off: icmpTypeOffset, Size: 1},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(ipv6.ICMPTypeNeighborSolicitation), SkipTrue: 1},
+		bpf.RetConstant{Val: acceptFrame},
+		bpf.RetConstant{Val: 0},
+	}
+}
+
+// openNDP opens the two IPv6 sockets, unless the interface has no IPv6
+// link-local address to send advertisements from.
+func (r *Responder) openNDP(addrs []net.Addr) error {
+	if !hasAddr(addrs, func(a netip.Addr) bool { return a.Is6() && a.IsLinkLocalUnicast() }) {
+		r.logger.Info("Interface has no IPv6 link-local address: IPv6 (NDP) answering unavailable")
+		return nil
+	}
+	c, _, err := ndp.Listen(r.ifi, ndp.LinkLocal)
+	if err != nil {
+		return fmt.Errorf("interface %s: opening NDP socket: %w", r.ifi.Name, err)
+	}
+	r.ndp = c
+	// This socket only sends and holds group memberships: block every ICMPv6
+	// type so that its receive queue does not fill with messages nobody reads.
+	var block ipv6.ICMPFilter
+	block.SetAll(true)
+	if err := c.SetICMPFilter(&block); err != nil {
+		return fmt.Errorf("interface %s: filtering NDP socket: %w", r.ifi.Name, err)
+	}
+
+	prog, err := bpf.Assemble(solicitationFilter())
+	if err != nil {
+		return fmt.Errorf("interface %s: assembling solicitation filter: %w", r.ifi.Name, err)
+	}
+	p, err := packet.Listen(r.ifi, packet.Raw, int(ethernet.EtherTypeIPv6), &packet.Config{Filter: prog})
+	if err != nil {
+		return fmt.Errorf("interface %s: opening neighbor solicitation socket: %w", r.ifi.Name, err)
+	}
+	r.solicitations = p
+	r.ndpMetrics = newCounters(protocolNDP, r.ifi.Name)
+	return nil
+}
+
+// serveNDP answers neighbor solicitations until the socket is closed or ctx ends.
+func (r *Responder) serveNDP(ctx context.Context) {
+	// Solicitations are small; a longer frame is cut short and then dropped
+	// by parseSolicitation's length check.
+	buf := make([]byte, max(r.ifi.MTU, 1500)+ethernetHeaderLen)
+	var pause backoff
+	for {
+		n, _, err := r.solicitations.ReadFrom(buf)
+		if err != nil {
+			if r.isClosed() {
+				return
+			}
+			r.logger.Error(err, "Reading neighbor solicitations failed; retrying")
+			if !pause.wait(ctx) {
+				return
+			}
+			continue
+		}
+		pause.reset()
+		r.handleSolicitation(buf[:n])
+	}
+}
+
+// handleSolicitation answers a solicitation for an owned address.
+func (r *Responder) handleSolicitation(frame []byte) {
+	s, err := parseSolicitation(frame)
+	if err != nil {
+		r.logger.V(5).Info("Ignoring invalid neighbor solicitation", "err", err)
+		return
+	}
+	if !forUs(s.srcMAC, s.dstMAC, r.ifi.HardwareAddr) || !r.owns(s.target) {
+		return
+	}
+	r.ndpMetrics.requests.Inc()
+	na, dst := advertisementFor(s, r.ifi.HardwareAddr)
+	if err := r.ndp.WriteTo(na, nil, dst); err != nil {
+		if !r.isClosed() {
+			r.logger.Error(err, "Sending neighbor advertisement failed", "address", s.target, "to", dst)
+		}
+		return
+	}
+	r.ndpMetrics.replies.Inc()
+	r.logger.V(4).Info("Answered neighbor solicitation", "address", s.target, "from", s.src, "to", s.dst, "mac", s.srcMAC)
+}
+
+// announceNDP sends an unsolicited neighbor advertisement for addr to all nodes.
+func (r *Responder) announceNDP(addr netip.Addr) {
+	if r.ndp == nil {
+		return
+	}
+	if err := r.ndp.WriteTo(unsolicitedAdvertisement(addr, r.ifi.HardwareAddr), nil, netip.IPv6LinkLocalAllNodes()); err != nil {
+		if !r.isClosed() {
+			r.logger.Error(err, "Sending unsolicited neighbor advertisement failed", "address", addr)
+		}
+		return
+	}
+	r.ndpMetrics.gratuitous.Inc()
+	r.logger.V(4).Info("Sent unsolicited neighbor advertisement", "address", addr)
+}
+
+// A solicitation is a validated Neighbor Solicitation and its frame's addresses.
+type solicitation struct {
+	srcMAC, dstMAC net.HardwareAddr
+	src, dst       netip.Addr // of the IPv6 header
+	target         netip.Addr
+}
+
+// parseSolicitation parses an Ethernet frame that passed solicitationFilter
+// and validates it as RFC 4861 section 7.1.1 asks. The kernel does these
+// checks for ICMPv6 sockets; a packet socket gets the frame unchecked.
+func parseSolicitation(frame []byte) (*solicitation, error) {
+	var f ethernet.Frame
+	if err := f.UnmarshalBinary(frame); err != nil {
+		return nil, fmt.Errorf("ethernet header: %w", err)
+	}
+	if f.EtherType != ethernet.EtherTypeIPv6 {
+		return nil, fmt.Errorf("EtherType %v, not IPv6 (VLAN-tagged?)", f.EtherType)
+	}
+	h, err := ipv6.ParseHeader(f.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("IPv6 header: %w", err)
+	}
+	if h.NextHeader != protocolICMPv6 {
+		return nil, fmt.Errorf("next header %d, not ICMPv6", h.NextHeader)
+	}
+	if h.HopLimit != ndp.HopLimit {
+		return nil, fmt.Errorf("hop limit %d, not %d: sent from off-link", h.HopLimit, ndp.HopLimit)
+	}
+	end := ipv6.HeaderLen + h.PayloadLen
+	if end > len(f.Payload) {
+		return nil, fmt.Errorf("truncated: payload length %d, got %d bytes", h.PayloadLen, len(f.Payload)-ipv6.HeaderLen)
+	}
+	msg := f.Payload[ipv6.HeaderLen:end] // without Ethernet padding
+	src, _ := netip.AddrFromSlice(h.Src)
+	dst, _ := netip.AddrFromSlice(h.Dst)
+	if err := checkICMPv6Checksum(msg, src, dst); err != nil {
+		return nil, err
+	}
+	if code := msg[1]; code != 0 {
+		return nil, fmt.Errorf("ICMPv6 code %d, not 0", code)
+	}
+	m, err := ndp.ParseMessage(msg)
+	if err != nil {
+		return nil, err
+	}
+	ns, ok := m.(*ndp.NeighborSolicitation)
+	if !ok {
+		return nil, fmt.Errorf("%T, not a neighbor solicitation", m)
+	}
+	if ns.TargetAddress.IsMulticast() {
+		return nil, fmt.Errorf("multicast target %s", ns.TargetAddress)
+	}
+	if src.IsUnspecified() {
+		if err := checkDAD(ns, dst); err != nil {
+			return nil, err
+		}
+	}
+	return &solicitation{srcMAC: f.Source, dstMAC: f.Destination, src: src, dst: dst, target: ns.TargetAddress}, nil
+}
+
+// checkICMPv6Checksum verifies the checksum of an ICMPv6 message by having
+// x/net/icmp compute it afresh over the pseudo-header and comparing.
+func checkICMPv6Checksum(msg []byte, src, dst netip.Addr) error {
+	m, err := icmp.ParseMessage(protocolICMPv6, msg)
+	if err != nil {
+		return fmt.Errorf("ICMPv6: %w", err)
+	}
+	want, err := m.Marshal(icmp.IPv6PseudoHeader(src.AsSlice(), dst.AsSlice()))
+	if err != nil {
+		return fmt.Errorf("ICMPv6: %w", err)
+	}
+	if !bytes.Equal(want[2:4], msg[2:4]) {
+		return fmt.Errorf("bad ICMPv6 checksum %#04x, want %#04x", msg[2:4], want[2:4])
+	}
+	return nil
+}
+
+// checkDAD applies the extra rules for a solicitation from the unspecified
+// address (Duplicate Address Detection): it must go to the target's
+// solicited-node group and must not carry a source link-layer address.
+func checkDAD(ns *ndp.NeighborSolicitation, dst netip.Addr) error {
+	group, err := ndp.SolicitedNodeMulticast(ns.TargetAddress)
+	if err != nil {
+		return err
+	}
+	if dst != group {
+		return fmt.Errorf("DAD solicitation for %s sent to %s, not %s", ns.TargetAddress, dst, group)
+	}
+	for _, o := range ns.Options {
+		if lla, ok := o.(*ndp.LinkLayerAddress); ok && lla.Direction == ndp.Source {
+			return errors.New("DAD solicitation with a source link-layer address")
+		}
+	}
+	return nil
+}
+
+// advertisementFor builds the answer to a solicitation for an owned address
+// and the address to send it to (RFC 4861 section 7.2.4): to the solicitor,
+// or, when it is doing DAD and has no address yet, to all nodes and not
+// marked solicited.
+func advertisementFor(s *solicitation, mac net.HardwareAddr) (*ndp.NeighborAdvertisement, netip.Addr) {
+	na := unsolicitedAdvertisement(s.target, mac)
+	if s.src.IsUnspecified() {
+		return na, netip.IPv6LinkLocalAllNodes()
+	}
+	na.Solicited = true
+	return na, s.src
+}
+
+// unsolicitedAdvertisement builds the advertisement that announces addr at
+// mac. Override makes neighbours replace a cached MAC, the old owner's.
+func unsolicitedAdvertisement(addr netip.Addr, mac net.HardwareAddr) *ndp.NeighborAdvertisement {
+	return &ndp.NeighborAdvertisement{
+		Override:      true,
+		TargetAddress: addr,
+		Options:       []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: mac}},
+	}
+}
+
+// syncGroups joins the solicited-node groups of the IPv6 addresses in want
+// and leaves those no address in want maps to any more. A group that fails to
+// join is not recorded, so the next SetAddresses tries again. Called with
+// r.mu held.
+func (r *Responder) syncGroups(want map[netip.Addr]struct{}) {
+	if r.ndp == nil {
+		return
+	}
+	join, leave := groupChanges(r.groups, solicitedNodeGroups(want))
+	for _, g := range leave {
+		if err := r.ndp.LeaveGroup(g); err != nil {
+			r.logger.Error(err, "Leaving solicited-node multicast group failed", "group", g)
+		}
+		delete(r.groups, g)
+	}
+	for _, g := range join {
+		if err := r.ndp.JoinGroup(g); err != nil {
+			r.logger.Error(err, "Joining solicited-node multicast group failed: switches may not forward its solicitations", "group", g)
+			continue
+		}
+		r.groups[g] = struct{}{}
+	}
+}
+
+// solicitedNodeGroups returns the solicited-node multicast groups of the IPv6
+// addresses in addrs.
+func solicitedNodeGroups(addrs map[netip.Addr]struct{}) map[netip.Addr]struct{} {
+	groups := map[netip.Addr]struct{}{}
+	for a := range addrs {
+		if g, err := ndp.SolicitedNodeMulticast(a); err == nil {
+			groups[g] = struct{}{}
+		}
+	}
+	return groups
+}
+
+// groupChanges returns, sorted, the groups in want but not joined, and those
+// joined but not in want.
+func groupChanges(joined, want map[netip.Addr]struct{}) (join, leave []netip.Addr) {
+	for g := range want {
+		if _, ok := joined[g]; !ok {
+			join = append(join, g)
+		}
+	}
+	for g := range joined {
+		if _, ok := want[g]; !ok {
+			leave = append(leave, g)
+		}
+	}
+	slices.SortFunc(join, netip.Addr.Compare)
+	slices.SortFunc(leave, netip.Addr.Compare)
+	return join, leave
+}

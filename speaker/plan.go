@@ -1,0 +1,311 @@
+// Package speaker is ironlb-speaker's controller: from the Services ironlb
+// owns, their EndpointSlices, the Nodes, the IPPools and which speakers are
+// alive, every speaker computes the same owner for every address, answers
+// ARP/NDP for those it owns, and reports on the Service.
+package speaker
+
+import (
+	"cmp"
+	"fmt"
+	"hash/fnv"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+)
+
+// Heartbeat info keys: every speaker tells the others which of the
+// interfaces that matter are up, so that all of them rank the same nodes.
+const (
+	infoDefaultIf = "default-if" // the interface that holds the node's InternalIP
+	infoIfPrefix  = "if/"        // "if/eth0": "up"
+	ifUp          = "up"
+
+	// LabelExcludeFromLB keeps a node from ever announcing.
+	LabelExcludeFromLB = "node.kubernetes.io/exclude-from-external-load-balancers"
+)
+
+// inputs is everything the plan depends on. Every speaker has the same
+// inputs (from the API server and the heartbeats), so every speaker computes
+// the same plan.
+type inputs struct {
+	services []*v1.Service                                         // ironlb's, with addresses
+	slices   map[types.NamespacedName][]*discoveryv1.EndpointSlice // by Service
+	pools    []*v1alpha1.IPPool
+	nodes    map[string]*v1.Node
+	alive    map[string]map[string]string // live speakers and their heartbeat info
+}
+
+// announcement is one address: who answers for it, where, and why not.
+type announcement struct {
+	addr       netip.Addr
+	pool       string
+	owner      string   // "" when no node may answer
+	interfaces []string // the owner's interfaces to answer on
+	services   []types.NamespacedName
+	reason     string // why there is no owner
+	// missing lists nodes that match the pool but lack its interfaces.
+	missing map[string]string
+}
+
+func (a announcement) protocol() string {
+	if a.addr.Is4() {
+		return "ARP"
+	}
+	return "NDP"
+}
+
+// l2Plan computes the announcements of every L2 address. Addresses whose pool
+// has no l2 section are left out: BGP or nothing announces them.
+func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]string) {
+	plan := map[netip.Addr]*announcement{}
+	eligible := map[netip.Addr]map[string]bool{}
+	// notAnnounced holds Services whose pool announces in no way, with the reason.
+	notAnnounced := map[types.NamespacedName]string{}
+	for _, svc := range in.services {
+		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		for _, addr := range ingressAddrs(svc) {
+			pool := poolOf(in.pools, svc, addr)
+			if pool == nil {
+				notAnnounced[key] = fmt.Sprintf("%s is in no IPPool", addr)
+				continue
+			}
+			if pool.Spec.L2 == nil {
+				if pool.Spec.BGP == nil {
+					notAnnounced[key] = fmt.Sprintf("IPPool %s has neither l2 nor bgp: %s is allocated but not announced", pool.Name, addr)
+				}
+				continue
+			}
+			a := plan[addr]
+			if a == nil {
+				a = &announcement{addr: addr, pool: pool.Name, missing: map[string]string{}}
+				plan[addr] = a
+			}
+			a.services = append(a.services, key)
+			nodes, why := eligibleNodes(in, svc, pool, a.missing)
+			// Services that share an address answer from one node: one
+			// that every one of them may use.
+			if prev, ok := eligible[addr]; ok {
+				for n := range prev {
+					if !nodes[n] {
+						delete(prev, n)
+					}
+				}
+			} else {
+				eligible[addr] = nodes
+			}
+			if len(eligible[addr]) == 0 && a.reason == "" {
+				a.reason = why
+			}
+		}
+	}
+	for addr, a := range plan {
+		a.owner = rank(addr.String(), eligible[addr])
+		if a.owner != "" {
+			a.reason = ""
+			a.interfaces = answeringInterfaces(in.pools, a.pool, in.alive[a.owner])
+		} else if a.reason == "" {
+			a.reason = "the Services sharing it have no eligible node in common"
+		}
+		slices.SortFunc(a.services, func(x, y types.NamespacedName) int { return cmp.Compare(x.String(), y.String()) })
+	}
+	return plan, notAnnounced
+}
+
+// eligibleNodes are the nodes that may answer for svc's address from pool,
+// and, if there is none, a sentence that says why for each node.
+func eligibleNodes(in inputs, svc *v1.Service, pool *v1alpha1.IPPool, missing map[string]string) (map[string]bool, string) {
+	sel, err := selectorOf(pool.Spec.L2.NodeSelector)
+	if err != nil {
+		return nil, fmt.Sprintf("IPPool %s has an invalid l2.nodeSelector: %v", pool.Name, err)
+	}
+	local := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+	var withEndpoints map[string]bool
+	if local {
+		withEndpoints = localEndpointNodes(in.slices[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}])
+	}
+	nodes := map[string]bool{}
+	var why []string
+	for _, name := range slices.Sorted(maps.Keys(in.nodes)) {
+		node := in.nodes[name]
+		info, alive := in.alive[name]
+		switch {
+		case !sel.Matches(labels.Set(node.Labels)):
+			why = append(why, name+": not selected by the pool's l2.nodeSelector")
+		case hasLabel(node, LabelExcludeFromLB):
+			why = append(why, name+": labelled "+LabelExcludeFromLB)
+		case networkUnavailable(node):
+			why = append(why, name+": NetworkUnavailable")
+		case !alive:
+			why = append(why, name+": no live speaker")
+		case len(answeringInterfaces(in.pools, pool.Name, info)) == 0:
+			m := name + ": " + interfaceProblem(pool, info)
+			missing[name] = m
+			why = append(why, m)
+		case local && !withEndpoints[name]:
+			why = append(why, name+": no ready local endpoint (externalTrafficPolicy: Local)")
+		default:
+			nodes[name] = true
+		}
+	}
+	if len(why) == 0 {
+		why = []string{"the cluster has no nodes"}
+	}
+	return nodes, "no eligible node (" + strings.Join(why, "; ") + ")"
+}
+
+func interfaceProblem(pool *v1alpha1.IPPool, info map[string]string) string {
+	if len(pool.Spec.L2.Interfaces) == 0 {
+		if def := info[infoDefaultIf]; def != "" {
+			return "interface " + def + " (the one with the node's InternalIP) is down"
+		}
+		return "no interface holds the node's InternalIP"
+	}
+	return fmt.Sprintf("none of the pool's interfaces %v exists and is up", pool.Spec.L2.Interfaces)
+}
+
+// answeringInterfaces are the interfaces a node with heartbeat info answers
+// on for pool: the pool's interfaces that are up there, or by default the
+// one that holds its InternalIP.
+func answeringInterfaces(pools []*v1alpha1.IPPool, poolName string, info map[string]string) []string {
+	var pool *v1alpha1.IPPool
+	for _, p := range pools {
+		if p.Name == poolName {
+			pool = p
+		}
+	}
+	if pool == nil || pool.Spec.L2 == nil {
+		return nil
+	}
+	want := pool.Spec.L2.Interfaces
+	if len(want) == 0 {
+		if def := info[infoDefaultIf]; def != "" {
+			want = []string{def}
+		}
+	}
+	var up []string
+	for _, name := range want {
+		if info[infoIfPrefix+name] == ifUp {
+			up = append(up, name)
+		}
+	}
+	slices.Sort(up)
+	return up
+}
+
+// rank picks the owner of key among nodes by rendezvous hashing: each node
+// scores hash(node, key) and the highest wins. Every speaker gets the same
+// answer from the same set; addresses spread evenly; and when a node comes or
+// goes only the addresses it wins or held move.
+func rank(key string, nodes map[string]bool) string {
+	best, bestScore := "", uint64(0)
+	for n := range nodes {
+		s := score(n, key)
+		if best == "" || s > bestScore || s == bestScore && n < best {
+			best, bestScore = n, s
+		}
+	}
+	return best
+}
+
+func score(node, key string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(node))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	// FNV alone clusters on similar inputs; a final mix (splitmix64) spreads it.
+	x := h.Sum64()
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+// ingressAddrs are the addresses in svc's status.
+func ingressAddrs(svc *v1.Service) []netip.Addr {
+	var out []netip.Addr
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		if a, err := netip.ParseAddr(in.IP); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// poolOf is the pool addr came from: the one ironlb-ccm named on the
+// Service if it holds addr, else any pool that holds it.
+func poolOf(pools []*v1alpha1.IPPool, svc *v1.Service, addr netip.Addr) *v1alpha1.IPPool {
+	named := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
+	var found *v1alpha1.IPPool
+	for _, p := range pools {
+		if !poolContains(p, addr) {
+			continue
+		}
+		if p.Name == named {
+			return p
+		}
+		if found == nil {
+			found = p
+		}
+	}
+	return found
+}
+
+func poolContains(p *v1alpha1.IPPool, addr netip.Addr) bool {
+	for _, r := range p.Spec.Addresses {
+		if rng, err := r.IPRange(); err == nil && rng.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// localEndpointNodes are the nodes with a ready endpoint of the Service,
+// or, where none is ready, a serving (terminating) one, as kube-proxy uses them.
+func localEndpointNodes(slices []*discoveryv1.EndpointSlice) map[string]bool {
+	nodes := map[string]bool{}
+	for _, s := range slices {
+		for _, ep := range s.Endpoints {
+			if ep.NodeName == nil {
+				continue
+			}
+			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			serving := ep.Conditions.Serving != nil && *ep.Conditions.Serving
+			if ready || serving {
+				nodes[*ep.NodeName] = true
+			}
+		}
+	}
+	return nodes
+}
+
+func selectorOf(ls *metav1.LabelSelector) (labels.Selector, error) {
+	if ls == nil {
+		return labels.Everything(), nil
+	}
+	return metav1.LabelSelectorAsSelector(ls)
+}
+
+func hasLabel(n *v1.Node, key string) bool {
+	_, ok := n.Labels[key]
+	return ok
+}
+
+func networkUnavailable(n *v1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == v1.NodeNetworkUnavailable && c.Status == v1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}

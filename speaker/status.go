@@ -1,0 +1,196 @@
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/speaker/member"
+)
+
+// Events the speakers send.
+const (
+	EventAnnouncing     = "Announcing"
+	EventAnnounceFailed = "AnnounceFailed"
+
+	// Reasons of the Announced condition.
+	ReasonAnnounced      = "Announced"
+	ReasonNoEligibleNode = "NoEligibleNode"
+	ReasonNotAnnounced   = "NotAnnounced"
+)
+
+// announcedCondition is what the Announced condition of svc should say, or
+// nil when no L2 pool is involved (BGP or nothing reports then).
+func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, notAnnounced string) *metav1.Condition {
+	var parts []string
+	ok, any := true, false
+	for _, addr := range ingressAddrs(svc) {
+		a := plan[addr]
+		if a == nil {
+			continue
+		}
+		any = true
+		if a.owner == "" {
+			ok = false
+			parts = append(parts, fmt.Sprintf("%s: %s", addr, a.reason))
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s by %s on %s (%s)", addr, a.owner, strings.Join(a.interfaces, ","), a.protocol()))
+	}
+	c := &metav1.Condition{Type: v1alpha1.ConditionAnnounced, ObservedGeneration: svc.Generation}
+	switch {
+	case notAnnounced != "":
+		c.Status, c.Reason = metav1.ConditionFalse, ReasonNotAnnounced
+		parts = append([]string{notAnnounced}, parts...)
+	case !any:
+		return nil
+	case ok:
+		c.Status, c.Reason = metav1.ConditionTrue, ReasonAnnounced
+	default:
+		c.Status, c.Reason = metav1.ConditionFalse, ReasonNoEligibleNode
+	}
+	c.Message = strings.Join(parts, "; ")
+	if len(c.Message) > 32000 {
+		c.Message = c.Message[:32000]
+	}
+	return c
+}
+
+// writer is the one speaker that writes svc's condition: the owner of its
+// first announced address, or, when none has an owner, the speaker the
+// ranking picks among the live ones. Every speaker computes the same.
+func writer(svc *v1.Service, plan map[netip.Addr]*announcement, alive map[string]member.Peer) string {
+	for _, addr := range ingressAddrs(svc) {
+		if a := plan[addr]; a != nil && a.owner != "" {
+			return a.owner
+		}
+	}
+	nodes := map[string]bool{}
+	for n := range alive {
+		nodes[n] = true
+	}
+	return rank("service/"+svc.Namespace+"/"+svc.Name, nodes)
+}
+
+// queueConditions records the conditions this speaker writes and queues
+// those that differ from what the Service shows.
+func (s *Speaker) queueConditions(in inputs, plan map[netip.Addr]*announcement, notAnnounced map[types.NamespacedName]string, view member.View) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	mine := map[types.NamespacedName]bool{}
+	for _, svc := range in.services {
+		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		c := announcedCondition(svc, plan, notAnnounced[key])
+		if c == nil || writer(svc, plan, view.Alive) != s.cfg.Node {
+			continue
+		}
+		mine[key] = true
+		s.desired[key] = *c
+		if !sameCondition(findCondition(svc, v1alpha1.ConditionAnnounced), c) {
+			s.status.Add(key)
+		}
+	}
+	for key := range s.desired {
+		if !mine[key] {
+			delete(s.desired, key)
+		}
+	}
+}
+
+func findCondition(svc *v1.Service, typ string) *metav1.Condition {
+	for i := range svc.Status.Conditions {
+		if svc.Status.Conditions[i].Type == typ {
+			return &svc.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+func sameCondition(a, b *metav1.Condition) bool {
+	return a != nil && b != nil && a.Status == b.Status && a.Reason == b.Reason && a.Message == b.Message && a.ObservedGeneration == b.ObservedGeneration
+}
+
+func (s *Speaker) statusWorker(ctx context.Context) {
+	for {
+		key, quit := s.status.Get()
+		if quit {
+			return
+		}
+		if err := s.writeCondition(ctx, key); err != nil {
+			s.logger.Error(err, "Cannot write the Announced condition; retrying", "service", key)
+			s.status.AddRateLimited(key)
+		} else {
+			s.status.Forget(key)
+		}
+		s.status.Done(key)
+	}
+}
+
+// writeCondition applies this speaker's condition with server-side apply:
+// only the Announced condition, under the speakers' field manager, so
+// ironlb-ccm's condition and everything else stay as they are.
+func (s *Speaker) writeCondition(ctx context.Context, key types.NamespacedName) error {
+	s.mu.Lock()
+	c, ok := s.desired[key]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	obj, exists, err := s.services.GetStore().GetByKey(key.String())
+	if err != nil || !exists {
+		return err
+	}
+	svc := obj.(*v1.Service)
+	prev := findCondition(svc, c.Type)
+	if sameCondition(prev, &c) {
+		return nil
+	}
+	since := metav1.NewTime(time.Now())
+	if prev != nil && prev.Status == c.Status {
+		since = prev.LastTransitionTime
+	}
+	ac := corev1ac.Service(key.Name, key.Namespace).WithStatus(corev1ac.ServiceStatus().WithConditions(
+		metav1ac.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).WithMessage(c.Message).
+			WithObservedGeneration(c.ObservedGeneration).WithLastTransitionTime(since)))
+	_, err = s.cfg.Client.CoreV1().Services(key.Namespace).ApplyStatus(ctx, ac, metav1.ApplyOptions{FieldManager: v1alpha1.FieldManagerSpeaker, Force: true})
+	if err != nil {
+		return fmt.Errorf("apply the %s condition of %s: %w", c.Type, key, err)
+	}
+	return nil
+}
+
+// eventSink sends events about Services, from this node.
+type eventSink struct {
+	recorder record.EventRecorder
+}
+
+func newEventSink(client kubernetes.Interface, node string) *eventSink {
+	b := record.NewBroadcaster()
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	return &eventSink{recorder: b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "ironlb-speaker", Host: node})}
+}
+
+func (e *eventSink) normal(svc types.NamespacedName, reason, msg string) {
+	e.recorder.Event(ref(svc), v1.EventTypeNormal, reason, msg)
+}
+
+func (e *eventSink) warning(svc types.NamespacedName, reason, msg string) {
+	e.recorder.Event(ref(svc), v1.EventTypeWarning, reason, msg)
+}
+
+func ref(svc types.NamespacedName) *v1.ObjectReference {
+	return &v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: svc.Namespace, Name: svc.Name}
+}
