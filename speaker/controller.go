@@ -72,6 +72,10 @@ type Speaker struct {
 	failed     map[string]bool                           // interfaces that could not be opened
 	warned     map[string]bool                           // AnnounceFailed events already sent
 	myIP       netip.Addr
+	// quietUntil is the end of the start-up grace: until the first
+	// heartbeats have come in, a speaker would think itself alone and
+	// answer for everything.
+	quietUntil time.Time
 }
 
 type running struct {
@@ -161,6 +165,11 @@ func (s *Speaker) Run(ctx context.Context) error {
 		return err
 	}
 	s.refreshInfo()
+	timeout := s.cfg.HeartbeatTimeout
+	if timeout == 0 {
+		timeout = member.DefaultTimeout
+	}
+	s.quietUntil = time.Now().Add(timeout + 100*time.Millisecond)
 
 	// The heartbeats outlive ctx by the time it takes to stop answering.
 	memberCtx, stopMembers := context.WithCancel(context.WithoutCancel(ctx))
@@ -407,9 +416,14 @@ func (s *Speaker) sync(ctx context.Context) error {
 	plan, notAnnounced := l2Plan(in)
 
 	want := map[string][]netip.Addr{}
-	if view.Isolated {
+	quiet := time.Now().Before(s.quietUntil)
+	switch {
+	case quiet:
+		// Not a word yet: peers' heartbeats may still be on their way.
+		s.queue.AddAfter(syncKey, time.Until(s.quietUntil))
+	case view.Isolated:
 		s.logger.Info("Cut off from every other speaker: answering for no address until one is heard again")
-	} else {
+	default:
 		for addr, a := range plan {
 			if a.owner != s.cfg.Node {
 				continue
@@ -421,7 +435,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 	}
 	s.answer(ctx, want, plan)
 	s.warnMissing(plan, in)
-	if !view.Isolated {
+	if !view.Isolated && !quiet {
 		s.queueConditions(in, plan, notAnnounced, view)
 	}
 	return nil

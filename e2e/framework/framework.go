@@ -222,3 +222,40 @@ func (f *F) Curl(ns string, addr netip.Addr, want string, attempts int) string {
 
 // Host is the host part of an address as a prefix of one address.
 func Host(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
+
+// Owner asks from the LAN client who answers for addr and returns that node
+// (1..N); it fails the test when more than one node answers (split brain)
+// and returns 0 when none does.
+func (f *F) Owner(addr netip.Addr) int {
+	f.T.Helper()
+	macs, err := lab.AnsweringMACs(f.Ctx, f.ClientNS(), addr)
+	if err != nil {
+		f.T.Fatalf("who has %s: %v", addr, err)
+	}
+	if len(macs) > 1 {
+		f.T.Fatalf("split brain: %d MACs answer for %s: %v", len(macs), addr, macs)
+	}
+	if len(macs) == 0 {
+		return 0
+	}
+	n := f.NodeByMAC(macs[0])
+	if n == 0 {
+		f.T.Fatalf("%s is answered by %s, which is no node's", addr, macs[0])
+	}
+	return n
+}
+
+// WaitOwner waits until exactly one node answers for addr and that node
+// satisfies ok, and returns it.
+func (f *F) WaitOwner(addr netip.Addr, what string, ok func(n int) bool) int {
+	f.T.Helper()
+	var owner int
+	f.Eventually(fmt.Sprintf("%s is answered by %s", addr, what), 30, 200*time.Millisecond, func() error {
+		owner = f.Owner(addr)
+		if owner == 0 || !ok(owner) {
+			return fmt.Errorf("answered by node %d", owner)
+		}
+		return nil
+	})
+	return owner
+}

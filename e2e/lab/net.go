@@ -120,6 +120,8 @@ func buildNetwork(ctx context.Context, p Plan) error {
 			"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0",
 			"net.ipv4.conf.all.accept_redirects=0", "net.ipv4.conf.default.accept_redirects=0",
 			"net.ipv6.conf.all.accept_redirects=0", "net.ipv6.conf.default.accept_redirects=0",
+			// A link that goes down and up keeps its IPv6 addresses, as IPv4 ones are kept.
+			"net.ipv6.conf.all.keep_addr_on_down=1", "net.ipv6.conf.default.keep_addr_on_down=1",
 		); err != nil {
 			return err
 		}

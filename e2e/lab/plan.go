@@ -155,3 +155,15 @@ func (p Plan) TestPool(i int) []netip.Prefix {
 		prefix(netip.MustParseAddr(fmt.Sprintf("fd31:0:0:%x04:%x::", p.Index, i%16)), 112),
 	}
 }
+
+// L2TestPool is the i-th (0..7) slice of the L2 pool: four IPv4 and sixteen
+// IPv6 addresses on the LAN, so that tests in one lab never share addresses.
+func (p Plan) L2TestPool(i int) []netip.Prefix {
+	return []netip.Prefix{
+		prefix(p.v4(0, 192+4*(i%8)), 30),
+		prefix(netip.MustParseAddr(fmt.Sprintf("fd31:0:0:%x00::1:%x", p.Index, 16*(i%8))), 124),
+	}
+}
+
+// ExcludeLabel keeps a node from announcing any address.
+const ExcludeLabel = "node.kubernetes.io/exclude-from-external-load-balancers"

@@ -49,19 +49,21 @@ var (
 	ndiscReply  = regexp.MustCompile(`(?i)target link-layer address:\s*([0-9a-f:]{17})`)
 )
 
-// AnsweringMACs asks, from namespace ns, who has addr on the LAN (ARP for
-// IPv4, a neighbour solicitation for IPv6) and returns every distinct MAC
-// that answered, sorted. Two MACs mean two nodes answer: split brain.
+// AnsweringMACs asks once, from namespace ns, who has addr on the LAN (one
+// ARP request for IPv4, one neighbour solicitation for IPv6), waits a
+// second for every answer to that one question, and returns each distinct
+// MAC that answered, sorted. Two MACs mean two nodes answer at the same
+// time: split brain. (Asking several times could catch an owner handing over
+// to the next between two questions, which is no split brain.)
 func AnsweringMACs(ctx context.Context, ns string, addr netip.Addr) ([]net.HardwareAddr, error) {
 	var out string
 	var err error
 	var re *regexp.Regexp
 	if addr.Is4() {
-		// Three requests, a second's wait: every answer from every node.
-		out, err = Exec(ctx, ns, "arping", "-c", "3", "-w", "1", "-i", "eth0", addr.String())
+		out, err = Exec(ctx, ns, "arping", "-c", "1", "-w", "1", "-i", "eth0", addr.String())
 		re = arpingReply
 	} else {
-		out, err = Exec(ctx, ns, "ndisc6", "-m", "-n", "-r", "3", "-w", "300", addr.String(), "eth0")
+		out, err = Exec(ctx, ns, "ndisc6", "-m", "-n", "-r", "1", "-w", "1000", addr.String(), "eth0")
 		re = ndiscReply
 	}
 	seen := map[string]net.HardwareAddr{}

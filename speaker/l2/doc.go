@@ -25,7 +25,7 @@
 //   - It joins the solicited-node multicast group of every IPv6 address it
 //     answers for (and leaves it when no address maps to it any more), so
 //     the NIC accepts the solicitations and switches doing MLD snooping
-//     forward them to this node.
+//     forward them to this node. The memberships are held by an ndp.Conn.
 //   - It answers unicast solicitations (neighbour-unreachability probes sent
 //     straight to the VIP) as well as multicast ones. The kernel would not
 //     hand a unicast solicitation for an address it does not own to an
@@ -34,12 +34,18 @@
 //     immediately after the IPv6 header. Because that bypasses the kernel's
 //     validation, the package repeats it (RFC 4861 section 7.1.1: hop limit
 //     255, checksum, code 0, target not multicast, DAD rules).
-//   - Advertisements go out through an ndp.Conn bound to the interface's
-//     link-local address, which sends with hop limit 255: Solicited and
-//     Override set and the Target Link-Layer Address option, to the
-//     solicitation's source, or to ff02::1 with Solicited clear when the
-//     source is the unspecified address (Duplicate Address Detection), which
-//     makes the VIP fail DAD on any other host that tries to take it.
+//   - It answers with a Neighbor Advertisement (Solicited and Override set,
+//     Target Link-Layer Address option) to the solicitation's source and
+//     Ethernet source, or to ff02::1 with Solicited clear when the source is
+//     the unspecified address (Duplicate Address Detection), which makes the
+//     VIP fail DAD on any other host that tries to take it. Announcements are
+//     unsolicited advertisements to ff02::1 with Override set. Advertisements
+//     leave as whole frames on the packet socket, with hop limit 255 and the
+//     VIP as IPv6 source like a host that owns the address would send: an
+//     ICMPv6 socket (ndp.Conn) cannot use a source that is not a local
+//     address, some receivers (ndisc6) ignore an answer from another source,
+//     and a frame to the solicitor's MAC depends on neither this node's
+//     routes nor its neighbour cache.
 //
 // # Limitations
 //
@@ -50,10 +56,9 @@
 //     802.1Q-tagged frames that reach the parent interface still tagged are
 //     dropped.
 //   - Sockets are bound to the interface index seen by New. If the interface
-//     is deleted and created again, or gains its first IPv4 or link-local
-//     address later, make a new Responder.
-//   - A link-local address still in Duplicate Address Detection cannot be
-//     bound to, so New fails for some seconds after a link comes up; retry.
+//     is deleted and created again, or gains its first IPv4 address later,
+//     make a new Responder.
+//   - Ethernet-like interfaces only (a 6-byte MAC address).
 //
 // # Metrics
 //

@@ -2,6 +2,7 @@ package l2
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -190,23 +191,59 @@ func TestParseSolicitation(t *testing.T) {
 	}
 }
 
-// roundTrip marshals and parses an advertisement, so that the test checks
-// what goes on the wire.
-func roundTrip(t *testing.T, na *ndp.NeighborAdvertisement) *ndp.NeighborAdvertisement {
-	t.Helper()
-	b, err := ndp.MarshalMessage(na)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := ndp.ParseMessage(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m.(*ndp.NeighborAdvertisement)
+// sent is an advertisement frame as a receiver sees it.
+type sent struct {
+	srcMAC, dstMAC net.HardwareAddr
+	src, dst       netip.Addr
+	hopLimit       int
+	na             *ndp.NeighborAdvertisement
 }
 
-func checkAdvertisement(t *testing.T, na *ndp.NeighborAdvertisement, solicited bool) {
+// parseAdvertisement parses and checks (checksum included) the frame of a.
+func parseAdvertisement(t *testing.T, a advertisement) sent {
 	t.Helper()
+	b, err := a.frame(ourMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f ethernet.Frame
+	if err := f.UnmarshalBinary(b); err != nil {
+		t.Fatal(err)
+	}
+	if f.EtherType != ethernet.EtherTypeIPv6 {
+		t.Fatalf("EtherType %v, want IPv6", f.EtherType)
+	}
+	h, err := ipv6.ParseHeader(f.Payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Version != 6 || h.NextHeader != protocolICMPv6 || h.PayloadLen != len(f.Payload)-ipv6.HeaderLen {
+		t.Fatalf("IPv6 header %v: want version 6, ICMPv6, payload length %d", h, len(f.Payload)-ipv6.HeaderLen)
+	}
+	src, _ := netip.AddrFromSlice(h.Src)
+	dst, _ := netip.AddrFromSlice(h.Dst)
+	msg := f.Payload[ipv6.HeaderLen:]
+	if err := checkICMPv6Checksum(msg, src, dst); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ndp.ParseMessage(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	na, ok := m.(*ndp.NeighborAdvertisement)
+	if !ok {
+		t.Fatalf("sent %T, want a neighbor advertisement", m)
+	}
+	return sent{srcMAC: f.Source, dstMAC: f.Destination, src: src, dst: dst, hopLimit: h.HopLimit, na: na}
+}
+
+// checkAdvertisement checks what every advertisement of vip6 must be.
+func checkAdvertisement(t *testing.T, s sent, solicited bool) {
+	t.Helper()
+	if !slices.Equal(s.srcMAC, ourMAC) || s.src != vip6 || s.hopLimit != ndp.HopLimit {
+		t.Errorf("sent from %s at %s with hop limit %d, want from %s at %s with hop limit 255", s.src, s.srcMAC, s.hopLimit, vip6, ourMAC)
+	}
+	na := s.na
 	if na.Router || na.Solicited != solicited || !na.Override || na.TargetAddress != vip6 {
 		t.Errorf("advertisement %+v: want Router=false Solicited=%v Override=true TargetAddress=%s", na, solicited, vip6)
 	}
@@ -220,19 +257,29 @@ func checkAdvertisement(t *testing.T, na *ndp.NeighborAdvertisement, solicited b
 }
 
 func TestAdvertisements(t *testing.T) {
-	na, dst := advertisementFor(&solicitation{src: client6, dst: vip6Group, target: vip6}, ourMAC)
-	if dst != client6 {
-		t.Errorf("answer to a solicitation goes to %s, want its source %s", dst, client6)
-	}
-	checkAdvertisement(t, roundTrip(t, na), true)
+	allNodesMAC := net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}
 
-	na, dst = advertisementFor(&solicitation{src: netip.IPv6Unspecified(), dst: vip6Group, target: vip6}, ourMAC)
-	if dst != netip.MustParseAddr("ff02::1") {
-		t.Errorf("answer to DAD goes to %s, want ff02::1", dst)
+	s := parseAdvertisement(t, answer(&solicitation{srcMAC: theirMAC, dstMAC: ourMAC, src: client6, dst: vip6Group, target: vip6}, ourMAC))
+	if s.dst != client6 || !slices.Equal(s.dstMAC, theirMAC) {
+		t.Errorf("answer to a solicitation goes to %s at %s, want its source %s at %s", s.dst, s.dstMAC, client6, theirMAC)
 	}
-	checkAdvertisement(t, roundTrip(t, na), false)
+	checkAdvertisement(t, s, true)
 
-	checkAdvertisement(t, roundTrip(t, unsolicitedAdvertisement(vip6, ourMAC)), false)
+	s = parseAdvertisement(t, answer(&solicitation{srcMAC: theirMAC, dstMAC: multicastMAC(vip6Group), src: netip.IPv6Unspecified(), dst: vip6Group, target: vip6}, ourMAC))
+	if s.dst != netip.MustParseAddr("ff02::1") || !slices.Equal(s.dstMAC, allNodesMAC) {
+		t.Errorf("answer to DAD goes to %s at %s, want ff02::1 at %s", s.dst, s.dstMAC, allNodesMAC)
+	}
+	checkAdvertisement(t, s, false)
+
+	s = parseAdvertisement(t, announcement(vip6, ourMAC))
+	if s.dst != netip.MustParseAddr("ff02::1") || !slices.Equal(s.dstMAC, allNodesMAC) {
+		t.Errorf("announcement goes to %s at %s, want ff02::1 at %s", s.dst, s.dstMAC, allNodesMAC)
+	}
+	checkAdvertisement(t, s, false)
+
+	if got, want := multicastMAC(vip6Group), (net.HardwareAddr{0x33, 0x33, 0xff, 0, 0, 0x10}); !slices.Equal(got, want) {
+		t.Errorf("multicastMAC(%s) = %s, want %s", vip6Group, got, want)
+	}
 }
 
 func TestGratuitousARP(t *testing.T) {
@@ -434,6 +481,36 @@ func TestSetAddressesAnnounces(t *testing.T) {
 	}
 }
 
+func TestSetAddressesConcurrent(t *testing.T) {
+	logger, _ := ktesting.NewTestContext(t)
+	r := newResponder(&net.Interface{Name: "test0", HardwareAddr: ourMAC}, logger, config{schedule: []time.Duration{0, time.Millisecond}})
+	rec := &announcements{counts: map[netip.Addr]int{}}
+	r.announce = rec.record
+	sets := [][]netip.Addr{
+		{vip6},
+		{vip6, netip.MustParseAddr("172.31.248.10")},
+		{netip.MustParseAddr("fd31:0:0:f80::20")},
+		nil,
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				r.SetAddresses(sets[(g+i)%len(sets)])
+				r.owns(vip6)
+			}
+		})
+	}
+	wg.Wait()
+	r.SetAddresses(sets[1])
+	if !r.owns(vip6) || r.owns(netip.MustParseAddr("fd31:0:0:f80::20")) {
+		t.Errorf("after the last SetAddresses the set is %v, want %v", r.owned, sets[1])
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestNormalize(t *testing.T) {
 	logger, _ := ktesting.NewTestContext(t)
 	r := newResponder(&net.Interface{Name: "test0", HardwareAddr: ourMAC}, logger, config{})
@@ -465,7 +542,9 @@ func TestRegisterMetrics(t *testing.T) {
 	if err := RegisterMetrics(reg); err != nil {
 		t.Fatalf("registering again: %v", err)
 	}
-	c := newCounters(protocolNDP, "test-metrics0")
+	// The counters are global: a fresh interface label keeps -count=N runs apart.
+	iface := fmt.Sprintf("test%d", time.Now().UnixNano())
+	c := newCounters(protocolNDP, iface)
 	c.requests.Inc()
 	c.replies.Inc()
 	c.gratuitous.Add(2)
@@ -480,7 +559,7 @@ func TestRegisterMetrics(t *testing.T) {
 			for _, l := range m.GetLabel() {
 				labels[l.GetName()] = l.GetValue()
 			}
-			if labels["interface"] == "test-metrics0" && labels["protocol"] == "ndp" {
+			if labels["interface"] == iface && labels["protocol"] == "ndp" {
 				got[f.GetName()] = m.GetCounter().GetValue()
 			}
 		}

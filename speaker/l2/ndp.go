@@ -3,6 +3,7 @@ package l2
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -26,7 +27,7 @@ const (
 	acceptFrame = 1 << 18
 )
 
-// solicitationFilter is the BPF program of the solicitation socket: it
+// solicitationFilter is the BPF program of the NDP packet socket: it
 // passes Ethernet frames carrying IPv6 whose Next Header is ICMPv6 and whose
 // ICMPv6 type is Neighbor Solicitation (135), and drops everything else in
 // the kernel. Extension headers between the IPv6 header and ICMPv6 are not
@@ -49,20 +50,22 @@ func solicitationFilter() []bpf.Instruction {
 	}
 }
 
-// openNDP opens the two IPv6 sockets, unless the interface has no IPv6
-// link-local address to send advertisements from.
+// openNDP opens the IPv6 sockets, unless IPv6 is disabled on the interface
+// (it has no IPv6 address, not even a link-local one).
 func (r *Responder) openNDP(addrs []net.Addr) error {
-	if !hasAddr(addrs, func(a netip.Addr) bool { return a.Is6() && a.IsLinkLocalUnicast() }) {
-		r.logger.Info("Interface has no IPv6 link-local address: IPv6 (NDP) answering unavailable")
+	if !hasAddr(addrs, netip.Addr.Is6) {
+		r.logger.Info("Interface has no IPv6 address: IPv6 (NDP) answering unavailable")
 		return nil
 	}
-	c, _, err := ndp.Listen(r.ifi, ndp.LinkLocal)
+	// Bound to the unspecified address, so that a link-local address still
+	// in Duplicate Address Detection (just after boot) does not fail New.
+	c, _, err := ndp.Listen(r.ifi, ndp.Unspecified)
 	if err != nil {
 		return fmt.Errorf("interface %s: opening NDP socket: %w", r.ifi.Name, err)
 	}
-	r.ndp = c
-	// This socket only sends and holds group memberships: block every ICMPv6
-	// type so that its receive queue does not fill with messages nobody reads.
+	r.memberships = c
+	// This socket only holds group memberships: block every ICMPv6 type so
+	// that its receive queue does not fill with messages nobody reads.
 	var block ipv6.ICMPFilter
 	block.SetAll(true)
 	if err := c.SetICMPFilter(&block); err != nil {
@@ -75,9 +78,9 @@ func (r *Responder) openNDP(addrs []net.Addr) error {
 	}
 	p, err := packet.Listen(r.ifi, packet.Raw, int(ethernet.EtherTypeIPv6), &packet.Config{Filter: prog})
 	if err != nil {
-		return fmt.Errorf("interface %s: opening neighbor solicitation socket: %w", r.ifi.Name, err)
+		return fmt.Errorf("interface %s: opening NDP packet socket: %w", r.ifi.Name, err)
 	}
-	r.solicitations = p
+	r.ndpFrames = p
 	r.ndpMetrics = newCounters(protocolNDP, r.ifi.Name)
 	return nil
 }
@@ -89,7 +92,7 @@ func (r *Responder) serveNDP(ctx context.Context) {
 	buf := make([]byte, max(r.ifi.MTU, 1500)+ethernetHeaderLen)
 	var pause backoff
 	for {
-		n, _, err := r.solicitations.ReadFrom(buf)
+		n, _, err := r.ndpFrames.ReadFrom(buf)
 		if err != nil {
 			if r.isClosed() {
 				return
@@ -116,10 +119,10 @@ func (r *Responder) handleSolicitation(frame []byte) {
 		return
 	}
 	r.ndpMetrics.requests.Inc()
-	na, dst := advertisementFor(s, r.ifi.HardwareAddr)
-	if err := r.ndp.WriteTo(na, nil, dst); err != nil {
+	a := answer(s, r.ifi.HardwareAddr)
+	if err := r.sendAdvertisement(a); err != nil {
 		if !r.isClosed() {
-			r.logger.Error(err, "Sending neighbor advertisement failed", "address", s.target, "to", dst)
+			r.logger.Error(err, "Sending neighbor advertisement failed", "address", s.target, "to", a.dst)
 		}
 		return
 	}
@@ -129,10 +132,10 @@ func (r *Responder) handleSolicitation(frame []byte) {
 
 // announceNDP sends an unsolicited neighbor advertisement for addr to all nodes.
 func (r *Responder) announceNDP(addr netip.Addr) {
-	if r.ndp == nil {
+	if r.ndpFrames == nil {
 		return
 	}
-	if err := r.ndp.WriteTo(unsolicitedAdvertisement(addr, r.ifi.HardwareAddr), nil, netip.IPv6LinkLocalAllNodes()); err != nil {
+	if err := r.sendAdvertisement(announcement(addr, r.ifi.HardwareAddr)); err != nil {
 		if !r.isClosed() {
 			r.logger.Error(err, "Sending unsolicited neighbor advertisement failed", "address", addr)
 		}
@@ -140,6 +143,16 @@ func (r *Responder) announceNDP(addr netip.Addr) {
 	}
 	r.ndpMetrics.gratuitous.Inc()
 	r.logger.V(4).Info("Sent unsolicited neighbor advertisement", "address", addr)
+}
+
+// sendAdvertisement writes a as an Ethernet frame on the packet socket.
+func (r *Responder) sendAdvertisement(a advertisement) error {
+	frame, err := a.frame(r.ifi.HardwareAddr)
+	if err != nil {
+		return err
+	}
+	_, err = r.ndpFrames.WriteTo(frame, &packet.Addr{HardwareAddr: a.dstMAC})
+	return err
 }
 
 // A solicitation is a validated Neighbor Solicitation and its frame's addresses.
@@ -238,21 +251,42 @@ func checkDAD(ns *ndp.NeighborSolicitation, dst netip.Addr) error {
 	return nil
 }
 
-// advertisementFor builds the answer to a solicitation for an owned address
-// and the address to send it to (RFC 4861 section 7.2.4): to the solicitor,
-// or, when it is doing DAD and has no address yet, to all nodes and not
-// marked solicited.
-func advertisementFor(s *solicitation, mac net.HardwareAddr) (*ndp.NeighborAdvertisement, netip.Addr) {
-	na := unsolicitedAdvertisement(s.target, mac)
-	if s.src.IsUnspecified() {
-		return na, netip.IPv6LinkLocalAllNodes()
-	}
-	na.Solicited = true
-	return na, s.src
+// An advertisement is a Neighbor Advertisement and where it goes.
+//
+// Advertisements are sent as whole Ethernet frames on the packet socket
+// rather than through an ndp.Conn, for two reasons. Their source address is
+// the target address itself, as from a host that has the address configured
+// (Linux does the same); the kernel would refuse that source on an ICMPv6
+// socket because the VIP is not a local address, and some receivers (ndisc6,
+// for one) ignore an answer from any other source. And an answer goes
+// straight to the MAC the solicitation came from, so it depends neither on
+// this node's routes to the solicitor nor on a neighbour lookup of its own.
+type advertisement struct {
+	na     *ndp.NeighborAdvertisement
+	dst    netip.Addr
+	dstMAC net.HardwareAddr
 }
 
-// unsolicitedAdvertisement builds the advertisement that announces addr at
-// mac. Override makes neighbours replace a cached MAC, the old owner's.
+// answer builds the answer to a solicitation for an owned address (RFC 4861
+// section 7.2.4): to the solicitor, or, when it is doing DAD and has no
+// address yet, to all nodes and not marked solicited.
+func answer(s *solicitation, mac net.HardwareAddr) advertisement {
+	if s.src.IsUnspecified() {
+		return announcement(s.target, mac)
+	}
+	a := advertisement{na: unsolicitedAdvertisement(s.target, mac), dst: s.src, dstMAC: s.srcMAC}
+	a.na.Solicited = true
+	return a
+}
+
+// announcement builds the unsolicited advertisement of addr to all nodes.
+func announcement(addr netip.Addr, mac net.HardwareAddr) advertisement {
+	allNodes := netip.IPv6LinkLocalAllNodes()
+	return advertisement{na: unsolicitedAdvertisement(addr, mac), dst: allNodes, dstMAC: multicastMAC(allNodes)}
+}
+
+// unsolicitedAdvertisement builds the message that announces addr at mac.
+// Override makes neighbours replace a cached MAC, the old owner's.
 func unsolicitedAdvertisement(addr netip.Addr, mac net.HardwareAddr) *ndp.NeighborAdvertisement {
 	return &ndp.NeighborAdvertisement{
 		Override:      true,
@@ -261,23 +295,60 @@ func unsolicitedAdvertisement(addr netip.Addr, mac net.HardwareAddr) *ndp.Neighb
 	}
 }
 
+// frame builds the Ethernet frame of a from srcMAC, with the target address
+// as IPv6 source.
+func (a advertisement) frame(srcMAC net.HardwareAddr) ([]byte, error) {
+	src := a.na.TargetAddress
+	msg, err := ndp.MarshalMessageChecksum(a.na, src, a.dst)
+	if err != nil {
+		return nil, fmt.Errorf("neighbor advertisement for %s: %w", src, err)
+	}
+	f := ethernet.Frame{
+		Destination: a.dstMAC,
+		Source:      srcMAC,
+		EtherType:   ethernet.EtherTypeIPv6,
+		Payload:     append(ipv6Header(src, a.dst, len(msg)), msg...),
+	}
+	return f.MarshalBinary()
+}
+
+// ipv6Header builds the fixed IPv6 header of an NDP message: no extension
+// headers, hop limit 255. (x/net/ipv6 parses headers but does not build them.)
+func ipv6Header(src, dst netip.Addr, payloadLen int) []byte {
+	h := make([]byte, ipv6.HeaderLen)
+	h[0] = 6 << 4 // version; traffic class and flow label zero
+	binary.BigEndian.PutUint16(h[4:6], uint16(payloadLen))
+	h[6] = protocolICMPv6
+	h[7] = ndp.HopLimit
+	copy(h[8:24], src.AsSlice())
+	copy(h[24:40], dst.AsSlice())
+	return h
+}
+
+// multicastMAC is the Ethernet address of an IPv6 multicast group (RFC 2464
+// section 7): 33:33 and the group's last four bytes.
+func multicastMAC(group netip.Addr) net.HardwareAddr {
+	g := group.As16()
+	return net.HardwareAddr{0x33, 0x33, g[12], g[13], g[14], g[15]}
+}
+
 // syncGroups joins the solicited-node groups of the IPv6 addresses in want
 // and leaves those no address in want maps to any more. A group that fails to
 // join is not recorded, so the next SetAddresses tries again. Called with
 // r.mu held.
 func (r *Responder) syncGroups(want map[netip.Addr]struct{}) {
-	if r.ndp == nil {
+	if r.memberships == nil {
 		return
 	}
 	join, leave := groupChanges(r.groups, solicitedNodeGroups(want))
 	for _, g := range leave {
-		if err := r.ndp.LeaveGroup(g); err != nil {
+		if err := r.memberships.LeaveGroup(g); err != nil {
 			r.logger.Error(err, "Leaving solicited-node multicast group failed", "group", g)
 		}
 		delete(r.groups, g)
 	}
 	for _, g := range join {
-		if err := r.ndp.JoinGroup(g); err != nil {
+		if err := r.memberships.JoinGroup(g); err != nil {
 			r.logger.Error(err, "Joining solicited-node multicast group failed: switches may not forward its solicitations", "group", g)
 			continue
 		}

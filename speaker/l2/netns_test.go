@@ -97,6 +97,12 @@ func TestResponderOnVeth(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkAnswer(t, na, vip6)
+		// The Responder saw it addressed to the VIP itself, not to a group.
+		if !poll(2*time.Second, func() bool {
+			return h.logged(`"Answered neighbor solicitation"`, `to="`+vip6.String()+`"`)
+		}) {
+			t.Errorf("helper log shows no answer to a solicitation sent to %s", vip6)
+		}
 		if na, err := n.solicitUnicast(other6); err != nil || na != nil {
 			t.Errorf("unicast solicitation for %s: answer %+v, error %v; want no answer", other6, na, err)
 		}
@@ -199,6 +205,9 @@ func setupNet(t *testing.T) *testNet {
 		client:     fmt.Sprintf("ilbt-%d-c", pid),
 		nodeLink:   fmt.Sprintf("ilbt-%d-nl", pid),
 		clientLink: fmt.Sprintf("ilbt-%d-cl", pid),
+	}
+	if len(n.clientLink) > 15 {
+		t.Fatalf("link name %s longer than Linux allows (15)", n.clientLink)
 	}
 	for _, ns := range []string{n.node, n.client} {
 		n.ip(t, "netns", "add", ns)
@@ -505,11 +514,11 @@ func readAddrs(path string) (int, []netip.Addr, error) {
 
 // helper is the Responder process in the node namespace.
 type helper struct {
-	cmd    *exec.Cmd
-	stdin  io.Closer
-	lines  chan string // its standard output, closed at EOF
-	stderr string      // its log file
-	done   chan struct{}
+	cmd     *exec.Cmd
+	stdin   io.Closer
+	lines   chan string // its standard output, closed at EOF
+	logPath string      // its standard error
+	done    chan struct{}
 }
 
 func startHelper(t *testing.T, n *testNet, addrs string) *helper {
@@ -522,8 +531,8 @@ func startHelper(t *testing.T, n *testNet, addrs string) *helper {
 	for _, d := range testSchedule {
 		offsets = append(offsets, d.String())
 	}
-	h := &helper{lines: make(chan string, 100), stderr: filepath.Join(t.TempDir(), "helper.log"), done: make(chan struct{})}
-	logFile, err := os.Create(h.stderr)
+	h := &helper{lines: make(chan string, 100), logPath: filepath.Join(t.TempDir(), "helper.log"), done: make(chan struct{})}
+	logFile, err := os.Create(h.logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -554,11 +563,31 @@ func startHelper(t *testing.T, n *testNet, addrs string) *helper {
 	t.Cleanup(func() {
 		h.stop(t)
 		if t.Failed() {
-			log, _ := os.ReadFile(h.stderr)
+			log, _ := os.ReadFile(h.logPath)
 			t.Logf("helper log:\n%s", log)
 		}
 	})
 	return h
+}
+
+// logged reports whether a line of the helper's log contains all of parts.
+func (h *helper) logged(parts ...string) bool {
+	b, _ := os.ReadFile(h.logPath)
+	for line := range strings.Lines(string(b)) {
+		if all(parts, func(p string) bool { return strings.Contains(line, p) }) {
+			return true
+		}
+	}
+	return false
+}
+
+func all(ss []string, ok func(string) bool) bool {
+	for _, s := range ss {
+		if !ok(s) {
+			return false
+		}
+	}
+	return true
 }
 
 // waitLine waits for a line of the helper's output.

@@ -63,16 +63,18 @@ type Responder struct {
 	arp        *arp.Client
 	arpMetrics counters
 
-	// IPv6; both are nil when the interface has no link-local address.
-	// solicitations receives Neighbor Solicitations, ndp sends the answers.
-	solicitations *packet.Conn
-	ndp           *ndp.Conn
-	ndpMetrics    counters
+	// IPv6; both are nil when IPv6 is disabled on the interface. ndpFrames
+	// receives Neighbor Solicitations and sends Neighbor Advertisements;
+	// memberships holds the solicited-node multicast group memberships.
+	ndpFrames   *packet.Conn
+	memberships *ndp.Conn
+	ndpMetrics  counters
 
 	// announce sends one gratuitous announcement for an address. It is a
 	// field so that tests can watch the schedule without sockets.
 	announce func(netip.Addr)
-	// stopAnnouncements ends every announcement schedule; Close calls it.
+	// announceCtx is the parent of every announcement schedule;
+	// stopAnnouncements, called by Close, ends them all.
 	announceCtx       context.Context
 	stopAnnouncements context.CancelFunc
 	announcers        sync.WaitGroup
@@ -82,14 +84,13 @@ type Responder struct {
 	closed  bool
 	// owned is the set answered for, each with the cancel of its schedule.
 	owned map[netip.Addr]context.CancelFunc
-	// groups are the solicited-node multicast groups joined on ndp.
+	// groups are the solicited-node multicast groups joined on memberships.
 	groups map[netip.Addr]struct{}
 }
 
 // New opens the ARP and NDP sockets of the named interface, in the network
-// namespace of the calling thread. A family the interface has no address for
-// (IPv4, or an IPv6 link-local address) is unavailable and logged; New fails
-// if both are.
+// namespace of the calling thread. A family the interface has no address of
+// is unavailable, which is logged; New fails if both are.
 func New(ifaceName string, logger klog.Logger, opts ...Option) (*Responder, error) {
 	ifi, err := net.InterfaceByName(ifaceName)
 	if err != nil {
@@ -117,8 +118,8 @@ func New(ifaceName string, logger klog.Logger, opts ...Option) (*Responder, erro
 		_ = r.closeSockets()
 		return nil, err
 	}
-	if r.arp == nil && r.ndp == nil {
-		return nil, fmt.Errorf("interface %s has neither an IPv4 nor an IPv6 link-local address: cannot answer ARP or NDP", ifaceName)
+	if r.arp == nil && r.ndpFrames == nil {
+		return nil, fmt.Errorf("interface %s has neither an IPv4 nor an IPv6 address: cannot answer ARP or NDP", ifaceName)
 	}
 	return r, nil
 }
@@ -158,7 +159,7 @@ func (r *Responder) Run(ctx context.Context) error {
 	if r.arp != nil {
 		wg.Go(func() { r.serveARP(ctx) })
 	}
-	if r.solicitations != nil {
+	if r.ndpFrames != nil {
 		wg.Go(func() { r.serveNDP(ctx) })
 	}
 	<-ctx.Done()
@@ -189,11 +190,11 @@ func (r *Responder) closeSockets() error {
 	if r.arp != nil {
 		errs = append(errs, r.arp.Close())
 	}
-	if r.solicitations != nil {
-		errs = append(errs, r.solicitations.Close())
+	if r.ndpFrames != nil {
+		errs = append(errs, r.ndpFrames.Close())
 	}
-	if r.ndp != nil {
-		errs = append(errs, r.ndp.Close())
+	if r.memberships != nil {
+		errs = append(errs, r.memberships.Close())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("interface %s: closing sockets: %w", r.ifi.Name, err)
@@ -269,7 +270,7 @@ func (r *Responder) canAnswer(addr netip.Addr) bool {
 	if addr.Is4() {
 		return r.arp != nil
 	}
-	return r.ndp != nil
+	return r.ndpFrames != nil
 }
 
 // startAnnouncements runs the announcement schedule of addr in the

@@ -1,0 +1,387 @@
+// Package l2 tests ironlb-speaker's L2 mode in the lab: the LAN client
+// reaches Services by ARP and NDP answered from exactly one node, which
+// moves when that node, its speaker or its link fails.
+package l2
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/e2e/framework"
+	"github.com/ironlb/ironlb/e2e/lab"
+)
+
+func TestMain(m *testing.M) {
+	framework.Main(m, lab.Config{CCM: true, Speakers: true})
+}
+
+// pool creates an L2 IPPool from slot i of the lab's L2 range that only
+// Services naming it use.
+func pool(f *framework.F, name string, i int, l2 *v1alpha1.L2Advertisement) {
+	f.T.Helper()
+	prefixes := f.L2TestPool(i)
+	autoAssign := false
+	if l2 == nil {
+		l2 = &v1alpha1.L2Advertisement{}
+	}
+	if err := f.CreatePool(f.Ctx, name, v1alpha1.IPPoolSpec{
+		Addresses:  []v1alpha1.AddressRange{v1alpha1.AddressRange(prefixes[0].String()), v1alpha1.AddressRange(prefixes[1].String())},
+		AutoAssign: &autoAssign,
+		L2:         l2,
+	}); err != nil {
+		f.T.Fatal(err)
+	}
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, name, metav1.DeleteOptions{})
+	})
+}
+
+// service creates a dual-stack Service from pool with endpoints on nodes.
+func service(f *framework.F, name, pool string, nodes []int, mutate func(*corev1.Service)) (types.NamespacedName, []netip.Addr) {
+	f.T.Helper()
+	svc := f.Service(name, func(s *corev1.Service) {
+		policy := corev1.IPFamilyPolicyRequireDualStack
+		s.Spec.IPFamilyPolicy = &policy
+		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+		s.Annotations = map[string]string{v1alpha1.AnnotationPool: pool}
+		if mutate != nil {
+			mutate(s)
+		}
+	})
+	for _, n := range nodes {
+		f.Endpoint(svc, fmt.Sprintf("%s-n%d", name, n), n)
+	}
+	addrs, err := f.WaitIngress(f.Ctx, svc, 2, 30*time.Second)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	return svc, addrs
+}
+
+// announced waits for the Announced condition to be True and returns, per
+// address, the node it names.
+func announced(f *framework.F, svc types.NamespacedName, addrs []netip.Addr) map[netip.Addr]int {
+	f.T.Helper()
+	s, err := f.WaitCondition(f.Ctx, svc, v1alpha1.ConditionAnnounced, metav1.ConditionTrue, 30*time.Second)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	owners := map[netip.Addr]int{}
+	for _, c := range s.Status.Conditions {
+		if c.Type != v1alpha1.ConditionAnnounced {
+			continue
+		}
+		for _, part := range strings.Split(c.Message, "; ") {
+			var addr, node, rest string
+			if _, err := fmt.Sscanf(part, "%s by %s on %s", &addr, &node, &rest); err != nil {
+				f.T.Fatalf("condition message %q: %v", c.Message, err)
+			}
+			a := netip.MustParseAddr(addr)
+			var n int
+			fmt.Sscanf(node, "node%d", &n)
+			owners[a] = n
+		}
+	}
+	for _, a := range addrs {
+		if owners[a] == 0 {
+			f.T.Fatalf("condition names no node for %s: %v", a, owners)
+		}
+	}
+	return owners
+}
+
+// reach curls addr from the LAN client until an endpoint answers.
+func reach(f *framework.F, addr netip.Addr, want string) string {
+	f.T.Helper()
+	return f.Curl(f.ClientNS(), addr, want, 40)
+}
+
+// TestAnnouncedReachableAndOneAnswer: both addresses of a dual-stack Service
+// are reached from the LAN client through ARP and NDP; exactly one MAC
+// answers, the owner's, which the condition names; a Service sharing the
+// address answers from the same node; a Service without node ports works.
+func TestAnnouncedReachableAndOneAnswer(t *testing.T) {
+	f := framework.New(t)
+	pool(f, "basic", 0, nil)
+	svc, addrs := service(f, "web", "basic", []int{1, 2, 3}, func(s *corev1.Service) {
+		s.Annotations[v1alpha1.AnnotationSharingKey] = "shared"
+	})
+	owners := announced(f, svc, addrs)
+	for _, a := range addrs {
+		reach(f, a, "endpoint=web-n")
+		if got := f.Owner(a); got != owners[a] {
+			t.Errorf("%s: node%d answers ARP/NDP, the condition says node%d", a, got, owners[a])
+		}
+		mac, err := lab.Neighbour(f.Ctx, f.ClientNS(), a)
+		if err != nil || mac.String() != f.NodeMAC(owners[a]).String() {
+			t.Errorf("%s: the client's neighbour entry is %v (%v), want node%d's %s", a, mac, err, owners[a], f.NodeMAC(owners[a]))
+		}
+	}
+
+	// Same sharing key, another port: the same addresses, the same node.
+	other := f.Service("other", func(s *corev1.Service) {
+		policy := corev1.IPFamilyPolicyRequireDualStack
+		s.Spec.IPFamilyPolicy = &policy
+		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+		s.Annotations = map[string]string{v1alpha1.AnnotationPool: "basic", v1alpha1.AnnotationSharingKey: "shared"}
+		s.Spec.Ports[0].Port = 81
+	})
+	got, err := f.WaitIngress(f.Ctx, other, 2, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0] != addrs[0] || got[1] != addrs[1] {
+		t.Fatalf("the sharing Service got %v, want %v", got, addrs)
+	}
+	shared := announced(f, other, got)
+	for _, a := range addrs {
+		if shared[a] != owners[a] || f.Owner(a) != owners[a] {
+			t.Errorf("%s: shared Service announced by node%d, answering node%d, want node%d", a, shared[a], f.Owner(a), owners[a])
+		}
+	}
+
+	// No node ports: traffic to the address needs none.
+	nonp, nonpAddrs := service(f, "nonp", "basic", []int{2}, func(s *corev1.Service) {
+		s.Spec.AllocateLoadBalancerNodePorts = new(bool)
+	})
+	announced(f, nonp, nonpAddrs)
+	s, err := f.Client.CoreV1().Services(nonp.Namespace).Get(f.Ctx, nonp.Name, metav1.GetOptions{})
+	if err != nil || s.Spec.Ports[0].NodePort != 0 {
+		t.Fatalf("Service without node ports has nodePort %d (%v)", s.Spec.Ports[0].NodePort, err)
+	}
+	for _, a := range nonpAddrs {
+		reach(f, a, "endpoint=nonp-n2")
+		f.Owner(a)
+	}
+
+	// The owner counted its replies.
+	metrics, err := f.SpeakerMetrics(owners[addrs[0]])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(metrics, `ironlb_speaker_l2_replies_total{interface="eth0",protocol="arp"}`) ||
+		!strings.Contains(metrics, "ironlb_speaker_addresses_owned") || !strings.Contains(metrics, "ironlb_speaker_peers_alive 2") {
+		t.Errorf("owner's metrics lack replies, owned addresses or 2 live peers:\n%s", grep(metrics, "ironlb_speaker_"))
+	}
+}
+
+func grep(text, substr string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, substr) && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestLocalTrafficPolicy: with externalTrafficPolicy Local only a node with
+// a local endpoint answers; the owner follows the endpoint when it moves;
+// traffic always lands on a local endpoint with the client's address kept.
+func TestLocalTrafficPolicy(t *testing.T) {
+	f := framework.New(t)
+	pool(f, "local", 1, nil)
+	svc, addrs := service(f, "web", "local", []int{2}, func(s *corev1.Service) {
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	})
+	for i, a := range addrs {
+		f.WaitOwner(a, "node2", func(n int) bool { return n == 2 })
+		body := reach(f, a, "endpoint=web-n2 node=node2")
+		if !strings.Contains(body, "client="+f.ClientAddrs()[i].String()) {
+			t.Errorf("%s: the client's address was not kept: %q", a, body)
+		}
+	}
+	if owners := announced(f, svc, addrs); owners[addrs[0]] != 2 || owners[addrs[1]] != 2 {
+		t.Fatalf("condition names %v, want node2", owners)
+	}
+	if err := f.MoveEndpoint(f.Ctx, "web-n2", 3); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		f.WaitOwner(a, "node3", func(n int) bool { return n == 3 })
+		reach(f, a, "endpoint=web-n2 node=node3")
+		for i := 0; i < 5; i++ {
+			if body := reach(f, a, "endpoint="); !strings.Contains(body, "node=node3") {
+				t.Fatalf("traffic to %s left node3: %q", a, body)
+			}
+		}
+	}
+}
+
+// failover takes the owner of the Service's addresses away with stop,
+// checks that traffic resumes through another node with one answer only,
+// brings it back with restore, and checks that addresses the owner never
+// held did not move.
+func failover(t *testing.T, slot int, stop, restore func(f *framework.F, n int) error) {
+	f := framework.New(t)
+	pool(f, "failover", slot, nil)
+	_, addrs := service(f, "web", "failover", []int{1, 2, 3}, nil)
+	// More addresses, to see that those of other nodes stay put.
+	others := map[netip.Addr]int{}
+	for i := 0; i < 3; i++ {
+		_, more := service(f, fmt.Sprintf("more%d", i), "failover", nil, nil)
+		for _, a := range more {
+			others[a] = f.WaitOwner(a, "a node", func(int) bool { return true })
+		}
+	}
+	victim := f.WaitOwner(addrs[0], "a node", func(int) bool { return true })
+	reach(f, addrs[0], "endpoint=")
+	f.Cleanup(func(ctx context.Context) { _ = restore(f, victim) })
+	if err := stop(f, victim); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		f.WaitOwner(a, "a node other than node"+fmt.Sprint(victim), func(n int) bool { return n != victim })
+		reach(f, a, "endpoint=")
+	}
+	if err := restore(f, victim); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		f.WaitOwner(a, "a node", func(int) bool { return true })
+		reach(f, a, "endpoint=")
+	}
+	for a, owner := range others {
+		if owner == victim {
+			continue
+		}
+		if now := f.Owner(a); now != owner {
+			t.Errorf("%s moved from node%d to node%d although node%d never held it", a, owner, now, owner)
+		}
+	}
+}
+
+func TestFailoverNodeDies(t *testing.T) {
+	failover(t, 2,
+		func(f *framework.F, n int) error { return f.NodeDown(f.Ctx, n) },
+		func(f *framework.F, n int) error { return f.NodeUp(f.Ctx, n) })
+}
+
+func TestFailoverSpeakerKilled(t *testing.T) {
+	failover(t, 3,
+		func(f *framework.F, n int) error { return f.Kill(f.SpeakerName(n)) },
+		func(f *framework.F, n int) error { return f.Restart(f.SpeakerName(n)) })
+}
+
+func TestFailoverSpeakerStopped(t *testing.T) {
+	failover(t, 4,
+		func(f *framework.F, n int) error { return f.Stop(f.SpeakerName(n), 10*time.Second) },
+		func(f *framework.F, n int) error { return f.Restart(f.SpeakerName(n)) })
+}
+
+// TestInterfaceDown: the owner's answering interface goes down while the
+// node stays up; the address moves.
+func TestInterfaceDown(t *testing.T) {
+	failover(t, 5,
+		func(f *framework.F, n int) error { return f.SetNodeInterface(f.Ctx, n, false) },
+		func(f *framework.F, n int) error { return f.SetNodeInterface(f.Ctx, n, true) })
+}
+
+// TestNodeSelectionAndExclusion: a pool's l2.nodeSelector and the
+// exclusion label decide who may answer; with nobody left the condition says
+// why.
+func TestNodeSelectionAndExclusion(t *testing.T) {
+	f := framework.New(t)
+	label := func(n int, key, value string, set bool) {
+		t.Helper()
+		node, err := f.Client.CoreV1().Nodes().Get(f.Ctx, f.NodeName(n), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if set {
+			node.Labels[key] = value
+		} else {
+			delete(node.Labels, key)
+		}
+		if _, err := f.Client.CoreV1().Nodes().Update(f.Ctx, node, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const chosen = "e2e.ironlb.io/l2"
+	for _, n := range []int{1, 3} {
+		label(n, chosen, "yes", true)
+		f.Cleanup(func(context.Context) { label(n, chosen, "", false) })
+	}
+	f.Cleanup(func(context.Context) { label(3, lab.ExcludeLabel, "", false) })
+	pool(f, "selected", 6, &v1alpha1.L2Advertisement{NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{chosen: "yes"}}})
+	svc, addrs := service(f, "web", "selected", []int{2}, nil)
+	for _, a := range addrs {
+		f.WaitOwner(a, "node1 or node3", func(n int) bool { return n == 1 || n == 3 })
+		reach(f, a, "endpoint=web-n2")
+	}
+	label(3, lab.ExcludeLabel, "", true)
+	for _, a := range addrs {
+		f.WaitOwner(a, "node1", func(n int) bool { return n == 1 })
+	}
+	label(1, chosen, "", false)
+	s, err := f.WaitCondition(f.Ctx, svc, v1alpha1.ConditionAnnounced, metav1.ConditionFalse, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := conditionMessage(s)
+	for _, want := range []string{"NoEligibleNode", "node1: not selected", "node2: not selected", "node3: labelled " + lab.ExcludeLabel} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("condition %q does not say %q", msg, want)
+		}
+	}
+	for _, a := range addrs {
+		f.Eventually("nobody answers "+a.String(), 30, 200*time.Millisecond, func() error {
+			if n := f.Owner(a); n != 0 {
+				return fmt.Errorf("node%d answers", n)
+			}
+			return nil
+		})
+	}
+}
+
+func conditionMessage(s *corev1.Service) string {
+	for _, c := range s.Status.Conditions {
+		if c.Type == v1alpha1.ConditionAnnounced {
+			return c.Reason + ": " + c.Message
+		}
+	}
+	return ""
+}
+
+// TestMissingInterface: a pool names an interface no node has; nobody
+// answers, the condition says so and every speaker sends AnnounceFailed.
+func TestMissingInterface(t *testing.T) {
+	f := framework.New(t)
+	pool(f, "missing", 7, &v1alpha1.L2Advertisement{Interfaces: []string{"eth9"}})
+	svc, addrs := service(f, "web", "missing", []int{1}, nil)
+	s, err := f.WaitCondition(f.Ctx, svc, v1alpha1.ConditionAnnounced, metav1.ConditionFalse, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg := conditionMessage(s); !strings.Contains(msg, "[eth9]") {
+		t.Errorf("condition %q does not name the missing interface", msg)
+	}
+	f.Eventually("AnnounceFailed from every node", 50, 200*time.Millisecond, func() error {
+		events, err := f.Client.CoreV1().Events(svc.Namespace).List(f.Ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + svc.Name + ",reason=AnnounceFailed"})
+		if err != nil {
+			return err
+		}
+		hosts := map[string]bool{}
+		for _, e := range events.Items {
+			hosts[e.Source.Host] = true
+		}
+		if len(hosts) < f.Nodes {
+			return fmt.Errorf("AnnounceFailed from %v", hosts)
+		}
+		return nil
+	})
+	for _, a := range addrs {
+		if n := f.Owner(a); n != 0 {
+			t.Errorf("node%d answers %s without the pool's interface", n, a)
+		}
+	}
+}
