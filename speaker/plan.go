@@ -70,17 +70,30 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 	eligible := map[netip.Addr]map[string]bool{}
 	// notAnnounced holds Services whose pool announces in no way, with the reason.
 	notAnnounced := map[types.NamespacedName]string{}
-	for _, svc := range in.services {
+	// Informers list in no fixed order; the plan must not depend on it.
+	services := slices.Clone(in.services)
+	slices.SortFunc(services, func(x, y *v1.Service) int {
+		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
+	})
+	in.pools = slices.Clone(in.pools)
+	slices.SortFunc(in.pools, func(x, y *v1alpha1.IPPool) int { return cmp.Compare(x.Name, y.Name) })
+	note := func(key types.NamespacedName, msg string) {
+		if prev := notAnnounced[key]; prev != "" {
+			msg = prev + "; " + msg
+		}
+		notAnnounced[key] = msg
+	}
+	for _, svc := range services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 		for _, addr := range ingressAddrs(svc) {
 			pool := poolOf(in.pools, svc, addr)
 			if pool == nil {
-				notAnnounced[key] = fmt.Sprintf("%s is in no IPPool", addr)
+				note(key, fmt.Sprintf("%s is in no IPPool", addr))
 				continue
 			}
 			if pool.Spec.L2 == nil {
 				if pool.Spec.BGP == nil {
-					notAnnounced[key] = fmt.Sprintf("IPPool %s has neither l2 nor bgp: %s is allocated but not announced", pool.Name, addr)
+					note(key, fmt.Sprintf("IPPool %s has neither l2 nor bgp: %s is allocated but not announced", pool.Name, addr))
 				}
 				continue
 			}
@@ -91,6 +104,11 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 			}
 			a.services = append(a.services, key)
 			nodes, why := eligibleNodes(in, svc, pool, a.missing)
+			// A Service with no eligible node at all explains itself; the
+			// first one, in name order, gives the reason.
+			if len(nodes) == 0 && a.reason == "" {
+				a.reason = why
+			}
 			// Services that share an address answer from one node: one
 			// that every one of them may use.
 			if prev, ok := eligible[addr]; ok {
@@ -101,9 +119,6 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 				}
 			} else {
 				eligible[addr] = nodes
-			}
-			if len(eligible[addr]) == 0 && a.reason == "" {
-				a.reason = why
 			}
 		}
 	}

@@ -67,7 +67,8 @@ type ServiceAllocation struct {
 
 // L2Advertisement announces addresses from one node at a time by ARP and NDP.
 type L2Advertisement struct {
-	// Interfaces limits the announcement to these interfaces; empty means every interface.
+	// Interfaces are the interfaces to answer on (those that exist and are up on a node);
+	// empty means the interface that holds the node's InternalIP.
 	// +kubebuilder:validation:MaxItems=32
 	// +listType=set
 	// +optional

@@ -67,36 +67,47 @@ func service(f *framework.F, name, pool string, nodes []int, mutate func(*corev1
 	return svc, addrs
 }
 
-// announced waits for the Announced condition to be True and returns, per
-// address, the node it names.
+// announced waits until the Announced condition is True and names, for
+// every address, the node that answers ARP/NDP for it, and returns them.
 func announced(f *framework.F, svc types.NamespacedName, addrs []netip.Addr) map[netip.Addr]int {
 	f.T.Helper()
-	s, err := f.WaitCondition(f.Ctx, svc, v1alpha1.ConditionAnnounced, metav1.ConditionTrue, 30*time.Second)
-	if err != nil {
-		f.T.Fatal(err)
-	}
-	owners := map[netip.Addr]int{}
-	for _, c := range s.Status.Conditions {
-		if c.Type != v1alpha1.ConditionAnnounced {
-			continue
+	var owners map[netip.Addr]int
+	f.Eventually(fmt.Sprintf("the Announced condition of %s names the answering nodes", svc), 50, 200*time.Millisecond, func() error {
+		s, err := f.Client.CoreV1().Services(svc.Namespace).Get(f.Ctx, svc.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
 		}
+		c := findAnnounced(s)
+		if c == nil || c.Status != metav1.ConditionTrue {
+			return fmt.Errorf("condition %+v", c)
+		}
+		owners = map[netip.Addr]int{}
 		for _, part := range strings.Split(c.Message, "; ") {
 			var addr, node, rest string
 			if _, err := fmt.Sscanf(part, "%s by %s on %s", &addr, &node, &rest); err != nil {
-				f.T.Fatalf("condition message %q: %v", c.Message, err)
+				return fmt.Errorf("condition message %q: %v", c.Message, err)
 			}
-			a := netip.MustParseAddr(addr)
 			var n int
 			fmt.Sscanf(node, "node%d", &n)
-			owners[a] = n
+			owners[netip.MustParseAddr(addr)] = n
 		}
-	}
-	for _, a := range addrs {
-		if owners[a] == 0 {
-			f.T.Fatalf("condition names no node for %s: %v", a, owners)
+		for _, a := range addrs {
+			if got := f.Owner(a); owners[a] == 0 || got != owners[a] {
+				return fmt.Errorf("%s: condition says node%d, node%d answers (%q)", a, owners[a], got, c.Message)
+			}
 		}
-	}
+		return nil
+	})
 	return owners
+}
+
+func findAnnounced(s *corev1.Service) *metav1.Condition {
+	for i := range s.Status.Conditions {
+		if s.Status.Conditions[i].Type == v1alpha1.ConditionAnnounced {
+			return &s.Status.Conditions[i]
+		}
+	}
+	return nil
 }
 
 // reach curls addr from the LAN client until an endpoint answers.
@@ -118,9 +129,6 @@ func TestAnnouncedReachableAndOneAnswer(t *testing.T) {
 	owners := announced(f, svc, addrs)
 	for _, a := range addrs {
 		reach(f, a, "endpoint=web-n")
-		if got := f.Owner(a); got != owners[a] {
-			t.Errorf("%s: node%d answers ARP/NDP, the condition says node%d", a, got, owners[a])
-		}
 		mac, err := lab.Neighbour(f.Ctx, f.ClientNS(), a)
 		if err != nil || mac.String() != f.NodeMAC(owners[a]).String() {
 			t.Errorf("%s: the client's neighbour entry is %v (%v), want node%d's %s", a, mac, err, owners[a], f.NodeMAC(owners[a]))

@@ -74,6 +74,7 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 		testenv.WithServiceCIDRs(l.ServiceCIDRs()...),
 		testenv.WithUser(kubeProxyUser),
 		testenv.WithUser(kcmUser),
+		testenv.WithAPIServerArgs(l.cfg.APIServerArgs...),
 	}
 	if !l.cfg.Attached {
 		opts = append(opts, testenv.WithDetached())
@@ -316,6 +317,33 @@ func (l *Lab) SpeakerMetrics(n int) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+// WaitSpeakersConverged waits until every running speaker hears all the
+// others (its ironlb_speaker_peers_alive metric).
+func (l *Lab) WaitSpeakersConverged(ctx context.Context) error {
+	var running []int
+	for n := 1; n <= l.Nodes; n++ {
+		if l.Alive(l.SpeakerName(n)) {
+			running = append(running, n)
+		}
+	}
+	want := fmt.Sprintf("ironlb_speaker_peers_alive %d\n", len(running)-1)
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		for _, n := range running {
+			m, err := l.SpeakerMetrics(n)
+			if err != nil || !strings.Contains(m, want) {
+				last = fmt.Sprintf("%s does not report %q yet (%v)", l.SpeakerName(n), strings.TrimSpace(want), err)
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("speakers do not hear each other: %s: %w", last, err)
+	}
+	return nil
 }
 
 // waitHealthy waits until url answers 200, failing at once if the process exits.

@@ -42,6 +42,8 @@ type Config struct {
 	Speakers bool
 	// SpeakerArgs are extra flags for every ironlb-speaker.
 	SpeakerArgs []string
+	// APIServerArgs are extra kube-apiserver flags (e.g. an audit log).
+	APIServerArgs []string
 	// Kubectl builds kubectl too (bin/kubectl in the state directory).
 	Kubectl bool
 	// Attached processes die with this process (tests); otherwise they run
@@ -151,7 +153,10 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 				return l, err
 			}
 		}
-		l.progress("lab %s: ironlb-speaker running on every node", cfg.Name)
+		if err := l.WaitSpeakersConverged(ctx); err != nil {
+			return l, err
+		}
+		l.progress("lab %s: ironlb-speaker running on every node, each hearing the others", cfg.Name)
 	}
 	l.progress("lab %s: up in %.1fs", cfg.Name, time.Since(began).Seconds())
 	return l, nil

@@ -1,0 +1,416 @@
+// Command bench measures ironlb-speaker in the lab and prints one table:
+// how long traffic to an L2 address stops when its node dies or its speaker
+// stops (probing from the LAN client every 50 ms), how long a new Service
+// takes to answer, and how many API requests the speakers make at rest with
+// many Services. It needs root.
+//
+//	go run ./cmd/bench [-runs 10] [-services 1000]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/e2e/lab"
+)
+
+type row struct{ what, value, note string }
+
+const probeEvery = 50 * time.Millisecond
+
+func main() {
+	runs := flag.Int("runs", 10, "failovers to measure per kind")
+	services := flag.Int("services", 1000, "Services for the API-requests-at-rest measure")
+	flag.Parse()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+
+	dir, err := os.MkdirTemp("", "ironlb-bench-")
+	if err != nil {
+		fail(err)
+	}
+	defer os.RemoveAll(dir)
+	audit, policy := filepath.Join(dir, "audit.log"), filepath.Join(dir, "audit-policy.yaml")
+	// Every request of the speakers, by user agent, at the lowest level.
+	if err := os.WriteFile(policy, []byte("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n"), 0o600); err != nil {
+		fail(err)
+	}
+	keep := os.Getenv("IRONLB_BENCH_KEEP") != "" // leave the lab up afterwards, for a look
+	l, err := lab.Up(ctx, lab.Config{
+		Name: "bench", CCM: true, Speakers: true, Attached: !keep, Progress: os.Stderr,
+		APIServerArgs: []string{"--audit-policy-file=" + policy, "--audit-log-path=" + audit, "--audit-log-mode=batch"},
+	})
+	if err != nil {
+		fail(err)
+	}
+	if !keep {
+		defer l.Down(context.Background())
+	}
+
+	b := &bench{l: l, ctx: ctx}
+	var rows []row
+	rows = append(rows, b.failovers("owner node dies (link down, processes killed)", *runs,
+		func(n int) error { return l.NodeDown(ctx, n) },
+		func(n int) error { return l.NodeUp(ctx, n) })...)
+	rows = append(rows, b.failovers("owner's speaker stops (SIGTERM)", max(*runs/2, 3),
+		func(n int) error { return l.Stop(l.SpeakerName(n), 10*time.Second) },
+		func(n int) error { return l.Restart(l.SpeakerName(n)) })...)
+	rows = append(rows, b.creation(5)...)
+	rows = append(rows, b.restingRequests(audit, []int{100, *services})...)
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "MEASURE\tVALUE\tNOTE")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", r.what, r.value, r.note)
+	}
+	w.Flush()
+}
+
+// fail stops the bench; without IRONLB_BENCH_KEEP the lab dies with it.
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+type bench struct {
+	l   *lab.Lab
+	ctx context.Context
+	n   int
+}
+
+// service creates a dual-stack Service in the L2 pool with endpoints on every node.
+func (b *bench) service(poolName string, nodes ...int) (types.NamespacedName, []netip.Addr, error) {
+	b.n++
+	name := fmt.Sprintf("svc%d", b.n)
+	policy := corev1.IPFamilyPolicyPreferDualStack
+	s := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Annotations: map[string]string{v1alpha1.AnnotationPool: poolName}},
+		Spec: corev1.ServiceSpec{
+			Type: corev1.ServiceTypeLoadBalancer, IPFamilyPolicy: &policy,
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+		},
+	}
+	if _, err := b.l.Client.CoreV1().Services("default").Create(b.ctx, s, metav1.CreateOptions{}); err != nil {
+		return types.NamespacedName{}, nil, err
+	}
+	key := types.NamespacedName{Namespace: "default", Name: name}
+	for _, n := range nodes {
+		if _, err := b.l.AddEndpoint(b.ctx, key, fmt.Sprintf("%s-n%d", name, n), n); err != nil {
+			return key, nil, err
+		}
+	}
+	addrs, err := b.l.WaitIngress(b.ctx, key, 1, 30*time.Second)
+	return key, addrs, err
+}
+
+var poolOnce sync.Once
+
+func (b *bench) pool() {
+	poolOnce.Do(func() {
+		p := b.l.L2Pool()
+		if err := b.l.CreatePool(b.ctx, "bench", v1alpha1.IPPoolSpec{
+			Addresses: []v1alpha1.AddressRange{v1alpha1.AddressRange(p[0].String()), v1alpha1.AddressRange(p[1].String())},
+			L2:        &v1alpha1.L2Advertisement{},
+		}); err != nil {
+			fail(err)
+		}
+	})
+}
+
+// owner is the node that answers ARP for addr, waiting for exactly one.
+func (b *bench) owner(addr netip.Addr) (int, error) {
+	for i := 0; i < 100; i++ {
+		macs, err := lab.AnsweringMACs(b.ctx, b.l.ClientNS(), addr)
+		if err == nil && len(macs) == 1 {
+			if n := b.l.NodeByMAC(macs[0]); n != 0 {
+				return n, nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("no single node answers for %s", addr)
+}
+
+// failovers measures, runs times, from taking the owner of an address away
+// to the first successful request from the LAN client.
+func (b *bench) failovers(what string, runs int, stop, restore func(n int) error) []row {
+	b.pool()
+	_, addrs, err := b.service("bench", 1, 2, 3)
+	if err != nil {
+		fail(err)
+	}
+	addr := addrs[0]
+	var times []time.Duration
+	failed := 0
+	for i := 0; i < runs; i++ {
+		victim, err := b.owner(addr)
+		if err != nil {
+			fail(err)
+		}
+		if _, err := lab.CurlUntil(b.ctx, b.l.ClientNS(), addr, 80, "endpoint=", 40, 100*time.Millisecond); err != nil {
+			fail(err)
+		}
+		p := startProber(b.l.ClientNS(), addr, probeEvery)
+		time.Sleep(300 * time.Millisecond) // some successes before
+		t0 := time.Now()
+		if err := stop(victim); err != nil {
+			fail(err)
+		}
+		back, ok := p.firstSuccessAfter(t0, 30*time.Second)
+		lost := p.stop(t0)
+		if !ok {
+			failed++
+		} else {
+			times = append(times, back.Sub(t0))
+		}
+		fmt.Fprintf(os.Stderr, "bench: %s, run %d: node%d, traffic back after %v (%d probes failed)\n", what, i+1, victim, back.Sub(t0).Round(time.Millisecond), lost)
+		if err := restore(victim); err != nil {
+			fail(err)
+		}
+		if err := b.l.WaitSpeakersConverged(b.ctx); err != nil {
+			fail(err)
+		}
+		time.Sleep(time.Second)
+	}
+	return []row{summary("failover: "+what, times, failed, runs)}
+}
+
+func summary(what string, times []time.Duration, failed, runs int) row {
+	if len(times) == 0 {
+		return row{what, "no run recovered", fmt.Sprintf("%d runs", runs)}
+	}
+	slices.Sort(times)
+	med := times[len(times)/2]
+	if len(times)%2 == 0 {
+		med = (times[len(times)/2-1] + times[len(times)/2]) / 2
+	}
+	note := fmt.Sprintf("%d runs, probing every %v from the LAN client", runs, probeEvery)
+	if failed > 0 {
+		note += fmt.Sprintf(", %d did not recover within 30 s", failed)
+	}
+	return row{what, fmt.Sprintf("median %v, min %v, max %v", med.Round(time.Millisecond), times[0].Round(time.Millisecond), times[len(times)-1].Round(time.Millisecond)), note}
+}
+
+// creation measures from creating a Service to its address answering ARP
+// and to the first successful request.
+func (b *bench) creation(runs int) []row {
+	b.pool()
+	var toAnswer, toCurl []time.Duration
+	for i := 0; i < runs; i++ {
+		t0 := time.Now()
+		_, addrs, err := b.service("bench", 2)
+		if err != nil {
+			fail(err)
+		}
+		p := startProber(b.l.ClientNS(), addrs[0], probeEvery)
+		for j := 0; j < 600; j++ {
+			if macs, _ := lab.AnsweringMACs(b.ctx, b.l.ClientNS(), addrs[0]); len(macs) == 1 {
+				toAnswer = append(toAnswer, time.Since(t0))
+				break
+			}
+		}
+		back, ok := p.firstSuccessAfter(t0, 30*time.Second)
+		p.stop(t0)
+		if ok {
+			toCurl = append(toCurl, back.Sub(t0))
+		}
+	}
+	return []row{
+		summary("Service created → its address answers ARP", toAnswer, runs-len(toAnswer), runs),
+		summary("Service created → first successful request", toCurl, runs-len(toCurl), runs),
+	}
+}
+
+// restingRequests counts the speakers' API requests in a quiet minute with
+// count Services in the L2 pool.
+func (b *bench) restingRequests(audit string, counts []int) []row {
+	var rows []row
+	made := 0
+	for _, count := range counts {
+		policy := corev1.IPFamilyPolicySingleStack
+		for ; made < count; made++ {
+			s := &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("rest%d", made), Namespace: "default", Annotations: map[string]string{v1alpha1.AnnotationPool: "bench"}},
+				Spec: corev1.ServiceSpec{
+					Type: corev1.ServiceTypeLoadBalancer, IPFamilyPolicy: &policy, IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol},
+					AllocateLoadBalancerNodePorts: new(bool),
+					Ports:                         []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+				},
+			}
+			if _, err := b.l.Client.CoreV1().Services("default").Create(b.ctx, s, metav1.CreateOptions{}); err != nil {
+				fail(err)
+			}
+		}
+		// Let addresses, announcements and conditions settle first.
+		last := fmt.Sprintf("rest%d", count-1)
+		if _, err := b.l.WaitCondition(b.ctx, types.NamespacedName{Namespace: "default", Name: last}, v1alpha1.ConditionAnnounced, metav1.ConditionTrue, 5*time.Minute); err != nil {
+			fail(err)
+		}
+		time.Sleep(10 * time.Second)
+		before := countRequests(audit)
+		time.Sleep(time.Minute)
+		n := countRequests(audit) - before
+		rows = append(rows, row{fmt.Sprintf("speakers' API requests at rest, %d Services", count), fmt.Sprintf("%d per minute", n),
+			fmt.Sprintf("all %d speakers together, from the API server's audit log; watches only", b.l.Nodes)})
+	}
+	return rows
+}
+
+// countRequests counts finished requests with a speaker's user agent.
+func countRequests(audit string) int {
+	data, err := os.ReadFile(audit)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, `"userAgent":"ironlb-speaker/`) && strings.Contains(line, `"stage":"ResponseComplete"`) {
+			n++
+		}
+	}
+	return n
+}
+
+// prober sends a new HTTP request to addr from namespace ns every interval,
+// each on a fresh connection with a 300 ms limit, and records the times of
+// the successes.
+type prober struct {
+	mu       sync.Mutex
+	ok       []time.Time
+	failures []time.Time
+	done     chan struct{}
+	wg       sync.WaitGroup
+}
+
+func startProber(ns string, addr netip.Addr, every time.Duration) *prober {
+	p := &prober{done: make(chan struct{})}
+	ticks := make(chan time.Time)
+	const workers = 10 // a failing request holds a worker for 300 ms
+	for range workers {
+		p.wg.Add(1)
+		go p.worker(ns, addr, ticks)
+	}
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		defer close(ticks)
+		for {
+			select {
+			case <-p.done:
+				return
+			case now := <-t.C:
+				select {
+				case ticks <- now:
+				default: // every worker busy: this probe is skipped
+				}
+			}
+		}
+	}()
+	return p
+}
+
+// worker runs on a thread of its own moved into namespace ns, so that its
+// sockets are the client's. The thread goes back to the root namespace and
+// to the runtime afterwards: a locked thread that ends would take with it,
+// by their parent-death signal, the lab processes that were started from it.
+func (p *prober) worker(ns string, addr netip.Addr, ticks <-chan time.Time) {
+	defer p.wg.Done()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		fmt.Fprintln(os.Stderr, "bench: prober:", err)
+		return
+	}
+	defer orig.Close()
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		fmt.Fprintln(os.Stderr, "bench: prober:", err)
+		return
+	}
+	defer h.Close()
+	if err := netns.Set(h); err != nil {
+		runtime.UnlockOSThread()
+		fmt.Fprintln(os.Stderr, "bench: prober:", err)
+		return
+	}
+	defer func() {
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+	for sent := range ticks {
+		ok := request(addr)
+		p.mu.Lock()
+		if ok {
+			p.ok = append(p.ok, sent)
+		} else {
+			p.failures = append(p.failures, sent)
+		}
+		p.mu.Unlock()
+	}
+}
+
+func request(addr netip.Addr) bool {
+	conn, err := net.DialTimeout("tcp", net.JoinHostPort(addr.String(), "80"), 300*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := conn.Write([]byte("GET / HTTP/1.0\r\nHost: bench\r\n\r\n")); err != nil {
+		return false
+	}
+	buf := make([]byte, 512)
+	n, _ := conn.Read(buf)
+	return strings.HasPrefix(string(buf[:n]), "HTTP/1.0 200")
+}
+
+// firstSuccessAfter waits for the first success of a probe sent after t0.
+func (p *prober) firstSuccessAfter(t0 time.Time, limit time.Duration) (time.Time, bool) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		p.mu.Lock()
+		for _, t := range p.ok {
+			if t.After(t0) {
+				p.mu.Unlock()
+				return t, true
+			}
+		}
+		p.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Time{}, false
+}
+
+// stop ends the probing and says how many probes sent after t0 failed.
+func (p *prober) stop(t0 time.Time) int {
+	close(p.done)
+	p.wg.Wait()
+	n := 0
+	for _, t := range p.failures {
+		if t.After(t0) {
+			n++
+		}
+	}
+	return n
+}
