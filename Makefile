@@ -64,9 +64,11 @@ test-unit:
 test-integration:
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/integration/
 
-# Allocator micro-benchmarks and Services per second on a real API server, as one table.
+# Allocator micro-benchmarks and Services per second on a real API server, as one table; then
+# L2 failover, creation-to-traffic and the speakers' API requests at rest in a lab (root).
 bench:
 	$(GO) run ./test/bench
+	cd e2e && $(GO) run ./cmd/bench
 
 clean:
 	rm -rf bin

@@ -411,6 +411,8 @@ func (s *Speaker) inputs(view member.View) inputs {
 // conditions this node writes.
 func (s *Speaker) sync(ctx context.Context) error {
 	s.members.SetPeers(s.peers())
+	// Pools may name interfaces the heartbeats do not report yet.
+	s.refreshInfo()
 	view := s.members.View()
 	in := s.inputs(view)
 	plan, notAnnounced := l2Plan(in)
