@@ -28,6 +28,7 @@ import (
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/lbclass"
+	"github.com/ironlb/ironlb/speaker/bgp"
 	"github.com/ironlb/ironlb/speaker/l2"
 	"github.com/ironlb/ironlb/speaker/member"
 )
@@ -43,7 +44,10 @@ type Config struct {
 	// HeartbeatInterval and HeartbeatTimeout tune how fast a dead speaker is
 	// noticed (member's defaults if 0).
 	HeartbeatInterval, HeartbeatTimeout time.Duration
-	Logger                              klog.Logger
+	// Namespace is where a BGPPeer's password Secret is looked for when its
+	// reference names no namespace (the speaker's own).
+	Namespace string
+	Logger    klog.Logger
 }
 
 // IPPoolResource is the IPPool resource.
@@ -59,11 +63,15 @@ type Speaker struct {
 	slices   cache.SharedIndexInformer
 	nodes    cache.SharedIndexInformer
 	pools    cache.SharedIndexInformer
+	bgpPeers cache.SharedIndexInformer
 	members  *member.Members
+	bgp      *bgp.Manager
 	events   *eventSink
 
 	queue  workqueue.TypedRateLimitingInterface[string] // one key: recompute everything
 	status workqueue.TypedRateLimitingInterface[types.NamespacedName]
+	// bgpStatus has one key: write this node's entries of BGPPeer status.
+	bgpStatus workqueue.TypedRateLimitingInterface[string]
 
 	mu         sync.Mutex
 	desired    map[types.NamespacedName]metav1.Condition // conditions this speaker writes
@@ -72,6 +80,10 @@ type Speaker struct {
 	failed     map[string]bool                           // interfaces that could not be opened
 	warned     map[string]bool                           // AnnounceFailed events already sent
 	myIP       netip.Addr
+	// peerProblems are BGPPeers this node cannot use, with the reason.
+	peerProblems map[string]string
+	// peerStatusWritten is what this node last wrote to each BGPPeer.
+	peerStatusWritten map[string]v1alpha1.BGPPeerNodeStatus
 	// quietUntil is the end of the start-up grace: until the first
 	// heartbeats have come in, a speaker would think itself alone and
 	// answer for everything.
@@ -98,23 +110,26 @@ func New(cfg Config) (*Speaker, error) {
 		cfg.Logger = klog.Background()
 	}
 	s := &Speaker{
-		cfg:        cfg,
-		logger:     cfg.Logger,
-		factory:    informers.NewSharedInformerFactory(cfg.Client, 0),
-		dynamic:    dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0),
-		queue:      workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
-		status:     workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
-		desired:    map[types.NamespacedName]metav1.Condition{},
-		responders: map[string]*running{},
-		owned:      map[netip.Addr]bool{},
-		failed:     map[string]bool{},
-		warned:     map[string]bool{},
+		cfg:               cfg,
+		logger:            cfg.Logger,
+		factory:           informers.NewSharedInformerFactory(cfg.Client, 0),
+		dynamic:           dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0),
+		queue:             workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		status:            workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
+		bgpStatus:         workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		peerStatusWritten: map[string]v1alpha1.BGPPeerNodeStatus{},
+		desired:           map[types.NamespacedName]metav1.Condition{},
+		responders:        map[string]*running{},
+		owned:             map[netip.Addr]bool{},
+		failed:            map[string]bool{},
+		warned:            map[string]bool{},
 	}
 	s.events = newEventSink(cfg.Client, cfg.Node)
 	s.services = s.factory.Core().V1().Services().Informer()
 	s.slices = s.factory.Discovery().V1().EndpointSlices().Informer()
 	s.nodes = s.factory.Core().V1().Nodes().Informer()
 	s.pools = s.dynamic.ForResource(IPPoolResource).Informer()
+	s.bgpPeers = s.dynamic.ForResource(BGPPeerResource).Informer()
 	if err := s.slices.AddIndexers(cache.Indexers{sliceByService: func(obj any) ([]string, error) {
 		es, ok := obj.(*discoveryv1.EndpointSlice)
 		if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
@@ -129,7 +144,7 @@ func New(cfg Config) (*Speaker, error) {
 		UpdateFunc: func(any, any) { s.queue.Add(syncKey) },
 		DeleteFunc: func(any) { s.queue.Add(syncKey) },
 	}
-	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools} {
+	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools, s.bgpPeers} {
 		if _, err := inf.AddEventHandler(enqueue); err != nil {
 			return nil, err
 		}
@@ -142,9 +157,10 @@ func New(cfg Config) (*Speaker, error) {
 func (s *Speaker) Run(ctx context.Context) error {
 	defer s.queue.ShutDown()
 	defer s.status.ShutDown()
+	defer s.bgpStatus.ShutDown()
 	s.factory.Start(ctx.Done())
 	s.dynamic.Start(ctx.Done())
-	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools} {
+	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools, s.bgpPeers} {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			return ctx.Err()
 		}
@@ -165,6 +181,10 @@ func (s *Speaker) Run(ctx context.Context) error {
 		return err
 	}
 	s.refreshInfo()
+	s.bgp, err = bgp.New(ctx, bgp.Config{RouterID: routerID(myIP), ListenPort: -1, Logger: s.logger.WithName("bgp")})
+	if err != nil {
+		return err
+	}
 	timeout := s.cfg.HeartbeatTimeout
 	if timeout == 0 {
 		timeout = member.DefaultTimeout
@@ -177,9 +197,11 @@ func (s *Speaker) Run(ctx context.Context) error {
 	go func() { membersDone <- s.members.Run(memberCtx) }()
 	go s.watchMembers(ctx)
 	go s.watchLinks(ctx)
+	go s.watchSessions(ctx)
 	for range 4 {
 		go s.statusWorker(ctx)
 	}
+	go s.bgpStatusWorker(ctx)
 	s.logger.Info("Speaker running", "node", s.cfg.Node, "heartbeats", netip.AddrPortFrom(myIP, s.cfg.PeerPort))
 
 	s.queue.Add(syncKey)
@@ -190,7 +212,11 @@ func (s *Speaker) Run(ctx context.Context) error {
 	for s.processNext(ctx) {
 	}
 
+	// Withdraw before going: routers move traffic before this node stops.
 	s.stopAnswering()
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	s.bgp.Shutdown(shutdownCtx)
+	cancel()
 	stopMembers()
 	return <-membersDone
 }
@@ -245,6 +271,28 @@ func internalIP(n *v1.Node, like netip.Addr) netip.Addr {
 		}
 	}
 	return netip.Addr{}
+}
+
+// routerID is this node's IPv4 address, or, on an IPv6-only node, an IPv4
+// form derived from the last bytes of its IPv6 address (BGP wants 32 bits).
+func routerID(ip netip.Addr) netip.Addr {
+	if ip.Is4() {
+		return ip
+	}
+	b := ip.As16()
+	return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+}
+
+// watchSessions writes BGPPeer status when a session changes state.
+func (s *Speaker) watchSessions(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.bgp.Changes():
+			s.bgpStatus.Add(syncKey)
+		}
+	}
 }
 
 func (s *Speaker) watchMembers(ctx context.Context) {
@@ -437,8 +485,14 @@ func (s *Speaker) sync(ctx context.Context) error {
 	}
 	s.answer(ctx, want, plan)
 	s.warnMissing(plan, in)
+
+	peers := s.peerList()
+	bplan := bgpPlan(in, peers)
+	if err := s.advertise(ctx, bplan, peers, in.nodes[s.cfg.Node]); err != nil {
+		return err
+	}
 	if !view.Isolated && !quiet {
-		s.queueConditions(in, plan, notAnnounced, view)
+		s.queueConditions(in, plan, bplan, notAnnounced, view)
 	}
 	return nil
 }

@@ -34,10 +34,15 @@ const (
 
 // announcedCondition is what the Announced condition of svc should say, or
 // nil when no L2 pool is involved (BGP or nothing reports then).
-func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, notAnnounced string) *metav1.Condition {
+func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced string) *metav1.Condition {
 	var parts []string
 	ok, any := true, false
 	for _, addr := range ingressAddrs(svc) {
+		if b := bplan[addr]; b != nil {
+			any = true
+			ok = ok && len(b.nodes) > 0
+			parts = append(parts, b.message())
+		}
 		a := plan[addr]
 		if a == nil {
 			continue
@@ -87,13 +92,13 @@ func writer(svc *v1.Service, plan map[netip.Addr]*announcement, alive map[string
 
 // queueConditions records the conditions this speaker writes and queues
 // those that differ from what the Service shows.
-func (s *Speaker) queueConditions(in inputs, plan map[netip.Addr]*announcement, notAnnounced map[types.NamespacedName]string, view member.View) {
+func (s *Speaker) queueConditions(in inputs, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced map[types.NamespacedName]string, view member.View) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	mine := map[types.NamespacedName]bool{}
 	for _, svc := range in.services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		c := announcedCondition(svc, plan, notAnnounced[key])
+		c := announcedCondition(svc, plan, bplan, notAnnounced[key])
 		if c == nil || writer(svc, plan, view.Alive) != s.cfg.Node {
 			continue
 		}

@@ -72,6 +72,13 @@ type BGPPeerNodeStatus struct {
 	// PrefixesAdvertised to the peer.
 	// +optional
 	PrefixesAdvertised int32 `json:"prefixesAdvertised,omitempty"`
+	// PrefixesReceived from the peer.
+	// +optional
+	PrefixesReceived int32 `json:"prefixesReceived,omitempty"`
+	// Message says why the session is not established, as the router or the connection said it
+	// (e.g. the NOTIFICATION the router sent: bad peer AS, authentication failure).
+	// +optional
+	Message string `json:"message,omitempty"`
 }
 
 // BGPPeerStatus collects the speakers' session states; each speaker owns its own entry.

@@ -41,6 +41,7 @@ func main() {
 	interval := fs.Duration("heartbeat-interval", member.DefaultInterval, "How often a speaker tells the others it is alive.")
 	timeout := fs.Duration("heartbeat-timeout", member.DefaultTimeout, "How long a silent speaker counts as alive; its addresses move after that.")
 	qps := fs.Float32("kube-api-qps", 20, "Requests per second to the API server.")
+	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "ironlb-system"), "Namespace of BGPPeer password Secrets that name none (default $POD_NAMESPACE).")
 	klogFlags := flag.NewFlagSet("klog", flag.ExitOnError)
 	klog.InitFlags(klogFlags)
 	fs.AddGoFlagSet(klogFlags)
@@ -52,6 +53,7 @@ func main() {
 		PeerPort:          *peerPort,
 		HeartbeatInterval: *interval,
 		HeartbeatTimeout:  *timeout,
+		Namespace:         *namespace,
 		Logger:            klog.Background().WithName("speaker"),
 	}, *qps, *metricsAddr, *healthAddr); err != nil {
 		klog.ErrorS(err, "ironlb-speaker failed")
@@ -116,4 +118,11 @@ func serve(what, addr, path string, h http.Handler) error {
 	klog.InfoS("Serving", "what", what, "address", ln.Addr().String())
 	go func() { _ = http.Serve(ln, mux) }()
 	return nil
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }

@@ -1,0 +1,314 @@
+// Package bgp tests ironlb-speaker's BGP mode in the lab against the FRR
+// router: the external client, which has no other way in, reaches Services
+// through the routes the speakers advertise.
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/e2e/framework"
+	"github.com/ironlb/ironlb/e2e/lab"
+)
+
+func TestMain(m *testing.M) {
+	framework.Main(m, lab.Config{CCM: true, Speakers: true})
+}
+
+var peerResource = schema.GroupVersionResource{Group: v1alpha1.SchemeGroupVersion.Group, Version: v1alpha1.SchemeGroupVersion.Version, Resource: "bgppeers"}
+
+// peer creates a BGPPeer for the lab router (IPv4 or IPv6 session) with
+// short timers, deleted when the test ends.
+func peer(f *framework.F, name string, ipv6 bool, mutate func(*v1alpha1.BGPPeerSpec)) {
+	f.T.Helper()
+	addr := f.RouterLAN()[0]
+	if ipv6 {
+		addr = f.RouterLAN()[1]
+	}
+	spec := v1alpha1.BGPPeerSpec{
+		Address: addr.String(), ASN: lab.RouterASN, LocalASN: lab.NodeASN,
+		HoldTime:      &metav1.Duration{Duration: 3 * time.Second},
+		KeepaliveTime: &metav1.Duration{Duration: time.Second},
+		ConnectTime:   &metav1.Duration{Duration: time.Second},
+	}
+	if mutate != nil {
+		mutate(&spec)
+	}
+	p := &v1alpha1.BGPPeer{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPPeer"},
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       spec,
+	}
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(p)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	if _, err := f.Dynamic.Resource(peerResource).Create(f.Ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+		f.T.Fatalf("create BGPPeer %s: %v", name, err)
+	}
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.Dynamic.Resource(peerResource).Delete(ctx, name, metav1.DeleteOptions{})
+	})
+}
+
+// pool creates a BGP pool from slot i of the routed range.
+func pool(f *framework.F, name string, i int, adv v1alpha1.BGPAdvertisement) []netip.Prefix {
+	f.T.Helper()
+	prefixes := f.TestPool(i)
+	autoAssign := false
+	if err := f.CreatePool(f.Ctx, name, v1alpha1.IPPoolSpec{
+		Addresses:  []v1alpha1.AddressRange{v1alpha1.AddressRange(prefixes[0].String()), v1alpha1.AddressRange(prefixes[1].String())},
+		AutoAssign: &autoAssign,
+		BGP:        &adv,
+	}); err != nil {
+		f.T.Fatal(err)
+	}
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, name, metav1.DeleteOptions{})
+	})
+	return prefixes
+}
+
+func service(f *framework.F, name, pool string, nodes []int, mutate func(*corev1.Service)) (types.NamespacedName, []netip.Addr) {
+	f.T.Helper()
+	svc := f.Service(name, func(s *corev1.Service) {
+		policy := corev1.IPFamilyPolicyRequireDualStack
+		s.Spec.IPFamilyPolicy = &policy
+		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+		s.Annotations = map[string]string{v1alpha1.AnnotationPool: pool}
+		if mutate != nil {
+			mutate(s)
+		}
+	})
+	for _, n := range nodes {
+		f.Endpoint(svc, fmt.Sprintf("%s-n%d", name, n), n)
+	}
+	addrs, err := f.WaitIngress(f.Ctx, svc, 2, 30*time.Second)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	return svc, addrs
+}
+
+// nextHops waits until the router's RIB holds addr's host route through
+// exactly the given nodes, and returns them.
+func nextHops(f *framework.F, addr netip.Addr, nodes ...int) {
+	f.T.Helper()
+	var want []netip.Addr
+	for _, n := range nodes {
+		i := 0
+		if addr.Is6() {
+			i = 1
+		}
+		want = append(want, f.NodeAddrs(n)[i])
+	}
+	slices.SortFunc(want, netip.Addr.Compare)
+	prefix := framework.Host(addr)
+	f.Eventually(fmt.Sprintf("the router routes %s via %v", prefix, want), 100, 200*time.Millisecond, func() error {
+		routes, err := f.RouterRoutes(f.Ctx, addr.Is6())
+		if err != nil {
+			return err
+		}
+		r, ok := routes[prefix]
+		if len(want) == 0 {
+			if ok && r.Protocol == "bgp" {
+				return fmt.Errorf("still routed via %v", r.NextHops)
+			}
+			return nil
+		}
+		if !ok || r.Protocol != "bgp" {
+			return fmt.Errorf("no BGP route (have %+v)", r)
+		}
+		got := slices.Clone(r.NextHops)
+		slices.SortFunc(got, netip.Addr.Compare)
+		got = slices.Compact(got)
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("next hops %v", got)
+		}
+		return nil
+	})
+}
+
+// TestExternalClientReachesThroughRouter: both address families, over an
+// IPv4 and an IPv6 session, reach the router from every node (ECMP), and
+// the external client gets answers; BGPPeer status shows each node's session.
+func TestExternalClientReachesThroughRouter(t *testing.T) {
+	f := framework.New(t)
+	peer(f, "router-v4", false, nil)
+	peer(f, "router-v6", true, nil)
+	pool(f, "routed", 0, v1alpha1.BGPAdvertisement{})
+	_, addrs := service(f, "web", "routed", []int{1, 2, 3}, nil)
+	for _, a := range addrs {
+		nextHops(f, a, 1, 2, 3)
+		f.Curl(f.ExternalNS(), a, "endpoint=web-n", 40)
+	}
+	f.Eventually("every node reports an Established session in BGPPeer status", 50, 200*time.Millisecond, func() error {
+		for _, name := range []string{"router-v4", "router-v6"} {
+			u, err := f.Dynamic.Resource(peerResource).Get(f.Ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			p := &v1alpha1.BGPPeer{}
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p); err != nil {
+				return err
+			}
+			established := 0
+			for _, n := range p.Status.Nodes {
+				if n.State == "Established" && n.PrefixesAdvertised >= 1 {
+					established++
+				}
+			}
+			if established != f.Nodes {
+				return fmt.Errorf("BGPPeer %s status: %+v", name, p.Status.Nodes)
+			}
+		}
+		return nil
+	})
+}
+
+// TestLocalTrafficPolicyNarrowsNextHops: with externalTrafficPolicy Local
+// only nodes with a local endpoint advertise, and the route follows the
+// endpoint when it moves.
+func TestLocalTrafficPolicyNarrowsNextHops(t *testing.T) {
+	f := framework.New(t)
+	peer(f, "router-v4", false, nil)
+	peer(f, "router-v6", true, nil)
+	pool(f, "local", 1, v1alpha1.BGPAdvertisement{})
+	_, addrs := service(f, "web", "local", []int{2}, func(s *corev1.Service) {
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	})
+	for _, a := range addrs {
+		nextHops(f, a, 2)
+		f.Curl(f.ExternalNS(), a, "endpoint=web-n2 node=node2", 40)
+	}
+	if err := f.MoveEndpoint(f.Ctx, "web-n2", 3); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		nextHops(f, a, 3)
+		f.Curl(f.ExternalNS(), a, "node=node3", 40)
+	}
+}
+
+// TestCommunities: standard and large communities reach the router.
+func TestCommunities(t *testing.T) {
+	f := framework.New(t)
+	peer(f, "router-v4", false, nil)
+	pool(f, "tagged", 2, v1alpha1.BGPAdvertisement{Communities: []v1alpha1.Community{"65000:100", "65000:1:2"}})
+	_, addrs := service(f, "web", "tagged", []int{1}, nil)
+	nextHops(f, addrs[0], 1, 2, 3)
+	out, err := f.Vtysh(f.Ctx, "show bgp ipv4 unicast "+addrs[0].String()+"/32 json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"65000:100", "65000:1:2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the router's route for %s lacks community %s:\n%s", addrs[0], want, out)
+		}
+	}
+}
+
+// TestGracefulStopWithdrawsFirst: a speaker stopped with SIGTERM withdraws
+// its routes before it exits; traffic keeps flowing through the others; a
+// killed node's route goes after the hold time.
+func TestGracefulStopAndNodeDeath(t *testing.T) {
+	f := framework.New(t)
+	peer(f, "router-v4", false, nil)
+	pool(f, "stop", 3, v1alpha1.BGPAdvertisement{})
+	_, addrs := service(f, "web", "stop", []int{1, 2, 3}, nil)
+	a := addrs[0]
+	nextHops(f, a, 1, 2, 3)
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.NodeUp(ctx, 3)
+		if !f.Alive(f.SpeakerName(2)) {
+			_ = f.Restart(f.SpeakerName(2))
+		}
+	})
+	if err := f.Stop(f.SpeakerName(2), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// The speaker has exited: its route must already be gone.
+	routes, err := f.RouterRoutes(f.Ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(routes[framework.Host(a)].NextHops, f.NodeAddrs(2)[0]) {
+		t.Errorf("node2's route is still on the router after its speaker exited: %v", routes[framework.Host(a)].NextHops)
+	}
+	nextHops(f, a, 1, 3)
+	f.Curl(f.ExternalNS(), a, "endpoint=", 10)
+
+	if err := f.NodeDown(f.Ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	nextHops(f, a, 1) // after the 3 s hold time
+	f.Curl(f.ExternalNS(), a, "endpoint=web-n1", 40)
+}
+
+// TestBadPeersDoNotDisturb: a BGPPeer with a wrong ASN and one with an
+// address nobody answers never affect a working session; the wrong ASN is
+// reported in status with the router's reason.
+func TestBadPeersDoNotDisturb(t *testing.T) {
+	f := framework.New(t)
+	peer(f, "router-v4", false, nil)
+	pool(f, "bad", 4, v1alpha1.BGPAdvertisement{})
+	_, addrs := service(f, "web", "bad", []int{1, 2, 3}, nil)
+	nextHops(f, addrs[0], 1, 2, 3)
+	before, err := f.Vtysh(f.Ctx, "show bgp summary json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer(f, "wrong-asn", true, func(s *v1alpha1.BGPPeerSpec) { s.ASN = 65999 })
+	peer(f, "nobody", false, func(s *v1alpha1.BGPPeerSpec) { s.Address = f.ExternalAddrs()[0].String() })
+	f.Eventually("the wrong ASN is reported in status", 50, 200*time.Millisecond, func() error {
+		u, err := f.Dynamic.Resource(peerResource).Get(f.Ctx, "wrong-asn", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		p := &v1alpha1.BGPPeer{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p); err != nil {
+			return err
+		}
+		for _, n := range p.Status.Nodes {
+			if n.State != "Established" && n.Message != "" {
+				return nil
+			}
+		}
+		return fmt.Errorf("status %+v", p.Status.Nodes)
+	})
+	time.Sleep(2 * time.Second)
+	after, err := f.Vtysh(f.Ctx, "show bgp summary json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uptimes(before) != uptimes(after) {
+		t.Errorf("the good sessions restarted:\nbefore %s\nafter %s", uptimes(before), uptimes(after))
+	}
+	nextHops(f, addrs[0], 1, 2, 3)
+	f.Curl(f.ExternalNS(), addrs[0], "endpoint=", 10)
+}
+
+// uptimes lists the IPv4 sessions' establishment counters, which change
+// when a session flaps.
+func uptimes(summary string) string {
+	var out []string
+	for _, line := range strings.Split(summary, "\n") {
+		if strings.Contains(line, "connectionsEstablished") {
+			out = append(out, strings.TrimSpace(line))
+		}
+	}
+	return strings.Join(out, " ")
+}

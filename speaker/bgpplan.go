@@ -1,0 +1,188 @@
+package speaker
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+)
+
+// advertisement is one address announced by BGP: every eligible node sends
+// a route for it, with itself as next hop, to the peers the pool selects.
+type advertisement struct {
+	addr        netip.Addr
+	prefix      netip.Prefix
+	pool        string
+	nodes       []string            // eligible nodes, sorted
+	peers       map[string][]string // node -> names of the peers it sends to
+	communities []string
+	localPref   *uint32
+	services    []types.NamespacedName
+	reason      string // why no node announces it
+}
+
+// bgpPlan computes the BGP advertisements of every address whose pool has a
+// bgp section. Unlike L2, every eligible node announces (the router spreads
+// traffic over them), so no owner is picked and a node's liveness is the
+// router's business (its session).
+func bgpPlan(in inputs, peers []*v1alpha1.BGPPeer) map[netip.Addr]*advertisement {
+	plan := map[netip.Addr]*advertisement{}
+	services := slices.Clone(in.services)
+	slices.SortFunc(services, func(x, y *v1.Service) int {
+		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
+	})
+	pools := slices.Clone(in.pools)
+	slices.SortFunc(pools, func(x, y *v1alpha1.IPPool) int { return cmp.Compare(x.Name, y.Name) })
+	eligible := map[netip.Addr]map[string]bool{}
+	for _, svc := range services {
+		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		for _, addr := range ingressAddrs(svc) {
+			pool := poolOf(pools, svc, addr)
+			if pool == nil || pool.Spec.BGP == nil {
+				continue
+			}
+			a := plan[addr]
+			if a == nil {
+				a = &advertisement{
+					addr: addr, prefix: aggregate(addr, pool.Spec.BGP), pool: pool.Name,
+					peers: map[string][]string{}, communities: communityStrings(pool.Spec.BGP.Communities),
+					localPref: pool.Spec.BGP.LocalPref,
+				}
+				plan[addr] = a
+			}
+			a.services = append(a.services, key)
+			nodes, why := bgpNodes(in, svc, pool, peers, a.peers)
+			if len(nodes) == 0 && a.reason == "" {
+				a.reason = why
+			}
+			if prev, ok := eligible[addr]; ok {
+				for n := range prev {
+					if !nodes[n] {
+						delete(prev, n)
+					}
+				}
+			} else {
+				eligible[addr] = nodes
+			}
+		}
+	}
+	for addr, a := range plan {
+		a.nodes = slices.Sorted(maps.Keys(eligible[addr]))
+		for n := range a.peers {
+			if !eligible[addr][n] {
+				delete(a.peers, n)
+			}
+		}
+		if len(a.nodes) > 0 {
+			a.reason = ""
+		} else if a.reason == "" {
+			a.reason = "the Services sharing it have no eligible node in common"
+		}
+	}
+	return plan
+}
+
+// bgpNodes are the nodes that announce svc's address from pool, filling
+// peersOf with the peers each of them sends to, and why none does.
+func bgpNodes(in inputs, svc *v1.Service, pool *v1alpha1.IPPool, peers []*v1alpha1.BGPPeer, peersOf map[string][]string) (map[string]bool, string) {
+	nodeSel, err := selectorOf(pool.Spec.BGP.NodeSelector)
+	if err != nil {
+		return nil, fmt.Sprintf("IPPool %s has an invalid bgp.nodeSelector: %v", pool.Name, err)
+	}
+	peerSel, err := selectorOf(pool.Spec.BGP.PeerSelector)
+	if err != nil {
+		return nil, fmt.Sprintf("IPPool %s has an invalid bgp.peerSelector: %v", pool.Name, err)
+	}
+	local := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+	var withEndpoints map[string]bool
+	if local {
+		withEndpoints = localEndpointNodes(in.slices[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}])
+	}
+	nodes := map[string]bool{}
+	var why []string
+	for _, name := range slices.Sorted(maps.Keys(in.nodes)) {
+		node := in.nodes[name]
+		selected := peersFor(node, peers, peerSel)
+		switch {
+		case !nodeSel.Matches(labels.Set(node.Labels)):
+			why = append(why, name+": not selected by the pool's bgp.nodeSelector")
+		case hasLabel(node, LabelExcludeFromLB):
+			why = append(why, name+": labelled "+LabelExcludeFromLB)
+		case networkUnavailable(node):
+			why = append(why, name+": NetworkUnavailable")
+		case len(selected) == 0:
+			why = append(why, name+": no BGPPeer selects it and is selected by the pool")
+		case local && !withEndpoints[name]:
+			why = append(why, name+": no ready local endpoint (externalTrafficPolicy: Local)")
+		default:
+			nodes[name] = true
+			peersOf[name] = selected
+		}
+	}
+	if len(why) == 0 {
+		why = []string{"the cluster has no nodes"}
+	}
+	return nodes, "no node announces it (" + strings.Join(why, "; ") + ")"
+}
+
+// peersFor are the names of the BGPPeers that node peers with and that the
+// pool's peerSelector picks.
+func peersFor(node *v1.Node, peers []*v1alpha1.BGPPeer, poolSel labels.Selector) []string {
+	var names []string
+	for _, p := range peers {
+		sel, err := selectorOf(p.Spec.NodeSelector)
+		if err != nil || !sel.Matches(labels.Set(node.Labels)) || !poolSel.Matches(labels.Set(p.Labels)) {
+			continue
+		}
+		names = append(names, p.Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// aggregate is the prefix announced for addr: the address itself, or the
+// pool's aggregation length.
+func aggregate(addr netip.Addr, adv *v1alpha1.BGPAdvertisement) netip.Prefix {
+	bits := addr.BitLen()
+	if addr.Is4() && adv.AggregationLength != nil {
+		bits = int(*adv.AggregationLength)
+	}
+	if addr.Is6() && adv.AggregationLengthV6 != nil {
+		bits = int(*adv.AggregationLengthV6)
+	}
+	p, err := addr.Prefix(bits)
+	if err != nil {
+		return netip.PrefixFrom(addr, addr.BitLen())
+	}
+	return p
+}
+
+func communityStrings(cs []v1alpha1.Community) []string {
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = string(c)
+	}
+	return out
+}
+
+// bgpMessage describes an advertisement for the Announced condition.
+func (a *advertisement) message() string {
+	if len(a.nodes) == 0 {
+		return fmt.Sprintf("%s: %s", a.addr, a.reason)
+	}
+	peers := map[string]bool{}
+	for _, ps := range a.peers {
+		for _, p := range ps {
+			peers[p] = true
+		}
+	}
+	return fmt.Sprintf("%s by BGP from %s to %s", a.prefix, strings.Join(a.nodes, ","), strings.Join(slices.Sorted(maps.Keys(peers)), ","))
+}

@@ -1,0 +1,246 @@
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/speaker/bgp"
+)
+
+// BGPPeerResource is the BGPPeer resource.
+var BGPPeerResource = v1alpha1.SchemeGroupVersion.WithResource("bgppeers")
+
+func (s *Speaker) peerList() []*v1alpha1.BGPPeer {
+	var peers []*v1alpha1.BGPPeer
+	for _, obj := range s.bgpPeers.GetStore().List() {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		p := &v1alpha1.BGPPeer{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p); err != nil {
+			s.logger.Error(err, "Ignoring a BGPPeer that does not parse", "peer", u.GetName())
+			continue
+		}
+		peers = append(peers, p)
+	}
+	slices.SortFunc(peers, func(a, b *v1alpha1.BGPPeer) int { return compareStrings(a.Name, b.Name) })
+	return peers
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// advertise makes this node's BGP sessions and routes what the plan says.
+func (s *Speaker) advertise(ctx context.Context, plan map[netip.Addr]*advertisement, peers []*v1alpha1.BGPPeer, node *v1.Node) error {
+	if s.bgp == nil || node == nil {
+		return nil
+	}
+	var want []bgp.Peer
+	problems := map[string]string{}
+	for _, p := range peers {
+		sel, err := selectorOf(p.Spec.NodeSelector)
+		if err != nil || !sel.Matches(labels.Set(node.Labels)) {
+			continue
+		}
+		peer, err := s.sessionFor(ctx, p)
+		if err != nil {
+			problems[p.Name] = err.Error()
+			s.logger.Error(err, "BGPPeer not usable", "peer", p.Name)
+			continue
+		}
+		want = append(want, peer)
+	}
+	if err := s.bgp.SetPeers(ctx, want); err != nil {
+		return err
+	}
+	var routes []bgp.Route
+	for _, a := range plan {
+		mine, ok := a.peers[s.cfg.Node]
+		if !ok {
+			continue
+		}
+		hop := internalIP(node, a.addr)
+		if !hop.IsValid() {
+			continue // no address of that family: nothing to give as next hop
+		}
+		routes = append(routes, bgp.Route{Prefix: a.prefix, NextHop: hop, Communities: a.communities, LocalPref: a.localPref, Peers: mine})
+	}
+	slices.SortFunc(routes, func(x, y bgp.Route) int { return x.Prefix.Addr().Compare(y.Prefix.Addr()) })
+	// Several addresses of one aggregate make one route.
+	routes = slices.CompactFunc(routes, func(x, y bgp.Route) bool { return x.Prefix == y.Prefix })
+	if err := s.bgp.SetRoutes(ctx, routes); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.peerProblems = problems
+	s.mu.Unlock()
+	s.bgpStatus.Add(syncKey)
+	return nil
+}
+
+// sessionFor turns a BGPPeer into a session, reading its password Secret
+// (only the Secret it names).
+func (s *Speaker) sessionFor(ctx context.Context, p *v1alpha1.BGPPeer) (bgp.Peer, error) {
+	addr, err := netip.ParseAddr(p.Spec.Address)
+	if err != nil {
+		return bgp.Peer{}, fmt.Errorf("BGPPeer %s: address %q: %w", p.Name, p.Spec.Address, err)
+	}
+	peer := bgp.Peer{
+		Name:            p.Name,
+		Address:         addr,
+		Port:            uint16(p.Spec.Port),
+		ASN:             uint32(p.Spec.ASN),
+		LocalASN:        uint32(p.Spec.LocalASN),
+		EBGPMultihop:    p.Spec.EBGPMultihop,
+		GracefulRestart: p.Spec.GracefulRestart,
+	}
+	for _, d := range []struct {
+		in  *metav1.Duration
+		out *time.Duration
+	}{{p.Spec.HoldTime, &peer.HoldTime}, {p.Spec.KeepaliveTime, &peer.KeepaliveTime}, {p.Spec.ConnectTime, &peer.ConnectTime}} {
+		if d.in != nil {
+			*d.out = d.in.Duration
+		}
+	}
+	if p.Spec.SourceAddress != "" {
+		if peer.SourceAddress, err = netip.ParseAddr(p.Spec.SourceAddress); err != nil {
+			return bgp.Peer{}, fmt.Errorf("BGPPeer %s: sourceAddress %q: %w", p.Name, p.Spec.SourceAddress, err)
+		}
+	}
+	if ref := p.Spec.PasswordSecretRef; ref != nil {
+		ns := ref.Namespace
+		if ns == "" {
+			ns = s.cfg.Namespace
+		}
+		secret, err := s.cfg.Client.CoreV1().Secrets(ns).Get(ctx, ref.Name, metav1.GetOptions{})
+		if err != nil {
+			return bgp.Peer{}, fmt.Errorf("BGPPeer %s: password Secret %s/%s: %w", p.Name, ns, ref.Name, err)
+		}
+		pw, ok := secret.Data["password"]
+		if !ok {
+			return bgp.Peer{}, fmt.Errorf("BGPPeer %s: Secret %s/%s has no key \"password\"", p.Name, ns, ref.Name)
+		}
+		peer.Password = string(pw)
+	}
+	return peer, nil
+}
+
+// bgpStatusWorker writes this node's entry of every BGPPeer's status.nodes.
+func (s *Speaker) bgpStatusWorker(ctx context.Context) {
+	for {
+		key, quit := s.bgpStatus.Get()
+		if quit {
+			return
+		}
+		if err := s.writePeerStatus(ctx); err != nil {
+			s.logger.Error(err, "Cannot write BGPPeer status; retrying")
+			s.bgpStatus.AddRateLimited(key)
+		} else {
+			s.bgpStatus.Forget(key)
+		}
+		s.bgpStatus.Done(key)
+	}
+}
+
+// writePeerStatus applies, per BGPPeer, this node's entry (under a field
+// manager of this node's own, so that each speaker owns exactly its entry of
+// the list), and drops the entry from peers this node no longer has.
+func (s *Speaker) writePeerStatus(ctx context.Context) error {
+	if s.bgp == nil {
+		return nil
+	}
+	st := s.bgp.Status(ctx)
+	s.mu.Lock()
+	problems := s.peerProblems
+	written := s.peerStatusWritten
+	s.mu.Unlock()
+	manager := v1alpha1.FieldManagerSpeaker + "-" + s.cfg.Node
+	now := map[string]v1alpha1.BGPPeerNodeStatus{}
+	for name, ps := range st {
+		now[name] = v1alpha1.BGPPeerNodeStatus{
+			Node: s.cfg.Node, State: ps.State, Since: metav1.NewTime(ps.Since.Truncate(time.Second)),
+			PrefixesAdvertised: int32(ps.Advertised), PrefixesReceived: int32(ps.Received), Message: ps.LastError,
+		}
+	}
+	for name, msg := range problems {
+		now[name] = v1alpha1.BGPPeerNodeStatus{Node: s.cfg.Node, State: "Invalid", Message: msg}
+	}
+	var errs []error
+	for name, entry := range now {
+		if prev, ok := written[name]; ok && prev == entry {
+			continue
+		}
+		if err := s.applyPeerStatus(ctx, name, manager, []any{entryObject(entry)}); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		written[name] = entry
+	}
+	for name := range written {
+		if _, ok := now[name]; ok {
+			continue
+		}
+		if err := s.applyPeerStatus(ctx, name, manager, []any{}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+			continue
+		}
+		delete(written, name)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%d BGPPeer status writes failed, first: %w", len(errs), errs[0])
+	}
+	return nil
+}
+
+func entryObject(e v1alpha1.BGPPeerNodeStatus) map[string]any {
+	m := map[string]any{"node": e.Node, "state": e.State}
+	if !e.Since.IsZero() {
+		m["since"] = e.Since.UTC().Format(time.RFC3339)
+	}
+	if e.PrefixesAdvertised != 0 {
+		m["prefixesAdvertised"] = int64(e.PrefixesAdvertised)
+	}
+	if e.PrefixesReceived != 0 {
+		m["prefixesReceived"] = int64(e.PrefixesReceived)
+	}
+	if e.Message != "" {
+		m["message"] = e.Message
+	}
+	return m
+}
+
+func (s *Speaker) applyPeerStatus(ctx context.Context, name, manager string, nodes []any) error {
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": v1alpha1.SchemeGroupVersion.String(),
+		"kind":       "BGPPeer",
+		"metadata":   map[string]any{"name": name},
+		"status":     map[string]any{"nodes": nodes},
+	}}
+	_, err := s.cfg.Dynamic.Resource(BGPPeerResource).ApplyStatus(ctx, name, obj, metav1.ApplyOptions{FieldManager: manager, Force: true})
+	if err != nil {
+		return fmt.Errorf("BGPPeer %s: %w", name, err)
+	}
+	return nil
+}
+
+var _ = types.NamespacedName{}
