@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/speaker/bgp"
@@ -176,7 +175,17 @@ func (s *Speaker) writePeerStatus(ctx context.Context) error {
 	s.mu.Unlock()
 	manager := v1alpha1.FieldManagerSpeaker + "-" + s.cfg.Node
 	now := map[string]v1alpha1.BGPPeerNodeStatus{}
+	bgpSessionUp.Reset()
+	bgpPrefixes.Reset()
+	bgpUpdates.Reset()
 	for name, ps := range st {
+		up := 0.0
+		if ps.State == bgp.StateEstablished {
+			up = 1
+		}
+		bgpSessionUp.WithLabelValues(name).Set(up)
+		bgpPrefixes.WithLabelValues(name).Set(float64(ps.Advertised))
+		bgpUpdates.WithLabelValues(name).Set(float64(ps.UpdatesSent))
 		now[name] = v1alpha1.BGPPeerNodeStatus{
 			Node: s.cfg.Node, State: ps.State, Since: metav1.NewTime(ps.Since.Truncate(time.Second)),
 			PrefixesAdvertised: int32(ps.Advertised), PrefixesReceived: int32(ps.Received), Message: ps.LastError,
@@ -242,5 +251,3 @@ func (s *Speaker) applyPeerStatus(ctx context.Context, name, manager string, nod
 	}
 	return nil
 }
-
-var _ = types.NamespacedName{}

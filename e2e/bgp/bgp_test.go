@@ -312,3 +312,116 @@ func uptimes(summary string) string {
 	}
 	return strings.Join(out, " ")
 }
+
+// TestPasswordSession: a session with a TCP MD5 password from a Secret
+// comes up when the router agrees; a wrong password is reported in status
+// and never established.
+func TestPasswordSession(t *testing.T) {
+	f := framework.New(t)
+	node1, node2 := f.NodeAddrs(1)[0], f.NodeAddrs(2)[0]
+	var lines []string
+	for _, a := range []netip.Addr{node1, node2} {
+		lines = append(lines,
+			fmt.Sprintf("neighbor %s remote-as external", a),
+			fmt.Sprintf("neighbor %s password s3cret", a),
+			fmt.Sprintf("neighbor %s timers connect 1", a),
+			"address-family ipv4 unicast",
+			fmt.Sprintf("neighbor %s activate", a),
+			"exit-address-family")
+	}
+	if err := f.ConfigureRouter(f.Ctx, append([]string{fmt.Sprintf("router bgp %d", lab.RouterASN)}, lines...)...); err != nil {
+		t.Fatal(err)
+	}
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.ConfigureRouter(ctx, fmt.Sprintf("router bgp %d", lab.RouterASN), "no neighbor "+node1.String(), "no neighbor "+node2.String())
+	})
+	for name, pw := range map[string]string{"right": "s3cret", "wrong": "guess"} {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.Namespace}, Data: map[string][]byte{"password": []byte(pw)}}
+		if _, err := f.Client.CoreV1().Secrets(f.Namespace).Create(f.Ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	onNode := func(n int, secret string) func(*v1alpha1.BGPPeerSpec) {
+		return func(s *v1alpha1.BGPPeerSpec) {
+			s.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": f.NodeName(n)}}
+			s.PasswordSecretRef = &corev1.SecretReference{Name: secret, Namespace: f.Namespace}
+		}
+	}
+	peer(f, "md5-right", false, onNode(1, "right"))
+	peer(f, "md5-wrong", false, onNode(2, "wrong"))
+	pool(f, "md5", 5, v1alpha1.BGPAdvertisement{})
+	_, addrs := service(f, "web", "md5", []int{1, 2}, nil)
+	nextHops(f, addrs[0], 1)
+	f.Curl(f.ExternalNS(), addrs[0], "endpoint=", 40)
+	f.Eventually("the wrong password is reported", 50, 200*time.Millisecond, func() error {
+		st := peerStatus(f, "md5-wrong")
+		for _, n := range st.Nodes {
+			if n.Node == "node2" && n.State != "Established" && strings.Contains(strings.ToLower(n.Message), "md5") {
+				return nil
+			}
+		}
+		return fmt.Errorf("status %+v", st.Nodes)
+	})
+	st := peerStatus(f, "md5-right")
+	if len(st.Nodes) != 1 || st.Nodes[0].Node != "node1" || st.Nodes[0].State != "Established" {
+		t.Errorf("md5-right status %+v, want node1 Established only", st.Nodes)
+	}
+}
+
+func peerStatus(f *framework.F, name string) v1alpha1.BGPPeerStatus {
+	f.T.Helper()
+	u, err := f.Dynamic.Resource(peerResource).Get(f.Ctx, name, metav1.GetOptions{})
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	p := &v1alpha1.BGPPeer{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p); err != nil {
+		f.T.Fatal(err)
+	}
+	return p.Status
+}
+
+// TestBothModes: a pool with l2 and bgp is answered on the LAN by one node
+// and routed from every node; the condition says both.
+func TestBothModes(t *testing.T) {
+	f := framework.New(t)
+	peer(f, "router-v4", false, nil)
+	prefixes := f.L2TestPool(7)
+	autoAssign := false
+	if err := f.CreatePool(f.Ctx, "both", v1alpha1.IPPoolSpec{
+		Addresses:  []v1alpha1.AddressRange{v1alpha1.AddressRange(prefixes[0].String()), v1alpha1.AddressRange(prefixes[1].String())},
+		AutoAssign: &autoAssign,
+		L2:         &v1alpha1.L2Advertisement{},
+		BGP:        &v1alpha1.BGPAdvertisement{},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f.Cleanup(func(ctx context.Context) { _ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, "both", metav1.DeleteOptions{}) })
+	svc, addrs := service(f, "web", "both", []int{1, 2, 3}, nil)
+	nextHops(f, addrs[0], 1, 2, 3)
+	owner := f.WaitOwner(addrs[0], "a node", func(int) bool { return true })
+	f.Curl(f.ClientNS(), addrs[0], "endpoint=", 40)
+	f.Curl(f.ExternalNS(), addrs[0], "endpoint=", 40)
+	s, err := f.WaitCondition(f.Ctx, svc, v1alpha1.ConditionAnnounced, metav1.ConditionTrue, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range s.Status.Conditions {
+		if c.Type == v1alpha1.ConditionAnnounced {
+			for _, want := range []string{"by BGP from node1,node2,node3 to router-v4", fmt.Sprintf("by node%d on eth0 (ARP)", owner)} {
+				if !strings.Contains(c.Message, want) {
+					t.Errorf("condition %q does not say %q", c.Message, want)
+				}
+			}
+		}
+	}
+	m, err := f.SpeakerMetrics(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`ironlb_speaker_bgp_session_up{peer="router-v4"} 1`, `ironlb_speaker_bgp_prefixes_advertised{peer="router-v4"}`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("node1's metrics lack %s", want)
+		}
+	}
+}

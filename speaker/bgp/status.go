@@ -36,6 +36,8 @@ type PeerStatus struct {
 	// peer (0 unless Established); Received the number the peer sent,
 	// which the speaker stores but does not use.
 	Advertised, Received uint32
+	// UpdatesSent counts the UPDATE messages sent on the session.
+	UpdatesSent uint64
 	// LastError says, in words, why the session last failed or went down:
 	// the NOTIFICATION either side sent, a hold timer expiry, a refused or
 	// timed-out connection. It is cleared when the session is established.
@@ -366,6 +368,7 @@ func (m *Manager) Status(ctx context.Context) map[string]PeerStatus {
 	type listed struct {
 		state    string
 		received uint64
+		updates  uint64
 	}
 	seen := m.sessions.snapshot()
 	fromGoBGP := map[netip.Addr]listed{}
@@ -374,7 +377,7 @@ func (m *Manager) Status(ctx context.Context) map[string]PeerStatus {
 		if err != nil {
 			return
 		}
-		l := listed{state: stateName(p.GetState().GetSessionState())}
+		l := listed{state: stateName(p.GetState().GetSessionState()), updates: p.GetState().GetMessages().GetSent().GetUpdate()}
 		for _, a := range p.GetAfiSafis() {
 			l.received += a.GetState().GetReceived()
 		}
@@ -405,6 +408,7 @@ func (m *Manager) Status(ctx context.Context) map[string]PeerStatus {
 		}
 		st := PeerStatus{State: sess.state, Since: sess.since, LastError: sess.lastError}
 		st.Received = clampUint32(fromGoBGP[addr].received)
+		st.UpdatesSent = fromGoBGP[addr].updates
 		if sess.state == StateEstablished {
 			st.Advertised = m.advertised(ctx, addr)
 		}
