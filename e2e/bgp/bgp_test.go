@@ -14,9 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
@@ -28,7 +26,7 @@ func TestMain(m *testing.M) {
 	framework.Main(m, lab.Config{CCM: true, Speakers: true})
 }
 
-var peerResource = schema.GroupVersionResource{Group: v1alpha1.SchemeGroupVersion.Group, Version: v1alpha1.SchemeGroupVersion.Version, Resource: "bgppeers"}
+var peerResource = lab.BGPPeerResource
 
 // peer creates a BGPPeer for the lab router (IPv4 or IPv6 session) with
 // short timers, deleted when the test ends.
@@ -47,17 +45,8 @@ func peer(f *framework.F, name string, ipv6 bool, mutate func(*v1alpha1.BGPPeerS
 	if mutate != nil {
 		mutate(&spec)
 	}
-	p := &v1alpha1.BGPPeer{
-		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPPeer"},
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec:       spec,
-	}
-	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(p)
-	if err != nil {
+	if err := f.CreateBGPPeer(f.Ctx, name, spec); err != nil {
 		f.T.Fatal(err)
-	}
-	if _, err := f.Dynamic.Resource(peerResource).Create(f.Ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
-		f.T.Fatalf("create BGPPeer %s: %v", name, err)
 	}
 	f.Cleanup(func(ctx context.Context) {
 		_ = f.Dynamic.Resource(peerResource).Delete(ctx, name, metav1.DeleteOptions{})
@@ -396,7 +385,9 @@ func TestBothModes(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	f.Cleanup(func(ctx context.Context) { _ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, "both", metav1.DeleteOptions{}) })
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, "both", metav1.DeleteOptions{})
+	})
 	svc, addrs := service(f, "web", "both", []int{1, 2, 3}, nil)
 	nextHops(f, addrs[0], 1, 2, 3)
 	owner := f.WaitOwner(addrs[0], "a node", func(int) bool { return true })

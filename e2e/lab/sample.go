@@ -43,6 +43,31 @@ func (l *Lab) CreatePool(ctx context.Context, name string, spec v1alpha1.IPPoolS
 	return nil
 }
 
+// BGPPeerResource is the BGPPeer resource for the dynamic client.
+var BGPPeerResource = schema.GroupVersionResource{Group: v1alpha1.SchemeGroupVersion.Group, Version: v1alpha1.SchemeGroupVersion.Version, Resource: "bgppeers"}
+
+// CreateBGPPeer creates a BGPPeer.
+func (l *Lab) CreateBGPPeer(ctx context.Context, name string, spec v1alpha1.BGPPeerSpec) error {
+	p := &v1alpha1.BGPPeer{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPPeer"},
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       spec,
+	}
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(p)
+	if err != nil {
+		return err
+	}
+	if _, err := l.Dynamic.Resource(BGPPeerResource).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create BGPPeer %s: %w", name, err)
+	}
+	return nil
+}
+
+// DeleteBGPPeer deletes a BGPPeer.
+func (l *Lab) DeleteBGPPeer(ctx context.Context, name string) error {
+	return l.Dynamic.Resource(BGPPeerResource).Delete(ctx, name, metav1.DeleteOptions{})
+}
+
 // WaitIngress waits until svc's status lists want addresses and returns them.
 func (l *Lab) WaitIngress(ctx context.Context, svc types.NamespacedName, want int, timeout time.Duration) ([]netip.Addr, error) {
 	var addrs []netip.Addr

@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
@@ -74,6 +75,7 @@ func main() {
 		func(n int) error { return l.Stop(l.SpeakerName(n), 10*time.Second) },
 		func(n int) error { return l.Restart(l.SpeakerName(n)) })...)
 	rows = append(rows, b.creation(5)...)
+	rows = append(rows, b.bgp(3, *services)...)
 	rows = append(rows, b.restingRequests(audit, []int{100, *services})...)
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
@@ -242,6 +244,184 @@ func (b *bench) creation(runs int) []row {
 	}
 }
 
+// bgp measures BGP mode against the lab's FRR: creation to route and to
+// traffic from the external client, graceful stop to withdrawal, node death
+// to the dead next hop leaving the router (hold 9 s and 3 s), and the
+// UPDATEs the router receives when many Services are added.
+func (b *bench) bgp(runs, services int) []row {
+	ctx := b.ctx
+	routed := b.l.RoutedPool()
+	if err := b.l.CreatePool(ctx, "bench-bgp", v1alpha1.IPPoolSpec{
+		Addresses: []v1alpha1.AddressRange{v1alpha1.AddressRange(routed[0].String()), v1alpha1.AddressRange(routed[1].String())},
+		BGP:       &v1alpha1.BGPAdvertisement{},
+	}); err != nil {
+		fail(err)
+	}
+	setPeer := func(hold, keepalive time.Duration) {
+		_ = b.l.DeleteBGPPeer(ctx, "bench-router")
+		if err := b.l.CreateBGPPeer(ctx, "bench-router", v1alpha1.BGPPeerSpec{
+			Address: b.l.RouterLAN()[0].String(), ASN: lab.RouterASN, LocalASN: lab.NodeASN,
+			HoldTime: &metav1.Duration{Duration: hold}, KeepaliveTime: &metav1.Duration{Duration: keepalive},
+			ConnectTime: &metav1.Duration{Duration: time.Second},
+		}); err != nil {
+			fail(err)
+		}
+	}
+	setPeer(9*time.Second, 3*time.Second)
+	var toRoute, toAll, toCurl []time.Duration
+	var addr netip.Addr
+	for i := 0; i < runs; i++ {
+		t0 := time.Now()
+		_, addrs, err := b.service("bench-bgp", 1, 2, 3)
+		if err != nil {
+			fail(err)
+		}
+		addr = addrs[0]
+		p := startProber(b.l.ExternalNS(), addr, probeEvery)
+		first, all := b.waitNextHops(addr, 3)
+		toRoute, toAll = append(toRoute, first.Sub(t0)), append(toAll, all.Sub(t0))
+		if back, ok := p.firstSuccessAfter(t0, 30*time.Second); ok {
+			toCurl = append(toCurl, back.Sub(t0))
+		}
+		p.stop(t0)
+	}
+	rows := []row{
+		summary("BGP: Service created → first next hop on the router", toRoute, runs-len(toRoute), runs),
+		summary("BGP: Service created → all three next hops on the router", toAll, runs-len(toAll), runs),
+		summary("BGP: Service created → first request from the external client", toCurl, runs-len(toCurl), runs),
+	}
+
+	var withdrawn []time.Duration
+	lostTotal := 0
+	for i := 0; i < runs; i++ {
+		victim := 1 + i%3
+		p := startProber(b.l.ExternalNS(), addr, probeEvery)
+		time.Sleep(300 * time.Millisecond)
+		t0 := time.Now()
+		if err := b.l.Stop(b.l.SpeakerName(victim), 10*time.Second); err != nil {
+			fail(err)
+		}
+		gone := b.waitNextHopGone(addr, victim)
+		withdrawn = append(withdrawn, gone.Sub(t0))
+		lostTotal += p.stop(t0)
+		if err := b.l.Restart(b.l.SpeakerName(victim)); err != nil {
+			fail(err)
+		}
+		b.waitNextHops(addr, 3)
+	}
+	rows = append(rows, summary("BGP: speaker SIGTERM → its next hop gone from the router", withdrawn, 0, runs))
+	rows[len(rows)-1].note += fmt.Sprintf("; %d requests failed in all", lostTotal)
+
+	for _, timers := range [][2]time.Duration{{9 * time.Second, 3 * time.Second}, {3 * time.Second, time.Second}} {
+		setPeer(timers[0], timers[1])
+		b.waitNextHops(addr, 3)
+		var gone, recovered []time.Duration
+		for i := 0; i < runs; i++ {
+			victim := 1 + i%3
+			p := startProber(b.l.ExternalNS(), addr, probeEvery)
+			time.Sleep(300 * time.Millisecond)
+			t0 := time.Now()
+			if err := b.l.NodeDown(ctx, victim); err != nil {
+				fail(err)
+			}
+			gone = append(gone, b.waitNextHopGone(addr, victim).Sub(t0))
+			time.Sleep(time.Second)
+			recovered = append(recovered, p.lastFailureAfter(t0).Add(probeEvery).Sub(t0))
+			p.stop(t0)
+			if err := b.l.NodeUp(ctx, victim); err != nil {
+				fail(err)
+			}
+			b.waitNextHops(addr, 3)
+		}
+		hold := fmt.Sprintf("hold %v, keepalive %v", timers[0], timers[1])
+		rows = append(rows,
+			summary("BGP: node dies → its next hop gone from the router ("+hold+")", gone, 0, runs),
+			summary("BGP: node dies → last failed request ("+hold+")", recovered, 0, runs))
+	}
+
+	before := b.updatesReceived()
+	policy := corev1.IPFamilyPolicySingleStack
+	for i := 0; i < services; i++ {
+		s := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bgp%d", i), Namespace: "default", Annotations: map[string]string{v1alpha1.AnnotationPool: "bench-bgp"}},
+			Spec: corev1.ServiceSpec{
+				Type: corev1.ServiceTypeLoadBalancer, IPFamilyPolicy: &policy, IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol},
+				AllocateLoadBalancerNodePorts: new(bool),
+				Ports:                         []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+			},
+		}
+		if _, err := b.l.Client.CoreV1().Services("default").Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			fail(err)
+		}
+	}
+	if _, err := b.l.WaitCondition(ctx, types.NamespacedName{Namespace: "default", Name: fmt.Sprintf("bgp%d", services-1)}, v1alpha1.ConditionAnnounced, metav1.ConditionTrue, 5*time.Minute); err != nil {
+		fail(err)
+	}
+	time.Sleep(5 * time.Second)
+	after := b.updatesReceived()
+	rows = append(rows, row{fmt.Sprintf("BGP: UPDATEs the router received for %d new Services", services),
+		fmt.Sprintf("%d (%.2f per Service per session)", after-before, float64(after-before)/float64(services)/3),
+		"all three nodes' sessions, from FRR's neighbor message counters"})
+	_ = b.l.DeleteBGPPeer(ctx, "bench-router")
+	return rows
+}
+
+// waitNextHops polls the router's RIB every 20 ms until addr's route has n
+// next hops; it returns when the first and when all appeared.
+func (b *bench) waitNextHops(addr netip.Addr, n int) (first, all time.Time) {
+	for i := 0; i < 3000; i++ {
+		routes, err := b.l.RouterRoutes(b.ctx, addr.Is6())
+		if err == nil {
+			if r, ok := routes[netip.PrefixFrom(addr, addr.BitLen())]; ok && r.Protocol == "bgp" {
+				if first.IsZero() {
+					first = time.Now()
+				}
+				if len(r.NextHops) >= n {
+					return first, time.Now()
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fail(fmt.Errorf("the router never got %d next hops for %s", n, addr))
+	return
+}
+
+// waitNextHopGone polls until node n is no next hop of addr's route.
+func (b *bench) waitNextHopGone(addr netip.Addr, n int) time.Time {
+	hop := b.l.NodeAddrs(n)[0]
+	for i := 0; i < 3000; i++ {
+		routes, err := b.l.RouterRoutes(b.ctx, false)
+		if err == nil && !slices.Contains(routes[netip.PrefixFrom(addr, 32)].NextHops, hop) {
+			return time.Now()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fail(fmt.Errorf("node%d stayed a next hop of %s", n, addr))
+	return time.Time{}
+}
+
+// updatesReceived sums the UPDATEs FRR received from every neighbor.
+func (b *bench) updatesReceived() int {
+	out, err := b.l.Vtysh(b.ctx, "show bgp neighbors json")
+	if err != nil {
+		fail(err)
+	}
+	var neighbors map[string]struct {
+		MessageStats struct {
+			UpdatesRecv int `json:"updatesRecv"`
+		} `json:"messageStats"`
+	}
+	if err := json.Unmarshal([]byte(out), &neighbors); err != nil {
+		fail(err)
+	}
+	n := 0
+	for _, nb := range neighbors {
+		n += nb.MessageStats.UpdatesRecv
+	}
+	return n
+}
+
 // restingRequests counts the speakers' API requests in a quiet minute with
 // count Services in the L2 pool.
 func (b *bench) restingRequests(audit string, counts []int) []row {
@@ -406,6 +586,20 @@ func (p *prober) firstSuccessAfter(t0 time.Time, limit time.Duration) (time.Time
 		time.Sleep(10 * time.Millisecond)
 	}
 	return time.Time{}, false
+}
+
+// lastFailureAfter is the send time of the last failed probe after t0
+// (t0 if none failed).
+func (p *prober) lastFailureAfter(t0 time.Time) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	last := t0
+	for _, t := range p.failures {
+		if t.After(last) {
+			last = t
+		}
+	}
+	return last
 }
 
 // stop ends the probing and says how many probes sent after t0 failed.
