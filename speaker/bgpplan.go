@@ -1,7 +1,6 @@
 package speaker
 
 import (
-	"cmp"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -35,12 +34,8 @@ type advertisement struct {
 // router's business (its session).
 func bgpPlan(in inputs, peers []*v1alpha1.BGPPeer) map[netip.Addr]*advertisement {
 	plan := map[netip.Addr]*advertisement{}
-	services := slices.Clone(in.services)
-	slices.SortFunc(services, func(x, y *v1.Service) int {
-		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
-	})
-	pools := slices.Clone(in.pools)
-	slices.SortFunc(pools, func(x, y *v1alpha1.IPPool) int { return cmp.Compare(x.Name, y.Name) })
+	services := in.sorted()
+	pools := in.pools
 	eligible := map[netip.Addr]map[string]bool{}
 	for _, svc := range services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
@@ -60,18 +55,7 @@ func bgpPlan(in inputs, peers []*v1alpha1.BGPPeer) map[netip.Addr]*advertisement
 			}
 			a.services = append(a.services, key)
 			nodes, why := bgpNodes(in, svc, pool, peers, a.peers)
-			if len(nodes) == 0 && a.reason == "" {
-				a.reason = why
-			}
-			if prev, ok := eligible[addr]; ok {
-				for n := range prev {
-					if !nodes[n] {
-						delete(prev, n)
-					}
-				}
-			} else {
-				eligible[addr] = nodes
-			}
+			narrow(eligible, addr, nodes, why, &a.reason)
 		}
 	}
 	for addr, a := range plan {

@@ -12,7 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/speaker/bgp"
@@ -22,31 +21,7 @@ import (
 var BGPPeerResource = v1alpha1.SchemeGroupVersion.WithResource("bgppeers")
 
 func (s *Speaker) peerList() []*v1alpha1.BGPPeer {
-	var peers []*v1alpha1.BGPPeer
-	for _, obj := range s.bgpPeers.GetStore().List() {
-		u, ok := obj.(*unstructured.Unstructured)
-		if !ok {
-			continue
-		}
-		p := &v1alpha1.BGPPeer{}
-		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p); err != nil {
-			s.logger.Error(err, "Ignoring a BGPPeer that does not parse", "peer", u.GetName())
-			continue
-		}
-		peers = append(peers, p)
-	}
-	slices.SortFunc(peers, func(a, b *v1alpha1.BGPPeer) int { return compareStrings(a.Name, b.Name) })
-	return peers
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return fromStore[v1alpha1.BGPPeer](s, s.bgpPeers.GetStore().List(), "BGPPeer")
 }
 
 // advertise makes this node's BGP sessions and routes what the plan says.

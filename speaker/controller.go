@@ -409,20 +409,30 @@ func interfaceWithAddr(ip netip.Addr) string {
 }
 
 func (s *Speaker) poolList() []*v1alpha1.IPPool {
-	var pools []*v1alpha1.IPPool
-	for _, obj := range s.pools.GetStore().List() {
+	return fromStore[v1alpha1.IPPool](s, s.pools.GetStore().List(), "IPPool")
+}
+
+// fromStore converts a dynamic informer's objects, sorted by name; an object
+// that does not parse is logged and left out.
+func fromStore[T any, PT interface {
+	*T
+	GetName() string
+}](s *Speaker, objs []any, kind string) []PT {
+	var out []PT
+	for _, obj := range objs {
 		u, ok := obj.(*unstructured.Unstructured)
 		if !ok {
 			continue
 		}
-		p := &v1alpha1.IPPool{}
-		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p); err != nil {
-			s.logger.Error(err, "Ignoring an IPPool that does not parse", "pool", u.GetName())
+		var t PT = new(T)
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, t); err != nil {
+			s.logger.Error(err, "Ignoring an object that does not parse", "kind", kind, "name", u.GetName())
 			continue
 		}
-		pools = append(pools, p)
+		out = append(out, t)
 	}
-	return pools
+	slices.SortFunc(out, func(a, b PT) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return out
 }
 
 // inputs reads the caches.

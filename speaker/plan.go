@@ -63,6 +63,38 @@ func (a announcement) protocol() string {
 	return "NDP"
 }
 
+// sorted orders the Services and pools by name: informers list in no fixed
+// order, and the plan must not depend on it.
+func (in *inputs) sorted() []*v1.Service {
+	services := slices.Clone(in.services)
+	slices.SortFunc(services, func(x, y *v1.Service) int {
+		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
+	})
+	in.pools = slices.Clone(in.pools)
+	slices.SortFunc(in.pools, func(x, y *v1alpha1.IPPool) int { return cmp.Compare(x.Name, y.Name) })
+	return services
+}
+
+// narrow records one more Service's eligible nodes for addr: Services that
+// share an address are served by nodes every one of them may use. A Service
+// with no eligible node at all explains itself; the first one, in name
+// order, gives the reason.
+func narrow(eligible map[netip.Addr]map[string]bool, addr netip.Addr, nodes map[string]bool, why string, reason *string) {
+	if len(nodes) == 0 && *reason == "" {
+		*reason = why
+	}
+	prev, ok := eligible[addr]
+	if !ok {
+		eligible[addr] = nodes
+		return
+	}
+	for n := range prev {
+		if !nodes[n] {
+			delete(prev, n)
+		}
+	}
+}
+
 // l2Plan computes the announcements of every L2 address. Addresses whose pool
 // has no l2 section are left out: BGP or nothing announces them.
 func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]string) {
@@ -70,13 +102,7 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 	eligible := map[netip.Addr]map[string]bool{}
 	// notAnnounced holds Services whose pool announces in no way, with the reason.
 	notAnnounced := map[types.NamespacedName]string{}
-	// Informers list in no fixed order; the plan must not depend on it.
-	services := slices.Clone(in.services)
-	slices.SortFunc(services, func(x, y *v1.Service) int {
-		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
-	})
-	in.pools = slices.Clone(in.pools)
-	slices.SortFunc(in.pools, func(x, y *v1alpha1.IPPool) int { return cmp.Compare(x.Name, y.Name) })
+	services := in.sorted()
 	note := func(key types.NamespacedName, msg string) {
 		if prev := notAnnounced[key]; prev != "" {
 			msg = prev + "; " + msg
@@ -104,22 +130,7 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 			}
 			a.services = append(a.services, key)
 			nodes, why := eligibleNodes(in, svc, pool, a.missing)
-			// A Service with no eligible node at all explains itself; the
-			// first one, in name order, gives the reason.
-			if len(nodes) == 0 && a.reason == "" {
-				a.reason = why
-			}
-			// Services that share an address answer from one node: one
-			// that every one of them may use.
-			if prev, ok := eligible[addr]; ok {
-				for n := range prev {
-					if !nodes[n] {
-						delete(prev, n)
-					}
-				}
-			} else {
-				eligible[addr] = nodes
-			}
+			narrow(eligible, addr, nodes, why, &a.reason)
 		}
 	}
 	for addr, a := range plan {

@@ -26,21 +26,11 @@ func TestMain(m *testing.M) {
 }
 
 // pool creates an IPPool from slot i of the lab's routed range that only
-// Services naming it use, and deletes it when the test ends.
+// Services naming it use.
 func pool(f *framework.F, name string, i int) []netip.Prefix {
 	f.T.Helper()
-	prefixes := f.TestPool(i)
-	autoAssign := false
-	if err := f.CreatePool(f.Ctx, name, v1alpha1.IPPoolSpec{
-		Addresses:  []v1alpha1.AddressRange{v1alpha1.AddressRange(prefixes[0].String()), v1alpha1.AddressRange(prefixes[1].String())},
-		AutoAssign: &autoAssign,
-	}); err != nil {
-		f.T.Fatal(err)
-	}
-	f.Cleanup(func(ctx context.Context) {
-		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, name, metav1.DeleteOptions{})
-	})
-	return prefixes
+	f.Pool(name, f.TestPool(i), nil)
+	return f.TestPool(i)
 }
 
 func dualStack(pool string) func(*corev1.Service) {

@@ -54,21 +54,9 @@ func peer(f *framework.F, name string, ipv6 bool, mutate func(*v1alpha1.BGPPeerS
 }
 
 // pool creates a BGP pool from slot i of the routed range.
-func pool(f *framework.F, name string, i int, adv v1alpha1.BGPAdvertisement) []netip.Prefix {
+func pool(f *framework.F, name string, i int, adv v1alpha1.BGPAdvertisement) {
 	f.T.Helper()
-	prefixes := f.TestPool(i)
-	autoAssign := false
-	if err := f.CreatePool(f.Ctx, name, v1alpha1.IPPoolSpec{
-		Addresses:  []v1alpha1.AddressRange{v1alpha1.AddressRange(prefixes[0].String()), v1alpha1.AddressRange(prefixes[1].String())},
-		AutoAssign: &autoAssign,
-		BGP:        &adv,
-	}); err != nil {
-		f.T.Fatal(err)
-	}
-	f.Cleanup(func(ctx context.Context) {
-		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, name, metav1.DeleteOptions{})
-	})
-	return prefixes
+	f.Pool(name, f.TestPool(i), func(s *v1alpha1.IPPoolSpec) { s.BGP = &adv })
 }
 
 func service(f *framework.F, name, pool string, nodes []int, mutate func(*corev1.Service)) (types.NamespacedName, []netip.Addr) {
@@ -375,18 +363,9 @@ func peerStatus(f *framework.F, name string) v1alpha1.BGPPeerStatus {
 func TestBothModes(t *testing.T) {
 	f := framework.New(t)
 	peer(f, "router-v4", false, nil)
-	prefixes := f.L2TestPool(7)
-	autoAssign := false
-	if err := f.CreatePool(f.Ctx, "both", v1alpha1.IPPoolSpec{
-		Addresses:  []v1alpha1.AddressRange{v1alpha1.AddressRange(prefixes[0].String()), v1alpha1.AddressRange(prefixes[1].String())},
-		AutoAssign: &autoAssign,
-		L2:         &v1alpha1.L2Advertisement{},
-		BGP:        &v1alpha1.BGPAdvertisement{},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	f.Cleanup(func(ctx context.Context) {
-		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, "both", metav1.DeleteOptions{})
+	f.Pool("both", f.L2TestPool(7), func(s *v1alpha1.IPPoolSpec) {
+		s.L2 = &v1alpha1.L2Advertisement{}
+		s.BGP = &v1alpha1.BGPAdvertisement{}
 	})
 	svc, addrs := service(f, "web", "both", []int{1, 2, 3}, nil)
 	nextHops(f, addrs[0], 1, 2, 3)

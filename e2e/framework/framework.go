@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/e2e/lab"
 )
 
@@ -258,4 +259,24 @@ func (f *F) WaitOwner(addr netip.Addr, what string, ok func(n int) bool) int {
 		return nil
 	})
 	return owner
+}
+
+// Pool creates an IPPool of prefixes that only Services naming it use
+// (autoAssign false); mutate sets its l2 or bgp section. It is deleted when
+// the test ends.
+func (f *F) Pool(name string, prefixes []netip.Prefix, mutate func(*v1alpha1.IPPoolSpec)) {
+	f.T.Helper()
+	spec := v1alpha1.IPPoolSpec{AutoAssign: new(bool)}
+	for _, p := range prefixes {
+		spec.Addresses = append(spec.Addresses, v1alpha1.AddressRange(p.String()))
+	}
+	if mutate != nil {
+		mutate(&spec)
+	}
+	if err := f.CreatePool(f.Ctx, name, spec); err != nil {
+		f.T.Fatal(err)
+	}
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, name, metav1.DeleteOptions{})
+	})
 }

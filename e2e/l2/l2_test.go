@@ -28,21 +28,10 @@ func TestMain(m *testing.M) {
 // Services naming it use.
 func pool(f *framework.F, name string, i int, l2 *v1alpha1.L2Advertisement) {
 	f.T.Helper()
-	prefixes := f.L2TestPool(i)
-	autoAssign := false
 	if l2 == nil {
 		l2 = &v1alpha1.L2Advertisement{}
 	}
-	if err := f.CreatePool(f.Ctx, name, v1alpha1.IPPoolSpec{
-		Addresses:  []v1alpha1.AddressRange{v1alpha1.AddressRange(prefixes[0].String()), v1alpha1.AddressRange(prefixes[1].String())},
-		AutoAssign: &autoAssign,
-		L2:         l2,
-	}); err != nil {
-		f.T.Fatal(err)
-	}
-	f.Cleanup(func(ctx context.Context) {
-		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, name, metav1.DeleteOptions{})
-	})
+	f.Pool(name, f.L2TestPool(i), func(s *v1alpha1.IPPoolSpec) { s.L2 = l2 })
 }
 
 // service creates a dual-stack Service from pool with endpoints on nodes.

@@ -93,7 +93,7 @@ func (l *Lab) WaitIngress(ctx context.Context, svc types.NamespacedName, want in
 // Sample is what make lab shows: an L2 IPPool on the LAN, a dual-stack
 // Service with two endpoints, its addresses from ironlb-ccm, announced by
 // the speakers, and a curl from the LAN client and from the external client
-// (through the router) that reaches it.
+// (through the router) that reaches it; then the same over BGP.
 func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
 	pool := l.L2Pool()
 	if err := l.CreatePool(ctx, "sample", v1alpha1.IPPoolSpec{
@@ -149,8 +149,11 @@ func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
 			fmt.Fprint(out, body)
 		}
 	}
+	if err := l.sampleBGP(ctx, out); err != nil {
+		return err
+	}
 	if kubectl := filepath.Join(l.dir, "bin", "kubectl"); fileExists(kubectl) {
-		for _, args := range [][]string{{"get", "service", "hello", "-o", "wide"}, {"get", "ippools"}} {
+		for _, args := range [][]string{{"get", "services", "-o", "wide"}, {"get", "ippools"}, {"get", "bgppeers", "-o", "jsonpath={range .items[*].status.nodes[*]}{.node}{\" \"}{.state}{\" \"}{.prefixesAdvertised}{\"\\n\"}{end}"}} {
 			fmt.Fprintf(out, "\n$ kubectl %s\n", strings.Join(args, " "))
 			got, err := run(ctx, kubectl, append([]string{"--kubeconfig", l.Kubeconfig}, args...)...)
 			if err != nil {
@@ -159,6 +162,73 @@ func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
 			fmt.Fprint(out, got)
 		}
 	}
+	return nil
+}
+
+// sampleBGP adds the BGP half of make lab: a BGPPeer for the router, a pool
+// in the routed range (outside every subnet) and a Service there, reached
+// from the external client only through the routes the speakers advertise.
+func (l *Lab) sampleBGP(ctx context.Context, out io.Writer) error {
+	if err := l.CreateBGPPeer(ctx, "lab-router", v1alpha1.BGPPeerSpec{
+		Address: l.RouterLAN()[0].String(), ASN: RouterASN, LocalASN: NodeASN,
+		HoldTime:      &metav1.Duration{Duration: 3 * time.Second},
+		KeepaliveTime: &metav1.Duration{Duration: time.Second},
+		ConnectTime:   &metav1.Duration{Duration: time.Second},
+	}); err != nil {
+		return err
+	}
+	routed := l.RoutedPool()
+	if err := l.CreatePool(ctx, "sample-bgp", v1alpha1.IPPoolSpec{
+		Addresses:     []v1alpha1.AddressRange{v1alpha1.AddressRange(routed[0].String())},
+		AvoidBuggyIPs: true,
+		AutoAssign:    new(bool),
+		BGP:           &v1alpha1.BGPAdvertisement{Communities: []v1alpha1.Community{"64513:100"}},
+	}); err != nil {
+		return err
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "hello-routed", Namespace: "default", Annotations: map[string]string{v1alpha1.AnnotationPool: "sample-bgp"}},
+		Spec: corev1.ServiceSpec{
+			Type:  corev1.ServiceTypeLoadBalancer,
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+		},
+	}
+	if _, err := l.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create Service hello-routed: %w", err)
+	}
+	key := types.NamespacedName{Namespace: "default", Name: "hello-routed"}
+	for i, n := range []int{1, 3} {
+		if _, err := l.AddEndpoint(ctx, key, fmt.Sprintf("routed-%d", i+1), n); err != nil {
+			return err
+		}
+	}
+	addrs, err := l.WaitIngress(ctx, key, 1, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	s, err := l.WaitCondition(ctx, key, v1alpha1.ConditionAnnounced, metav1.ConditionTrue, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nService default/hello-routed, from IPPool sample-bgp (BGP), endpoints on node1 and node3:\n")
+	for _, c := range s.Status.Conditions {
+		fmt.Fprintf(out, "  condition     %s=%s %s: %s\n", c.Type, c.Status, c.Reason, c.Message)
+	}
+	var route string
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		route, err = l.Vtysh(ctx, "show ip route "+addrs[0].String()+"/32")
+		return err == nil && strings.Count(route, " via ") >= l.Nodes, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the router has no route through every node for %s: %s", addrs[0], route)
+	}
+	fmt.Fprintf(out, "\n$ ip netns exec %s vtysh --vty_socket %s -c 'show ip route %s/32'\n%s\n", l.RouterNS(), l.frrDir(), addrs[0], strings.TrimSpace(route))
+	fmt.Fprintf(out, "$ ip netns exec %s curl %s\n", l.ExternalNS(), strings.Join(CurlArgs(addrs[0], 80, "/"), " "))
+	body, err := CurlUntil(ctx, l.ExternalNS(), addrs[0], 80, "endpoint=", 40, 250*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(out, body)
 	return nil
 }
 
