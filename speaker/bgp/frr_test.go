@@ -23,12 +23,10 @@ package bgp
 //	wrongas  172.31.249.7         172.31.249.15         AS 64513; node expects 64599
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -42,6 +40,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2/textlogger"
+
+	"github.com/ironlb/ironlb/internal/netnstest"
 )
 
 const (
@@ -51,8 +51,6 @@ const (
 	// helperDirEnv is the directory with the helper's files; set only in
 	// the helper.
 	helperDirEnv = "ILBB_BGP_HELPER_DIR"
-	// helperLifetime bounds the helper even if nobody stops it.
-	helperLifetime = 2 * time.Minute
 )
 
 var (
@@ -199,7 +197,7 @@ func TestAgainstFRR(t *testing.T) {
 		// And back: withdrawn from ibgp only.
 		r3.Peers = []string{"v4"}
 		h.apply(t, peerList(peers), []Route{r1, r2, r3, r6, r6b}, "")
-		waitFor(t, 10*time.Second, vip3.String()+" withdrawn from the iBGP session", func() (bool, string) {
+		netnstest.WaitFor(t, 10*time.Second, vip3.String()+" withdrawn from the iBGP session", func() (bool, string) {
 			from := lab.pathSources(t, vip3)
 			return slices.Equal(from, []string{nodeV4.String()}), fmt.Sprintf("learned from %v", from)
 		})
@@ -221,7 +219,7 @@ func TestAgainstFRR(t *testing.T) {
 		before := lab.neighbor(t, nodeV4)
 		r1.Communities = []string{"65000:200"}
 		h.apply(t, peerList(peers), []Route{r1, r2, r6, r6b}, "")
-		waitFor(t, 10*time.Second, vip1.String()+" with its new community", func() (bool, string) {
+		netnstest.WaitFor(t, 10*time.Second, vip1.String()+" with its new community", func() (bool, string) {
 			p := lab.waitPath(t, vip1, nodeV4)
 			return p.Community.String == "65000:200" && p.LargeCommunity.String == "", fmt.Sprintf("%+v", p)
 		})
@@ -333,81 +331,22 @@ type lab struct {
 
 func setupLab(t *testing.T) *lab {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test creates network namespaces and runs FRR, and must run as root (sudo go test ./speaker/bgp/)")
-	}
-	for _, tool := range []string{"ip", "vtysh", "/usr/lib/frr/zebra", "/usr/lib/frr/bgpd"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("this test needs %s (Debian packages iproute2 and frr): %v", tool, err)
-		}
-	}
-	pid := os.Getpid()
-	l := &lab{
-		router:     fmt.Sprintf("ilbb-%d-r", pid),
-		node:       fmt.Sprintf("ilbb-%d-n", pid),
-		routerLink: fmt.Sprintf("ilbb-%d-rl", pid),
-		nodeLink:   fmt.Sprintf("ilbb-%d-nl", pid),
-		procs:      map[string]*exec.Cmd{},
-	}
-	if len(l.routerLink) > 15 {
-		t.Fatalf("link name %s longer than Linux allows (15)", l.routerLink)
-	}
-	for _, ns := range []string{l.router, l.node} {
-		l.ip(t, "netns", "add", ns)
-		t.Cleanup(func() {
-			// The veth pair goes with the namespaces.
-			if out, err := run("ip", "netns", "del", ns); err != nil {
-				t.Errorf("deleting namespace %s: %v\n%s", ns, err, out)
-			}
-		})
-		l.ip(t, "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0")
-		l.ip(t, "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0")
-		l.ip(t, "-n", ns, "link", "set", "lo", "up")
-	}
-	l.ip(t, "-n", l.router, "link", "add", l.routerLink, "type", "veth", "peer", "name", l.nodeLink, "netns", l.node)
-	for _, side := range []struct {
-		ns, link string
-		addrs    []string
-	}{
-		{l.router, l.routerLink, []string{"172.31.249.1/24", "172.31.249.11/24", "172.31.249.12/24", "172.31.249.13/24", "172.31.249.14/24", "172.31.249.15/24", "fd31:0:0:f90::1/64"}},
-		{l.node, l.nodeLink, []string{"172.31.249.2/24", "172.31.249.3/24", "172.31.249.4/24", "172.31.249.5/24", "172.31.249.6/24", "172.31.249.7/24", "fd31:0:0:f90::2/64"}},
-	} {
-		for _, a := range side.addrs {
-			args := []string{"-n", side.ns, "addr", "add", a, "dev", side.link}
-			if strings.Contains(a, ":") {
-				args = append(args, "nodad")
-			}
-			l.ip(t, args...)
-		}
-		l.ip(t, "-n", side.ns, "link", "set", side.link, "up")
-	}
+	netnstest.RequireRoot(t, "./speaker/bgp/")
+	netnstest.RequireTools(t, "iproute2 and frr", "ip", "vtysh", "/usr/lib/frr/zebra", "/usr/lib/frr/bgpd")
+	router, node := netnstest.VethPair(t, "ilbb",
+		netnstest.Side{Suffix: "r", Addrs: []string{"172.31.249.1/24", "172.31.249.11/24", "172.31.249.12/24", "172.31.249.13/24", "172.31.249.14/24", "172.31.249.15/24", "fd31:0:0:f90::1/64"}},
+		netnstest.Side{Suffix: "n", Addrs: []string{"172.31.249.2/24", "172.31.249.3/24", "172.31.249.4/24", "172.31.249.5/24", "172.31.249.6/24", "172.31.249.7/24", "fd31:0:0:f90::2/64"}})
+	l := &lab{router: router.NS, node: node.NS, routerLink: router.Link, nodeLink: node.Link, procs: map[string]*exec.Cmd{}}
 
 	// FRR drops to user frr, which must reach its files: a directory of
 	// its own under one it can traverse (t.TempDir's are root-only).
-	dir, err := os.MkdirTemp("", fmt.Sprintf("ilbb-%d-frr-", pid))
+	dir, err := os.MkdirTemp("", fmt.Sprintf("ilbb-%d-frr-", os.Getpid()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) }) // the daemons' logs are in the test log on failure
 	l.dir = dir
 	return l
-}
-
-func (l *lab) ip(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := run("ip", args...)
-	if err != nil {
-		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
-// run runs a command, bounded, and returns its combined output.
-func run(name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	return string(out), err
 }
 
 func (l *lab) frrConfig() string {
@@ -492,12 +431,12 @@ func (l *lab) startFRR(t *testing.T) {
 		}
 	}
 	l.start(t, "zebra", args("zebra")...)
-	waitFor(t, 20*time.Second, "zebra's socket", func() (bool, string) {
+	netnstest.WaitFor(t, 20*time.Second, "zebra's socket", func() (bool, string) {
 		_, err := os.Stat(filepath.Join(l.dir, "zserv.api"))
 		return err == nil && l.alive("zebra"), l.tail("zebra")
 	})
 	l.start(t, "bgpd", args("bgpd")...)
-	waitFor(t, 30*time.Second, "bgpd answering vtysh", func() (bool, string) {
+	netnstest.WaitFor(t, 30*time.Second, "bgpd answering vtysh", func() (bool, string) {
 		if !l.alive("bgpd") {
 			t.Fatalf("bgpd exited:\n%s", l.tail("bgpd"))
 		}
@@ -585,7 +524,7 @@ func (l *lab) vtysh(commands ...string) (string, error) {
 	for _, c := range commands {
 		args = append(args, "-c", c)
 	}
-	return run("ip", args...)
+	return netnstest.Run("ip", args...)
 }
 
 func (l *lab) vtyshJSON(t *testing.T, command string, v any) {
@@ -645,7 +584,7 @@ func (l *lab) pathSources(t *testing.T, pfx netip.Prefix) []string {
 func (l *lab) waitPath(t *testing.T, pfx netip.Prefix, from netip.Addr) frrPath {
 	t.Helper()
 	var found frrPath
-	waitFor(t, 10*time.Second, fmt.Sprintf("path for %s from %s", pfx, from), func() (bool, string) {
+	netnstest.WaitFor(t, 10*time.Second, fmt.Sprintf("path for %s from %s", pfx, from), func() (bool, string) {
 		ps := l.paths(t, pfx)
 		for _, p := range ps {
 			if p.Peer.PeerID == from.String() {
@@ -696,7 +635,7 @@ func (l *lab) waitRIB(t *testing.T, pfx netip.Prefix, present bool, nextHop neti
 	if !present {
 		what = fmt.Sprintf("%s gone from FRR's RIB", pfx)
 	}
-	waitFor(t, 10*time.Second, what, func() (bool, string) {
+	netnstest.WaitFor(t, 10*time.Second, what, func() (bool, string) {
 		nhs, ok := l.ribRoute(t, pfx)
 		if !present {
 			return !ok, fmt.Sprintf("next hops %v", nhs)
@@ -738,23 +677,6 @@ func (l *lab) neighborPrefixes(t *testing.T, addr netip.Addr) int {
 	return l.neighbor(t, addr).AddressFamilyInfo["ipv4Unicast"].AcceptedPrefixCounter
 }
 
-// waitFor polls cond every 100ms until it holds or timeout passes; cond's
-// string describes what it saw, for the failure message.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, seen := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v; last seen: %s", what, timeout, seen)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // desiredState is what the test asks the helper to apply.
 type desiredState struct {
 	Gen      int
@@ -773,69 +695,21 @@ type helperStatus struct {
 
 // helper is the Manager process in the node namespace.
 type helper struct {
-	cmd     *exec.Cmd
-	stdin   io.Closer
-	lines   chan string // its standard output, closed at EOF
-	done    chan struct{}
-	dir     string
-	logPath string
-	gen     int
+	*netnstest.Helper
+	dir string // desired.json, status.json and helper.log
+	gen int
 }
 
 func startHelper(t *testing.T, l *lab) *helper {
 	t.Helper()
-	exe, err := os.Executable() // not /proc/self/exe: ip would resolve that to itself
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &helper{lines: make(chan string, 100), done: make(chan struct{}), dir: t.TempDir()}
-	h.logPath = filepath.Join(h.dir, "helper.log")
-	logFile, err := os.Create(h.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
+	h := &helper{dir: t.TempDir()}
 	h.writeDesired(t, desiredState{})
-	h.cmd = exec.Command("ip", "netns", "exec", l.node, exe, "-test.run=^TestHelperManager$", "-test.count=1", "-test.v")
-	h.cmd.Env = append(os.Environ(), helperDirEnv+"="+h.dir)
-	h.cmd.Stderr = logFile
-	stdin, err := h.cmd.StdinPipe() // the helper stops when this closes, also if this process dies
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := h.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.stdin = stdin
-	if err := h.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		defer close(h.lines)
-		s := bufio.NewScanner(stdout)
-		for s.Scan() {
-			h.lines <- s.Text()
-		}
-	}()
-	go func() {
-		<-h.done
-		_ = h.cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		h.stop(t)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			t.Errorf("helper did not exit within 10s of being stopped; killing it")
-			_ = h.cmd.Process.Kill()
-		}
-		if t.Failed() {
-			log, _ := os.ReadFile(h.logPath)
-			t.Logf("helper log:\n%s", log)
-		}
+	h.Helper = netnstest.StartHelper(t, netnstest.HelperConfig{
+		Namespace: l.node,
+		Test:      "TestHelperManager",
+		Env:       []string{helperDirEnv + "=" + h.dir},
+		Args:      []string{"-test.v"},
+		LogPath:   filepath.Join(h.dir, "helper.log"),
 	})
 	return h
 }
@@ -846,17 +720,7 @@ func (h *helper) writeDesired(t *testing.T, d desiredState) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeAtomic(t, filepath.Join(h.dir, "desired.json"), b)
-}
-
-func writeAtomic(t testing.TB, path string, b []byte) {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
+	netnstest.WriteFileAtomic(t, filepath.Join(h.dir, "desired.json"), b)
 }
 
 // apply has the helper set peers and routes, and waits until it did.
@@ -866,7 +730,7 @@ func (h *helper) apply(t *testing.T, peers []Peer, routes []Route, wantErr strin
 	t.Helper()
 	h.gen++
 	h.writeDesired(t, desiredState{Gen: h.gen, Peers: peers, Routes: routes})
-	h.waitLine(t, fmt.Sprintf("applied %d", h.gen), 10*time.Second)
+	h.WaitLine(t, fmt.Sprintf("applied %d", h.gen), 10*time.Second)
 	st := h.waitStatus(t, 5*time.Second, "status after applying", func(map[string]PeerStatus) (bool, string) { return true, "" })
 	if wantErr == "" && st.Error != "" || !strings.Contains(st.Error, wantErr) {
 		t.Fatalf("applying generation %d: error %q, want one containing %q", h.gen, st.Error, wantErr)
@@ -877,26 +741,7 @@ func (h *helper) shutdown(t *testing.T) {
 	t.Helper()
 	h.gen++
 	h.writeDesired(t, desiredState{Gen: h.gen, Shutdown: true})
-	h.waitLine(t, "shutdown done", 15*time.Second)
-}
-
-// waitLine waits for a line of the helper's output.
-func (h *helper) waitLine(t *testing.T, want string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case line, ok := <-h.lines:
-			if !ok {
-				t.Fatalf("helper exited before printing %q", want)
-			}
-			if line == want {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("helper did not print %q within %v", want, timeout)
-		}
-	}
+	h.WaitLine(t, "shutdown done", 15*time.Second)
 }
 
 func (h *helper) status(t *testing.T) helperStatus {
@@ -920,7 +765,7 @@ func (h *helper) status(t *testing.T) helperStatus {
 func (h *helper) waitStatus(t *testing.T, timeout time.Duration, what string, cond func(map[string]PeerStatus) (bool, string)) helperStatus {
 	t.Helper()
 	var st helperStatus
-	waitFor(t, timeout, what, func() (bool, string) {
+	netnstest.WaitFor(t, timeout, what, func() (bool, string) {
 		st = h.status(t)
 		if st.Gen < h.gen {
 			return false, fmt.Sprintf("status of generation %d", st.Gen)
@@ -928,17 +773,6 @@ func (h *helper) waitStatus(t *testing.T, timeout time.Duration, what string, co
 		return cond(st.Peers)
 	})
 	return st
-}
-
-// stop closes the helper's input (once), which ends it.
-func (h *helper) stop(t *testing.T) {
-	select {
-	case <-h.done:
-		return
-	default:
-	}
-	_ = h.stdin.Close()
-	close(h.done)
 }
 
 // TestHelperManager is the Manager process of TestAgainstFRR, which starts
@@ -949,12 +783,8 @@ func TestHelperManager(t *testing.T) {
 		return
 	}
 	logger := textlogger.NewLogger(textlogger.NewConfig(textlogger.Verbosity(4), textlogger.Output(os.Stderr)))
-	ctx, cancel := context.WithTimeout(context.Background(), helperLifetime)
+	ctx, cancel := netnstest.HelperContext()
 	defer cancel()
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		cancel()
-	}()
 	m, err := New(ctx, Config{RouterID: nodeV4, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
@@ -996,7 +826,7 @@ func TestHelperManager(t *testing.T) {
 			st.Gen = d.Gen
 			st.Peers = m.Status(ctx)
 			b, _ := json.Marshal(st)
-			writeAtomic(t, filepath.Join(dir, "status.json"), b)
+			netnstest.WriteFileAtomic(t, filepath.Join(dir, "status.json"), b)
 			fmt.Printf("applied %d\n", d.Gen)
 			continue
 		}
@@ -1004,7 +834,7 @@ func TestHelperManager(t *testing.T) {
 			lastStatus = time.Now()
 			st.Peers = m.Status(ctx)
 			b, _ := json.Marshal(st)
-			writeAtomic(t, filepath.Join(dir, "status.json"), b)
+			netnstest.WriteFileAtomic(t, filepath.Join(dir, "status.json"), b)
 		}
 	}
 	if !shutDown {

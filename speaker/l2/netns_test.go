@@ -12,10 +12,8 @@ package l2
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -33,6 +31,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/vishvananda/netns"
 	"k8s.io/klog/v2/textlogger"
+
+	"github.com/ironlb/ironlb/internal/netnstest"
 )
 
 // Environment of the helper process.
@@ -40,8 +40,6 @@ const (
 	helperIfaceEnv    = "ILBT_L2_HELPER_IFACE"    // interface to serve; set only in the helper
 	helperAddrsEnv    = "ILBT_L2_HELPER_ADDRS"    // file with the address set, re-read for changes
 	helperScheduleEnv = "ILBT_L2_HELPER_SCHEDULE" // comma-separated announcement offsets
-	// helperLifetime bounds the helper even if nobody stops it.
-	helperLifetime = 2 * time.Minute
 )
 
 // A short schedule keeps the test quick while still checking the repeats.
@@ -68,7 +66,7 @@ func TestResponderOnVeth(t *testing.T) {
 	addrs := filepath.Join(t.TempDir(), "addrs")
 	writeAddrs(t, addrs, 1, vip4, vip6)
 	h := startHelper(t, n, addrs)
-	h.waitLine(t, "applied 1", 20*time.Second)
+	h.WaitLine(t, "applied 1", 20*time.Second)
 
 	t.Run("answered", func(t *testing.T) {
 		if macs := n.arping(t, vip4); len(macs) != 1 || macs[0] != nodeMAC.String() {
@@ -98,7 +96,7 @@ func TestResponderOnVeth(t *testing.T) {
 		}
 		checkAnswer(t, na, vip6)
 		// The Responder saw it addressed to the VIP itself, not to a group.
-		if !poll(2*time.Second, func() bool {
+		if !netnstest.Poll(2*time.Second, func() bool {
 			return h.logged(`"Answered neighbor solicitation"`, `to="`+vip6.String()+`"`)
 		}) {
 			t.Errorf("helper log shows no answer to a solicitation sent to %s", vip6)
@@ -110,21 +108,23 @@ func TestResponderOnVeth(t *testing.T) {
 	t.Run("duplicate address detection", func(t *testing.T) {
 		// The client tries to take the VIP; the Responder's answer to its
 		// DAD solicitation must make that fail.
-		n.sysctl(t, n.client, "net.ipv6.conf."+n.clientLink+".accept_dad", "1")
-		_, _ = run("ip", "-n", n.client, "neigh", "del", vip6.String(), "dev", n.clientLink) // pinned above
-		n.ip(t, "-n", n.client, "addr", "add", vip6.String()+"/64", "dev", n.clientLink)
-		t.Cleanup(func() { _, _ = run("ip", "-n", n.client, "addr", "del", vip6.String()+"/64", "dev", n.clientLink) })
-		if !poll(5*time.Second, func() bool {
-			return strings.Contains(n.ip(t, "-n", n.client, "-6", "addr", "show", "dev", n.clientLink), "dadfailed")
+		netnstest.Sysctl(t, n.client, "net.ipv6.conf."+n.clientLink+".accept_dad", "1")
+		_, _ = netnstest.Run("ip", "-n", n.client, "neigh", "del", vip6.String(), "dev", n.clientLink) // pinned above
+		netnstest.IP(t, "-n", n.client, "addr", "add", vip6.String()+"/64", "dev", n.clientLink)
+		t.Cleanup(func() {
+			_, _ = netnstest.Run("ip", "-n", n.client, "addr", "del", vip6.String()+"/64", "dev", n.clientLink)
+		})
+		if !netnstest.Poll(5*time.Second, func() bool {
+			return strings.Contains(netnstest.IP(t, "-n", n.client, "-6", "addr", "show", "dev", n.clientLink), "dadfailed")
 		}) {
-			t.Errorf("client took %s without noticing it is in use:\n%s", vip6, n.ip(t, "-n", n.client, "-6", "addr", "show", "dev", n.clientLink))
+			t.Errorf("client took %s without noticing it is in use:\n%s", vip6, netnstest.IP(t, "-n", n.client, "-6", "addr", "show", "dev", n.clientLink))
 		}
-		n.ip(t, "-n", n.client, "addr", "del", vip6.String()+"/64", "dev", n.clientLink)
-		n.sysctl(t, n.client, "net.ipv6.conf."+n.clientLink+".accept_dad", "0")
+		netnstest.IP(t, "-n", n.client, "addr", "del", vip6.String()+"/64", "dev", n.clientLink)
+		netnstest.Sysctl(t, n.client, "net.ipv6.conf."+n.clientLink+".accept_dad", "0")
 	})
 
 	writeAddrs(t, addrs, 2)
-	h.waitLine(t, "applied 2", 10*time.Second)
+	h.WaitLine(t, "applied 2", 10*time.Second)
 	t.Run("removed", func(t *testing.T) {
 		if macs := n.arping(t, vip4); len(macs) != 0 {
 			t.Errorf("ARP for removed %s answered by %v", vip4, macs)
@@ -144,13 +144,13 @@ func TestResponderOnVeth(t *testing.T) {
 	t.Run("announced", func(t *testing.T) {
 		// Stale entries that point elsewhere, as after a failover.
 		for _, a := range []netip.Addr{vip4, vip6} {
-			n.ip(t, "-n", n.client, "neigh", "replace", a.String(), "lladdr", fakeMAC, "dev", n.clientLink, "nud", "stale")
+			netnstest.IP(t, "-n", n.client, "neigh", "replace", a.String(), "lladdr", fakeMAC, "dev", n.clientLink, "nud", "stale")
 		}
 		capture := n.captureAnnouncements(t)
 		writeAddrs(t, addrs, 3, vip4, vip6)
-		h.waitLine(t, "applied 3", 10*time.Second)
+		h.WaitLine(t, "applied 3", 10*time.Second)
 		for _, a := range []netip.Addr{vip4, vip6} {
-			if !poll(3*time.Second, func() bool { return strings.Contains(n.neighbor(t, a), nodeMAC.String()) }) {
+			if !netnstest.Poll(3*time.Second, func() bool { return strings.Contains(n.neighbor(t, a), nodeMAC.String()) }) {
 				t.Errorf("client's entry for %s not updated to %s: %s", a, nodeMAC, n.neighbor(t, a))
 			}
 		}
@@ -191,84 +191,27 @@ func checkAnswer(t *testing.T, na *ndp.NeighborAdvertisement, target netip.Addr)
 // deletes them when the test ends.
 func setupNet(t *testing.T) *testNet {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test creates network namespaces and must run as root (sudo go test ./speaker/l2/)")
-	}
-	for _, tool := range []string{"ip", "sysctl", "arping", "ndisc6", "tcpdump", "timeout"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("this test needs %s (Debian packages iproute2, procps, arping, ndisc6, tcpdump, coreutils): %v", tool, err)
-		}
-	}
-	pid := os.Getpid()
-	n := &testNet{
-		node:       fmt.Sprintf("ilbt-%d-n", pid),
-		client:     fmt.Sprintf("ilbt-%d-c", pid),
-		nodeLink:   fmt.Sprintf("ilbt-%d-nl", pid),
-		clientLink: fmt.Sprintf("ilbt-%d-cl", pid),
-	}
-	if len(n.clientLink) > 15 {
-		t.Fatalf("link name %s longer than Linux allows (15)", n.clientLink)
-	}
-	for _, ns := range []string{n.node, n.client} {
-		n.ip(t, "netns", "add", ns)
-		t.Cleanup(func() {
-			// The veth pair goes with the namespaces.
-			if out, err := run("ip", "netns", "del", ns); err != nil {
-				t.Errorf("deleting namespace %s: %v\n%s", ns, err, out)
-			}
-		})
-		// Before the link exists, so that it is never tentative.
-		n.sysctl(t, ns, "net.ipv6.conf.all.accept_dad", "0")
-		n.sysctl(t, ns, "net.ipv6.conf.default.accept_dad", "0")
-		n.ip(t, "-n", ns, "link", "set", "lo", "up")
-	}
-	n.ip(t, "-n", n.node, "link", "add", n.nodeLink, "address", nodeMAC.String(), "type", "veth",
-		"peer", "name", n.clientLink, "address", clientMAC.String(), "netns", n.client)
-	for _, side := range []struct{ ns, link, v4, v6 string }{
-		{n.node, n.nodeLink, "172.31.248.1/24", "fd31:0:0:f80::1/64"},
-		{n.client, n.clientLink, "172.31.248.2/24", "fd31:0:0:f80::2/64"},
-	} {
-		n.ip(t, "-n", side.ns, "addr", "add", side.v4, "dev", side.link)
-		n.ip(t, "-n", side.ns, "addr", "add", side.v6, "dev", side.link, "nodad")
-		n.ip(t, "-n", side.ns, "link", "set", side.link, "up")
-	}
-	for _, side := range []struct{ ns, link string }{{n.node, n.nodeLink}, {n.client, n.clientLink}} {
-		if !poll(10*time.Second, func() bool {
-			out := n.ip(t, "-n", side.ns, "-6", "addr", "show", "dev", side.link, "scope", "link")
+	netnstest.RequireRoot(t, "./speaker/l2/")
+	netnstest.RequireTools(t, "iproute2, procps, arping, ndisc6, tcpdump, coreutils", "ip", "sysctl", "arping", "ndisc6", "tcpdump", "timeout")
+	node, client := netnstest.VethPair(t, "ilbt",
+		netnstest.Side{Suffix: "n", MAC: nodeMAC.String(), Addrs: []string{"172.31.248.1/24", "fd31:0:0:f80::1/64"}},
+		netnstest.Side{Suffix: "c", MAC: clientMAC.String(), Addrs: []string{"172.31.248.2/24", "fd31:0:0:f80::2/64"}})
+	n := &testNet{node: node.NS, client: client.NS, nodeLink: node.Link, clientLink: client.Link}
+	for _, side := range []netnstest.End{node, client} {
+		if !netnstest.Poll(10*time.Second, func() bool {
+			out := netnstest.IP(t, "-n", side.NS, "-6", "addr", "show", "dev", side.Link, "scope", "link")
 			return strings.Contains(out, "fe80::") && !strings.Contains(out, "tentative")
 		}) {
-			t.Fatalf("no usable link-local address on %s in %s", side.link, side.ns)
+			t.Fatalf("no usable link-local address on %s in %s", side.Link, side.NS)
 		}
 	}
 	return n
 }
 
-// run runs a command and returns its combined output.
-func run(name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	return string(out), err
-}
-
-func (n *testNet) ip(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := run("ip", args...)
-	if err != nil {
-		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
-func (n *testNet) sysctl(t *testing.T, ns, key, value string) {
-	t.Helper()
-	n.ip(t, "netns", "exec", ns, "sysctl", "-q", "-w", key+"="+value)
-}
-
 // arping asks for addr from the client and returns the MACs that answered.
 func (n *testNet) arping(t *testing.T, addr netip.Addr) []string {
 	t.Helper()
-	out, err := run("ip", "netns", "exec", n.client, "arping", "-c", "2", "-w", "1", "-i", n.clientLink, addr.String())
+	out, err := netnstest.Run("ip", "netns", "exec", n.client, "arping", "-c", "2", "-w", "1", "-i", n.clientLink, addr.String())
 	var exit *exec.ExitError
 	if err != nil && !errors.As(err, &exit) {
 		t.Fatalf("arping %s: %v\n%s", addr, err, out)
@@ -288,7 +231,7 @@ func (n *testNet) arping(t *testing.T, addr netip.Addr) []string {
 // the answer, lower case, or "" for none.
 func (n *testNet) ndisc6(t *testing.T, addr netip.Addr) string {
 	t.Helper()
-	out, err := run("ip", "netns", "exec", n.client, "ndisc6", "-n", "-r", "2", "-w", "300", addr.String(), n.clientLink)
+	out, err := netnstest.Run("ip", "netns", "exec", n.client, "ndisc6", "-n", "-r", "2", "-w", "300", addr.String(), n.clientLink)
 	var exit *exec.ExitError
 	if err != nil && !errors.As(err, &exit) {
 		t.Fatalf("ndisc6 %s: %v\n%s", addr, err, out)
@@ -302,7 +245,7 @@ func (n *testNet) ndisc6(t *testing.T, addr netip.Addr) string {
 // joined reports whether the node's link is in the multicast group.
 func (n *testNet) joined(t *testing.T, group netip.Addr) bool {
 	t.Helper()
-	for line := range strings.Lines(n.ip(t, "-n", n.node, "maddr", "show", "dev", n.nodeLink)) {
+	for line := range strings.Lines(netnstest.IP(t, "-n", n.node, "maddr", "show", "dev", n.nodeLink)) {
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == "inet6" && f[1] == group.String() {
 			return true
 		}
@@ -310,26 +253,16 @@ func (n *testNet) joined(t *testing.T, group netip.Addr) bool {
 	return false
 }
 
-// poll checks cond every 50ms until it holds (true) or timeout passes (false).
-func poll(timeout time.Duration, cond func() bool) bool {
-	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if cond() {
-			return true
-		}
-	}
-	return cond()
-}
-
 // pinNeighbor makes the client send everything for addr to mac, so that a
 // solicitation sent to addr goes out as unicast to mac.
 func (n *testNet) pinNeighbor(t *testing.T, addr netip.Addr, mac string) {
 	t.Helper()
-	n.ip(t, "-n", n.client, "neigh", "replace", addr.String(), "lladdr", mac, "dev", n.clientLink, "nud", "permanent")
+	netnstest.IP(t, "-n", n.client, "neigh", "replace", addr.String(), "lladdr", mac, "dev", n.clientLink, "nud", "permanent")
 }
 
 func (n *testNet) neighbor(t *testing.T, addr netip.Addr) string {
 	t.Helper()
-	return n.ip(t, "-n", n.client, "neigh", "show", addr.String(), "dev", n.clientLink)
+	return netnstest.IP(t, "-n", n.client, "neigh", "show", addr.String(), "dev", n.clientLink)
 }
 
 // solicitUnicast sends, from the client, a neighbor solicitation for target
@@ -478,13 +411,7 @@ func writeAddrs(t *testing.T, path string, gen int, addrs ...netip.Addr) {
 	for _, a := range addrs {
 		lines = append(lines, a.String())
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
+	netnstest.WriteFileAtomic(t, path, []byte(strings.Join(lines, "\n")+"\n"))
 }
 
 // readAddrs reads an address file: the generation, then one address a line.
@@ -514,65 +441,27 @@ func readAddrs(path string) (int, []netip.Addr, error) {
 
 // helper is the Responder process in the node namespace.
 type helper struct {
-	cmd     *exec.Cmd
-	stdin   io.Closer
-	lines   chan string // its standard output, closed at EOF
-	logPath string      // its standard error
-	done    chan struct{}
+	*netnstest.Helper
 }
 
 func startHelper(t *testing.T, n *testNet, addrs string) *helper {
 	t.Helper()
-	exe, err := os.Executable() // not /proc/self/exe: ip would resolve that to itself
-	if err != nil {
-		t.Fatal(err)
-	}
 	var offsets []string
 	for _, d := range testSchedule {
 		offsets = append(offsets, d.String())
 	}
-	h := &helper{lines: make(chan string, 100), logPath: filepath.Join(t.TempDir(), "helper.log"), done: make(chan struct{})}
-	logFile, err := os.Create(h.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	h.cmd = exec.Command("ip", "netns", "exec", n.node, exe, "-test.run=^TestHelperResponder$", "-test.count=1")
-	h.cmd.Env = append(os.Environ(),
-		helperIfaceEnv+"="+n.nodeLink, helperAddrsEnv+"="+addrs, helperScheduleEnv+"="+strings.Join(offsets, ","))
-	h.cmd.Stderr = logFile
-	stdin, err := h.cmd.StdinPipe() // the helper stops when this closes, also if this process dies
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := h.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.stdin = stdin
-	if err := h.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		defer close(h.lines)
-		s := bufio.NewScanner(stdout)
-		for s.Scan() {
-			h.lines <- s.Text()
-		}
-	}()
-	t.Cleanup(func() {
-		h.stop(t)
-		if t.Failed() {
-			log, _ := os.ReadFile(h.logPath)
-			t.Logf("helper log:\n%s", log)
-		}
-	})
+	h := &helper{netnstest.StartHelper(t, netnstest.HelperConfig{
+		Namespace: n.node,
+		Test:      "TestHelperResponder",
+		Env:       []string{helperIfaceEnv + "=" + n.nodeLink, helperAddrsEnv + "=" + addrs, helperScheduleEnv + "=" + strings.Join(offsets, ",")},
+	})}
+	t.Cleanup(func() { h.stop(t) }) // runs before the helper's own, which shows its log
 	return h
 }
 
 // logged reports whether a line of the helper's log contains all of parts.
 func (h *helper) logged(parts ...string) bool {
-	b, _ := os.ReadFile(h.logPath)
+	b, _ := os.ReadFile(h.LogPath)
 	for line := range strings.Lines(string(b)) {
 		if all(parts, func(p string) bool { return strings.Contains(line, p) }) {
 			return true
@@ -590,58 +479,21 @@ func all(ss []string, ok func(string) bool) bool {
 	return true
 }
 
-// waitLine waits for a line of the helper's output.
-func (h *helper) waitLine(t *testing.T, want string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case line, ok := <-h.lines:
-			if !ok {
-				t.Fatalf("helper exited before printing %q", want)
-			}
-			if line == want {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("helper did not print %q within %v", want, timeout)
-		}
-	}
-}
-
 // stop stops the helper (once) and returns the counters it printed on the
 // way out, by protocol and name.
 func (h *helper) stop(t *testing.T) map[string]map[string]float64 {
 	metrics := map[string]map[string]float64{}
-	select {
-	case <-h.done:
-		return metrics
-	default:
-	}
-	defer close(h.done)
-	_ = h.stdin.Close()
-	deadline := time.After(10 * time.Second)
-read:
-	for {
-		select {
-		case line, ok := <-h.lines:
-			if !ok {
-				break read
+	lines, err := h.Stop(t)
+	for _, line := range lines {
+		if fields := strings.Fields(line); len(fields) > 2 && fields[0] == "metrics" {
+			metrics[fields[1]] = map[string]float64{}
+			for _, kv := range fields[2:] {
+				k, v, _ := strings.Cut(kv, "=")
+				metrics[fields[1]][k], _ = strconv.ParseFloat(v, 64)
 			}
-			if fields := strings.Fields(line); len(fields) > 2 && fields[0] == "metrics" {
-				metrics[fields[1]] = map[string]float64{}
-				for _, kv := range fields[2:] {
-					k, v, _ := strings.Cut(kv, "=")
-					metrics[fields[1]][k], _ = strconv.ParseFloat(v, 64)
-				}
-			}
-		case <-deadline:
-			t.Errorf("helper did not exit within 10s of being stopped; killing it")
-			_ = h.cmd.Process.Kill()
-			break read
 		}
 	}
-	if err := h.cmd.Wait(); err != nil {
+	if err != nil {
 		t.Errorf("helper: %v", err)
 	}
 	return metrics
@@ -668,12 +520,8 @@ func TestHelperResponder(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), helperLifetime)
+	ctx, cancel := netnstest.HelperContext()
 	defer cancel()
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		cancel()
-	}()
 	ran := make(chan error, 1)
 	go func() { ran <- r.Run(ctx) }()
 

@@ -204,7 +204,7 @@ func summary(what string, times []time.Duration, failed, runs int) row {
 	if len(times)%2 == 0 {
 		med = (times[len(times)/2-1] + times[len(times)/2]) / 2
 	}
-	note := fmt.Sprintf("%d runs, probing every %v from the LAN client", runs, probeEvery)
+	note := fmt.Sprintf("%d runs, probing every %v", runs, probeEvery)
 	if failed > 0 {
 		note += fmt.Sprintf(", %d did not recover within 30 s", failed)
 	}
@@ -448,7 +448,8 @@ func (b *bench) restingRequests(audit string, counts []int) []row {
 		if _, err := b.l.WaitCondition(b.ctx, types.NamespacedName{Namespace: "default", Name: last}, v1alpha1.ConditionAnnounced, metav1.ConditionTrue, 5*time.Minute); err != nil {
 			fail(err)
 		}
-		time.Sleep(10 * time.Second)
+		// Trailing condition writes and events of the burst end within seconds.
+		time.Sleep(30 * time.Second)
 		before := countRequests(audit)
 		rows = append(rows, row{fmt.Sprintf("speakers' API requests while %d Services were created", count-first), fmt.Sprint(before - busy),
 			"the Announced conditions they wrote (and events), once per Service"})
