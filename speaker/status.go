@@ -32,8 +32,9 @@ const (
 	ReasonNotAnnounced   = "NotAnnounced"
 )
 
-// announcedCondition is what the Announced condition of svc should say, or
-// nil when no L2 pool is involved (BGP or nothing reports then).
+// announcedCondition is what the Announced condition of svc should say,
+// from the L2 and the BGP plans, or nil when neither announces any of its
+// addresses and no pool is left unannounced.
 func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced string) *metav1.Condition {
 	var parts []string
 	ok, any := true, false
