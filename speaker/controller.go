@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -484,9 +485,24 @@ func (s *Speaker) sync(ctx context.Context) error {
 	case view.Isolated:
 		s.logger.Info("Cut off from every other speaker: answering for no address until one is heard again")
 	default:
+		// An address this node does not answer for yet is taken only once
+		// every peer it hears has heard it back: until then the node that
+		// answered may not know this one is here, and both would answer.
+		acked := true
+		for name, p := range view.Alive {
+			if name != s.cfg.Node && p.Direct && !p.HearsUs {
+				acked = false
+			}
+		}
+		s.mu.Lock()
+		owned := maps.Clone(s.owned)
+		s.mu.Unlock()
 		for addr, a := range plan {
 			if a.owner != s.cfg.Node {
 				continue
+			}
+			if !acked && !owned[addr] {
+				continue // the heartbeat that acknowledges this node re-runs the sync
 			}
 			for _, ifc := range a.interfaces {
 				want[ifc] = append(want[ifc], addr)

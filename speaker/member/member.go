@@ -132,6 +132,11 @@ type Peer struct {
 	// Direct reports that this node heard the peer itself; false means it is
 	// alive only through a relay (another peer hears it).
 	Direct bool
+	// HearsUs reports that the peer's latest heartbeat lists this node (this
+	// incarnation) as heard: the peer knows this node is alive. A node that
+	// takes an address over waits for that from every peer it hears, so the
+	// node that answered before has let go first.
+	HearsUs bool
 }
 
 // Members runs the heartbeats of one speaker and keeps the membership view.

@@ -152,7 +152,7 @@ func (m *Members) computeView(now time.Time) View {
 	alive := map[string]Peer{m.node: self}
 	for name, st := range m.states {
 		if m.directLocked(st, now) {
-			alive[name] = Peer{Info: st.info, Direct: true}
+			alive[name] = Peer{Info: st.info, Direct: true, HearsUs: m.listedLocked(st)}
 		}
 	}
 	if len(alive) == 1 && m.recentlyHeardLocked(now) {
@@ -164,6 +164,17 @@ func (m *Members) computeView(now time.Time) View {
 		}
 	}
 	return View{Alive: alive}
+}
+
+// listedLocked reports whether the peer's latest heartbeat lists this
+// node's current incarnation among those it hears.
+func (m *Members) listedLocked(st *peerState) bool {
+	for _, r := range st.relays {
+		if r.node == m.node && r.incarnation == m.incarnation {
+			return true
+		}
+	}
+	return false
 }
 
 // recentlyHeardLocked reports whether at least two peers were heard within
@@ -254,7 +265,7 @@ func viewsEqual(a, b View) bool {
 	}
 	for name, pa := range a.Alive {
 		pb, ok := b.Alive[name]
-		if !ok || pa.Direct != pb.Direct || !maps.Equal(pa.Info, pb.Info) {
+		if !ok || pa.Direct != pb.Direct || pa.HearsUs != pb.HearsUs || !maps.Equal(pa.Info, pb.Info) {
 			return false
 		}
 	}
@@ -265,7 +276,7 @@ func viewsEqual(a, b View) bool {
 func cloneView(v View) View {
 	alive := make(map[string]Peer, len(v.Alive))
 	for name, p := range v.Alive {
-		alive[name] = Peer{Info: maps.Clone(p.Info), Direct: p.Direct}
+		alive[name] = Peer{Info: maps.Clone(p.Info), Direct: p.Direct, HearsUs: p.HearsUs}
 	}
 	return View{Alive: alive, Isolated: v.Isolated}
 }

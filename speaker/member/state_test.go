@@ -183,3 +183,23 @@ func TestRejections(t *testing.T) {
 	}
 	checkAlive(t, "after rejected datagrams", viewAt(m, t0), map[string]bool{"a": true})
 }
+
+// A peer hears us when its latest heartbeat lists our current incarnation;
+// an older incarnation of ours does not count.
+func TestHearsUs(t *testing.T) {
+	t.Parallel()
+	m := newUnit(t)
+	t0 := time.Now()
+	m.handle(addrB, heartbeat("b", 1, 1), t0)
+	if viewAt(m, t0).Alive["b"].HearsUs {
+		t.Error("b hears us before listing us")
+	}
+	m.handle(addrB, heartbeat("b", 1, 2, relay("a", m.incarnation+1, 0)), t0)
+	if viewAt(m, t0).Alive["b"].HearsUs {
+		t.Error("b hears us although it lists another incarnation of ours")
+	}
+	m.handle(addrB, heartbeat("b", 1, 3, relay("a", m.incarnation, 0)), t0)
+	if !viewAt(m, t0).Alive["b"].HearsUs {
+		t.Error("b lists us but HearsUs is false")
+	}
+}
