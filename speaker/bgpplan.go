@@ -85,11 +85,7 @@ func bgpNodes(in inputs, svc *v1.Service, pool *v1alpha1.IPPool, peers []*v1alph
 	if err != nil {
 		return nil, fmt.Sprintf("IPPool %s has an invalid bgp.peerSelector: %v", pool.Name, err)
 	}
-	local := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
-	var withEndpoints map[string]bool
-	if local {
-		withEndpoints = localEndpointNodes(in.slices[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}])
-	}
+	local, withEndpoints := in.localOnly(svc)
 	nodes := map[string]bool{}
 	var why []string
 	for _, name := range slices.Sorted(maps.Keys(in.nodes)) {

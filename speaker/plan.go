@@ -153,11 +153,7 @@ func eligibleNodes(in inputs, svc *v1.Service, pool *v1alpha1.IPPool, missing ma
 	if err != nil {
 		return nil, fmt.Sprintf("IPPool %s has an invalid l2.nodeSelector: %v", pool.Name, err)
 	}
-	local := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
-	var withEndpoints map[string]bool
-	if local {
-		withEndpoints = localEndpointNodes(in.slices[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}])
-	}
+	local, withEndpoints := in.localOnly(svc)
 	nodes := map[string]bool{}
 	var why []string
 	for _, name := range slices.Sorted(maps.Keys(in.nodes)) {
@@ -294,6 +290,15 @@ func poolContains(p *v1alpha1.IPPool, addr netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// localOnly reports whether svc has externalTrafficPolicy Local and, if so,
+// the nodes with a local endpoint it may use.
+func (in inputs) localOnly(svc *v1.Service) (bool, map[string]bool) {
+	if svc.Spec.ExternalTrafficPolicy != v1.ServiceExternalTrafficPolicyLocal {
+		return false, nil
+	}
+	return true, localEndpointNodes(in.slices[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}])
 }
 
 // localEndpointNodes are the nodes with a ready endpoint of the Service,

@@ -59,25 +59,10 @@ func pool(f *framework.F, name string, i int, adv v1alpha1.BGPAdvertisement) {
 	f.Pool(name, f.TestPool(i), func(s *v1alpha1.IPPoolSpec) { s.BGP = &adv })
 }
 
+// service creates a dual-stack Service from pool with endpoints on nodes.
 func service(f *framework.F, name, pool string, nodes []int, mutate func(*corev1.Service)) (types.NamespacedName, []netip.Addr) {
 	f.T.Helper()
-	svc := f.Service(name, func(s *corev1.Service) {
-		policy := corev1.IPFamilyPolicyRequireDualStack
-		s.Spec.IPFamilyPolicy = &policy
-		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
-		s.Annotations = map[string]string{v1alpha1.AnnotationPool: pool}
-		if mutate != nil {
-			mutate(s)
-		}
-	})
-	for _, n := range nodes {
-		f.Endpoint(svc, fmt.Sprintf("%s-n%d", name, n), n)
-	}
-	addrs, err := f.WaitIngress(f.Ctx, svc, 2, 30*time.Second)
-	if err != nil {
-		f.T.Fatal(err)
-	}
-	return svc, addrs
+	return f.DualStackService(name, pool, nodes, mutate)
 }
 
 // nextHops waits until the router's RIB holds addr's host route through

@@ -280,3 +280,27 @@ func (f *F) Pool(name string, prefixes []netip.Prefix, mutate func(*v1alpha1.IPP
 		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, name, metav1.DeleteOptions{})
 	})
 }
+
+// DualStackService creates a RequireDualStack Service that takes its
+// addresses from pool, with a ready endpoint on each of nodes (named
+// <name>-n<node>), and waits for both addresses.
+func (f *F) DualStackService(name, pool string, nodes []int, mutate func(*corev1.Service)) (types.NamespacedName, []netip.Addr) {
+	f.T.Helper()
+	svc := f.Service(name, func(s *corev1.Service) {
+		policy := corev1.IPFamilyPolicyRequireDualStack
+		s.Spec.IPFamilyPolicy = &policy
+		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+		s.Annotations = map[string]string{v1alpha1.AnnotationPool: pool}
+		if mutate != nil {
+			mutate(s)
+		}
+	})
+	for _, n := range nodes {
+		f.Endpoint(svc, fmt.Sprintf("%s-n%d", name, n), n)
+	}
+	addrs, err := f.WaitIngress(f.Ctx, svc, 2, 30*time.Second)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	return svc, addrs
+}
