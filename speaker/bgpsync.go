@@ -3,6 +3,7 @@ package speaker
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -65,10 +66,15 @@ func (s *Speaker) advertise(ctx context.Context, plan map[netip.Addr]*advertisem
 	if err := s.bgp.SetRoutes(ctx, routes); err != nil {
 		return err
 	}
+	// Status is read from GoBGP (a listing per peer) only when what this
+	// node asked for changed; session changes queue it on their own.
 	s.mu.Lock()
-	s.peerProblems = problems
+	changed := !maps.Equal(s.peerProblems, problems) || !slices.EqualFunc(s.lastPeers, want, peerEqual) || !slices.EqualFunc(s.lastRoutes, routes, routeEqual)
+	s.peerProblems, s.lastPeers, s.lastRoutes = problems, want, routes
 	s.mu.Unlock()
-	s.bgpStatus.Add(syncKey)
+	if changed {
+		s.bgpStatus.Add(syncKey)
+	}
 	return nil
 }
 
@@ -225,4 +231,11 @@ func (s *Speaker) applyPeerStatus(ctx context.Context, name, manager string, nod
 		return fmt.Errorf("BGPPeer %s: %w", name, err)
 	}
 	return nil
+}
+
+func peerEqual(a, b bgp.Peer) bool { return a == b }
+
+func routeEqual(a, b bgp.Route) bool {
+	return a.Prefix == b.Prefix && a.NextHop == b.NextHop && slices.Equal(a.Communities, b.Communities) &&
+		slices.Equal(a.Peers, b.Peers) && (a.LocalPref == nil) == (b.LocalPref == nil) && (a.LocalPref == nil || *a.LocalPref == *b.LocalPref)
 }

@@ -83,6 +83,9 @@ type Speaker struct {
 	myIP       netip.Addr
 	// peerProblems are BGPPeers this node cannot use, with the reason.
 	peerProblems map[string]string
+	// lastPeers and lastRoutes are what the last sync gave the BGP manager.
+	lastPeers  []bgp.Peer
+	lastRoutes []bgp.Route
 	// peerStatusWritten is what this node last wrote to each BGPPeer.
 	peerStatusWritten map[string]v1alpha1.BGPPeerNodeStatus
 	// quietUntil is the end of the start-up grace: until the first

@@ -48,6 +48,7 @@ type inputs struct {
 type announcement struct {
 	addr       netip.Addr
 	pool       string
+	poolObj    *v1alpha1.IPPool
 	owner      string   // "" when no node may answer
 	interfaces []string // the owner's interfaces to answer on
 	services   []types.NamespacedName
@@ -125,7 +126,7 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 			}
 			a := plan[addr]
 			if a == nil {
-				a = &announcement{addr: addr, pool: pool.Name, missing: map[string]string{}}
+				a = &announcement{addr: addr, pool: pool.Name, poolObj: pool, missing: map[string]string{}}
 				plan[addr] = a
 			}
 			a.services = append(a.services, key)
@@ -137,7 +138,7 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 		a.owner = rank(addr.String(), eligible[addr])
 		if a.owner != "" {
 			a.reason = ""
-			a.interfaces = answeringInterfaces(in.pools, a.pool, in.alive[a.owner])
+			a.interfaces = answeringInterfaces(a.poolObj, in.alive[a.owner])
 		} else if a.reason == "" {
 			a.reason = "the Services sharing it have no eligible node in common"
 		}
@@ -168,7 +169,7 @@ func eligibleNodes(in inputs, svc *v1.Service, pool *v1alpha1.IPPool, missing ma
 			why = append(why, name+": NetworkUnavailable")
 		case !alive:
 			why = append(why, name+": no live speaker")
-		case len(answeringInterfaces(in.pools, pool.Name, info)) == 0:
+		case len(answeringInterfaces(pool, info)) == 0:
 			m := name + ": " + interfaceProblem(pool, info)
 			missing[name] = m
 			why = append(why, m)
@@ -197,13 +198,7 @@ func interfaceProblem(pool *v1alpha1.IPPool, info map[string]string) string {
 // answeringInterfaces are the interfaces a node with heartbeat info answers
 // on for pool: the pool's interfaces that are up there, or by default the
 // one that holds its InternalIP.
-func answeringInterfaces(pools []*v1alpha1.IPPool, poolName string, info map[string]string) []string {
-	var pool *v1alpha1.IPPool
-	for _, p := range pools {
-		if p.Name == poolName {
-			pool = p
-		}
-	}
+func answeringInterfaces(pool *v1alpha1.IPPool, info map[string]string) []string {
 	if pool == nil || pool.Spec.L2 == nil {
 		return nil
 	}
