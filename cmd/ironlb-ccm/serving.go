@@ -1,13 +1,17 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"net/http"
+	"os"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
+
+	"github.com/ironlb/ironlb/internal/version"
 )
 
 var metricsAddr, healthAddr string
@@ -20,9 +24,14 @@ func addServingFlags(fs *pflag.FlagSet) {
 }
 
 // startServing starts the endpoints once flags are parsed, before the controller manager runs.
+// --version (and --version=raw) print ironlb's version, not the Kubernetes libraries' one.
 func startServing(cmd *cobra.Command) {
 	run := cmd.RunE
 	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if f := c.Flags().Lookup("version"); f != nil && (f.Value.String() == "true" || f.Value.String() == "raw") {
+			fmt.Println(version.Print(cmd.Use, f.Value.String()))
+			os.Exit(0)
+		}
 		serve("metrics", metricsAddr, map[string]http.Handler{"/metrics": legacyregistry.Handler()})
 		ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 		serve("health", healthAddr, map[string]http.Handler{"/healthz": ok, "/readyz": ok})

@@ -25,6 +25,7 @@ import (
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/lbclass"
+	"github.com/ironlb/ironlb/internal/version"
 	"github.com/ironlb/ironlb/speaker"
 	"github.com/ironlb/ironlb/speaker/member"
 )
@@ -42,10 +43,17 @@ func main() {
 	timeout := fs.Duration("heartbeat-timeout", member.DefaultTimeout, "How long a silent speaker counts as alive; its addresses move after that.")
 	qps := fs.Float32("kube-api-qps", 20, "Requests per second to the API server.")
 	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "ironlb-system"), "Namespace of BGPPeer password Secrets that name none (default $POD_NAMESPACE).")
+	showVersion := fs.String("version", "false", "Print the version and quit; --version=raw prints it as JSON.")
+	fs.Lookup("version").NoOptDefVal = "true"
 	klogFlags := flag.NewFlagSet("klog", flag.ExitOnError)
 	klog.InitFlags(klogFlags)
 	fs.AddGoFlagSet(klogFlags)
 	_ = fs.Parse(os.Args[1:])
+	if *showVersion != "false" {
+		fmt.Println(version.Print("ironlb-speaker", *showVersion))
+		return
+	}
+	klog.InfoS("Starting", "version", version.Get("ironlb-speaker").String())
 
 	if err := run(*kubeconfig, speaker.Config{
 		Node:              *node,
