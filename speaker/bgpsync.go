@@ -113,6 +113,10 @@ func (s *Speaker) sessionFor(ctx context.Context, p *v1alpha1.BGPPeer) (bgp.Peer
 			ns = s.cfg.Namespace
 		}
 		secret, err := s.cfg.Client.CoreV1().Secrets(ns).Get(ctx, ref.Name, metav1.GetOptions{})
+		if apierrors.IsForbidden(err) {
+			return bgp.Peer{}, fmt.Errorf("BGPPeer %s: password Secret %s/%s: ironlb-speaker may not read it (it reads Secrets by name in %s only; the RBAC in deploy/ grants no more): %w",
+				p.Name, ns, ref.Name, s.cfg.Namespace, err)
+		}
 		if err != nil {
 			return bgp.Peer{}, fmt.Errorf("BGPPeer %s: password Secret %s/%s: %w", p.Name, ns, ref.Name, err)
 		}

@@ -41,7 +41,9 @@ type BGPPeerSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="connectTime must be at least 1s"
 	// +optional
 	ConnectTime *metav1.Duration `json:"connectTime,omitempty"`
-	// PasswordSecretRef names a Secret whose "password" key holds the TCP MD5 password.
+	// PasswordSecretRef names a Secret whose "password" key holds the TCP MD5 password. With no
+	// namespace, the speaker's own (ironlb-system). The RBAC in deploy/ lets the speaker read
+	// Secrets by name in ironlb-system only, so keep password Secrets there.
 	// +optional
 	PasswordSecretRef *corev1.SecretReference `json:"passwordSecretRef,omitempty"`
 	// EBGPMultihop allows an eBGP peer more than one hop away.

@@ -275,9 +275,10 @@ func uptimes(summary string) string {
 	return strings.Join(out, " ")
 }
 
-// TestPasswordSession: a session with a TCP MD5 password from a Secret
-// comes up when the router agrees; a wrong password is reported in status
-// and never established.
+// TestPasswordSession: a session with a TCP MD5 password from a Secret in
+// ironlb-system comes up when the router agrees; a wrong password is
+// reported in status and never established; a Secret in another namespace,
+// which deploy/'s RBAC does not let the speaker read, is reported as such.
 func TestPasswordSession(t *testing.T) {
 	f := framework.New(t)
 	node1, node2 := f.NodeAddrs(1)[0], f.NodeAddrs(2)[0]
@@ -297,33 +298,44 @@ func TestPasswordSession(t *testing.T) {
 	f.Cleanup(func(ctx context.Context) {
 		_ = f.ConfigureRouter(ctx, fmt.Sprintf("router bgp %d", lab.RouterASN), "no neighbor "+node1.String(), "no neighbor "+node2.String())
 	})
-	for name, pw := range map[string]string{"right": "s3cret", "wrong": "guess"} {
-		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.Namespace}, Data: map[string][]byte{"password": []byte(pw)}}
-		if _, err := f.Client.CoreV1().Secrets(f.Namespace).Create(f.Ctx, s, metav1.CreateOptions{}); err != nil {
+	secret := func(ns, name, pw string) *corev1.SecretReference {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Data: map[string][]byte{"password": []byte(pw)}}
+		if _, err := f.Client.CoreV1().Secrets(ns).Create(f.Ctx, s, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		f.Cleanup(func(ctx context.Context) { _ = f.Client.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{}) })
+		return &corev1.SecretReference{Name: name, Namespace: ns}
 	}
-	onNode := func(n int, secret string) func(*v1alpha1.BGPPeerSpec) {
+	right := secret(lab.Namespace, f.Namespace+"-right", "s3cret")
+	wrong := secret(lab.Namespace, f.Namespace+"-wrong", "guess")
+	elsewhere := secret(f.Namespace, "elsewhere", "s3cret")
+	onNode := func(n int, ref *corev1.SecretReference) func(*v1alpha1.BGPPeerSpec) {
 		return func(s *v1alpha1.BGPPeerSpec) {
 			s.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": f.NodeName(n)}}
-			s.PasswordSecretRef = &corev1.SecretReference{Name: secret, Namespace: f.Namespace}
+			s.PasswordSecretRef = ref
 		}
 	}
-	peer(f, "md5-right", false, onNode(1, "right"))
-	peer(f, "md5-wrong", false, onNode(2, "wrong"))
+	peer(f, "md5-right", false, onNode(1, right))
+	peer(f, "md5-wrong", false, onNode(2, wrong))
+	peer(f, "md5-elsewhere", false, onNode(3, elsewhere))
 	pool(f, "md5", 5, v1alpha1.BGPAdvertisement{})
 	_, addrs := service(f, "web", "md5", []int{1, 2}, nil)
 	nextHops(f, addrs[0], 1)
 	f.Curl(f.ExternalNS(), addrs[0], "endpoint=", 40)
-	f.Eventually("the wrong password is reported", 50, 200*time.Millisecond, func() error {
-		st := peerStatus(f, "md5-wrong")
-		for _, n := range st.Nodes {
-			if n.Node == "node2" && n.State != "Established" && strings.Contains(strings.ToLower(n.Message), "md5") {
-				return nil
+	for _, c := range []struct{ peer, node, says string }{
+		{"md5-wrong", "node2", "md5"},
+		{"md5-elsewhere", "node3", "may not read it"},
+	} {
+		f.Eventually(c.peer+" reports why it is down", 50, 200*time.Millisecond, func() error {
+			st := peerStatus(f, c.peer)
+			for _, n := range st.Nodes {
+				if n.Node == c.node && n.State != "Established" && strings.Contains(strings.ToLower(n.Message), c.says) {
+					return nil
+				}
 			}
-		}
-		return fmt.Errorf("status %+v", st.Nodes)
-	})
+			return fmt.Errorf("status %+v", st.Nodes)
+		})
+	}
 	st := peerStatus(f, "md5-right")
 	if len(st.Nodes) != 1 || st.Nodes[0].Node != "node1" || st.Nodes[0].State != "Established" {
 		t.Errorf("md5-right status %+v, want node1 Established only", st.Nodes)

@@ -40,6 +40,10 @@ func run(m *testing.M, cfg lab.Config) int {
 		wd, _ := os.Getwd()
 		cfg.Name = "e2e-" + filepath.Base(wd)
 	}
+	// IRONLB_E2E_LAB names the lab (e2e-<name>), so two runs of one package can go on at once.
+	if n := os.Getenv("IRONLB_E2E_LAB"); n != "" {
+		cfg.Name = "e2e-" + n
+	}
 	// Attached: the lab dies with the test binary, also on a timeout panic.
 	// IRONLB_E2E_KEEP leaves it up after a failure, for a look around.
 	cfg.Attached = os.Getenv("IRONLB_E2E_KEEP") == ""

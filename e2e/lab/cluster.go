@@ -64,7 +64,8 @@ func (l *Lab) buildBinaries(ctx context.Context) error {
 }
 
 // startControlPlane runs etcd and kube-apiserver in the root namespace on
-// the lab's API address, installs ironlb's CRDs and starts
+// the lab's API address, installs ironlb's CRDs, namespace and RBAC from
+// deploy/ (see installDeploy) and starts
 // kube-controller-manager (namespace deletion, garbage collection, service
 // account tokens).
 func (l *Lab) startControlPlane(ctx context.Context) error {
@@ -111,7 +112,7 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 	if err := l.connect(kubeconfig); err != nil {
 		return err
 	}
-	if err := testenv.InstallCRDs(ctx, l.RESTConfig); err != nil {
+	if err := l.installDeploy(ctx); err != nil {
 		return err
 	}
 	kcm := l.kubeconfigFor(kcmUser)
@@ -264,22 +265,28 @@ func (l *Lab) createNode(ctx context.Context, n int) error {
 }
 
 // StartCCM runs ironlb-ccm in the root namespace (it only talks to the API
-// server), with short leader-election timers so that a restart takes over
-// within seconds. Its metrics and health endpoints listen on the lab's API
-// address, ports 10290 and 10291.
+// server) as deploy/ installs it: the Deployment's flags, the ServiceAccount
+// ironlb-ccm and its RBAC. Then short leader-election timers so that a
+// restart takes over within seconds. Its metrics and health endpoints listen
+// on the lab's API address, ports 10290 and 10291.
 func (l *Lab) StartCCM(ctx context.Context, args ...string) error {
 	addr := l.APIAddrs()[0].String()
-	all := append([]string{
-		"--kubeconfig=" + l.Kubeconfig,
+	all, err := deployArgs("Deployment", CCMAccount)
+	if err != nil {
+		return err
+	}
+	all = append(all,
+		"--kubeconfig="+l.AccountKubeconfig(CCMAccount),
 		"--cloud-provider=ironlb",
 		"--secure-port=0",
-		"--metrics-bind-address=" + net.JoinHostPort(addr, "10290"),
-		"--health-probe-bind-address=" + net.JoinHostPort(addr, "10291"),
+		"--metrics-bind-address="+net.JoinHostPort(addr, "10290"),
+		"--health-probe-bind-address="+net.JoinHostPort(addr, "10291"),
 		"--leader-elect-lease-duration=3s",
 		"--leader-elect-renew-deadline=2s",
 		"--leader-elect-retry-period=500ms",
 		"--v=2",
-	}, args...)
+	)
+	all = append(all, args...)
 	if _, err := l.start("ironlb-ccm", "", l.bins.CCM, all...); err != nil {
 		return err
 	}
@@ -290,17 +297,24 @@ func (l *Lab) StartCCM(ctx context.Context, args ...string) error {
 func (l *Lab) SpeakerName(n int) string { return "ironlb-speaker@" + l.NodeName(n) }
 
 // StartSpeaker runs ironlb-speaker in node n's namespace, as the DaemonSet
-// would with host networking. Its metrics and health endpoints listen on the
-// node's address, ports 10292 and 10293; heartbeats use UDP 7947.
+// of deploy/ would with host networking: its flags, the ServiceAccount
+// ironlb-speaker and its RBAC. Its metrics and health endpoints listen on
+// the node's address, ports 10292 and 10293; heartbeats use UDP 7947.
 func (l *Lab) StartSpeaker(ctx context.Context, n int, args ...string) error {
 	addr := l.NodeAddrs(n)[0].String()
-	all := append([]string{
-		"--kubeconfig=" + l.Kubeconfig,
-		"--node-name=" + l.NodeName(n),
-		"--metrics-bind-address=" + net.JoinHostPort(addr, "10292"),
-		"--health-probe-bind-address=" + net.JoinHostPort(addr, "10293"),
+	all, err := deployArgs("DaemonSet", SpeakerAccount)
+	if err != nil {
+		return err
+	}
+	all = append(all,
+		"--kubeconfig="+l.AccountKubeconfig(SpeakerAccount),
+		"--node-name="+l.NodeName(n),
+		"--namespace="+Namespace,
+		"--metrics-bind-address="+net.JoinHostPort(addr, "10292"),
+		"--health-probe-bind-address="+net.JoinHostPort(addr, "10293"),
 		"--v=2",
-	}, args...)
+	)
+	all = append(all, args...)
 	name := l.SpeakerName(n)
 	if _, err := l.start(name, l.NodeNS(n), l.bins.speakerPath(l.dir), all...); err != nil {
 		return err

@@ -22,6 +22,7 @@ type Bins struct {
 	KubeProxy             string
 	KubeControllerManager string
 	Kubectl               string
+	Helm                  string
 }
 
 // upstream names the binaries and the packages they are built from, in the
@@ -36,11 +37,13 @@ var upstream = []struct {
 	{"kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy", func(b *Bins) *string { return &b.KubeProxy }},
 	{"kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", func(b *Bins) *string { return &b.KubeControllerManager }},
 	{"kubectl", "k8s.io/kubernetes/cmd/kubectl", func(b *Bins) *string { return &b.Kubectl }},
+	{"helm", "helm.sh/helm/v4/cmd/helm", func(b *Bins) *string { return &b.Helm }},
 }
 
 const (
 	kubernetesModule = "k8s.io/kubernetes"
 	etcdModule       = "go.etcd.io/etcd/server/v3"
+	helmModule       = "helm.sh/helm/v4"
 	versionPkg       = "k8s.io/component-base/version"
 
 	// lockWait bounds how long Binaries waits for another process that is
@@ -49,7 +52,7 @@ const (
 )
 
 // Binaries returns the paths of the upstream kube-apiserver, etcd, kube-proxy,
-// kube-controller-manager and kubectl, built from the versions pinned in e2e/go.mod.
+// kube-controller-manager, kubectl and helm, built from the versions pinned in e2e/go.mod.
 // Only the binaries named in want (by file name, e.g. "kube-proxy") are built
 // if missing; with no want, kube-apiserver and etcd, which is all a control
 // plane for integration tests needs.
@@ -67,7 +70,7 @@ func Binaries(ctx context.Context, want ...string) (Bins, error) {
 	if err != nil {
 		return Bins{}, err
 	}
-	kubeVersion, etcdVersion, err := pinnedVersions(filepath.Join(e2eDir, "go.mod"))
+	pinned, err := pinnedVersions(filepath.Join(e2eDir, "go.mod"))
 	if err != nil {
 		return Bins{}, err
 	}
@@ -75,7 +78,8 @@ func Binaries(ctx context.Context, want ...string) (Bins, error) {
 	if err != nil {
 		return Bins{}, err
 	}
-	dir, err := cacheDir(fmt.Sprintf("kubernetes-%s_etcd-%s_%s", kubeVersion, etcdVersion, goVersion))
+	kubeVersion := pinned[kubernetesModule]
+	dir, err := cacheDir(fmt.Sprintf("kubernetes-%s_etcd-%s_helm-%s_%s", kubeVersion, pinned[etcdModule], pinned[helmModule], goVersion))
 	if err != nil {
 		return Bins{}, err
 	}
@@ -127,13 +131,14 @@ func findE2EModule() (string, error) {
 	return "", fmt.Errorf("no e2e/go.mod in %s or its parents", wd)
 }
 
-// pinnedVersions reads the Kubernetes and etcd versions that e2e/go.mod
-// requires, so the version is written down once.
-func pinnedVersions(goMod string) (kube, etcd string, err error) {
+// pinnedVersions reads the Kubernetes, etcd and Helm versions that e2e/go.mod
+// requires, so each version is written down once.
+func pinnedVersions(goMod string) (map[string]string, error) {
 	data, err := os.ReadFile(goMod)
 	if err != nil {
-		return "", "", fmt.Errorf("read pinned versions: %w", err)
+		return nil, fmt.Errorf("read pinned versions: %w", err)
 	}
+	pinned := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
 		line := sc.Text()
@@ -145,16 +150,16 @@ func pinnedVersions(goMod string) (kube, etcd string, err error) {
 			continue
 		}
 		switch f[0] {
-		case kubernetesModule:
-			kube = f[1]
-		case etcdModule:
-			etcd = f[1]
+		case kubernetesModule, etcdModule, helmModule:
+			pinned[f[0]] = f[1]
 		}
 	}
-	if kube == "" || etcd == "" {
-		return "", "", fmt.Errorf("%s requires no %s or no %s", goMod, kubernetesModule, etcdModule)
+	for _, m := range []string{kubernetesModule, etcdModule, helmModule} {
+		if pinned[m] == "" {
+			return nil, fmt.Errorf("%s requires no %s", goMod, m)
+		}
 	}
-	return kube, etcd, nil
+	return pinned, nil
 }
 
 // goEnv asks the go command that will build the binaries, which may differ

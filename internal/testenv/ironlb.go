@@ -67,14 +67,15 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config) error {
 		if _, err := dyn.Resource(crdResource).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("create CRD from %s: %w", filepath.Base(f), err)
 		}
-		if err := waitEstablished(ctx, dyn, obj.GetName()); err != nil {
+		if err := WaitEstablished(ctx, dyn, obj.GetName()); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func waitEstablished(ctx context.Context, dyn dynamic.Interface, name string) error {
+// WaitEstablished waits until the CRD name is established (its API is served).
+func WaitEstablished(ctx context.Context, dyn dynamic.Interface, name string) error {
 	err := wait.PollUntilContextTimeout(ctx, pollPeriod, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		got, err := dyn.Resource(crdResource).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {

@@ -5,7 +5,7 @@
 //	lab up     [--name lab] [--nodes 3] [--no-sample]
 //	lab status [--name lab]
 //	lab down   [--name lab | --all | --tests]
-//	lab build  [--kubectl] (the upstream binaries only)
+//	lab build  (the upstream binaries only, kubectl and helm included)
 package main
 
 import (
@@ -47,13 +47,8 @@ func main() {
 		fs.Parse(args)
 		err = status(*name)
 	case "build":
-		kubectl := fs.Bool("kubectl", false, "kubectl too")
 		fs.Parse(args)
-		want := []string{"kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager"}
-		if *kubectl {
-			want = append(want, "kubectl")
-		}
-		_, err = testenv.Binaries(ctx, want...)
+		_, err = testenv.Binaries(ctx, "kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager", "kubectl", "helm")
 	default:
 		usage()
 	}
