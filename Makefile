@@ -3,23 +3,52 @@ SHELL := /bin/bash
 GO ?= go
 # Integration tests start real API servers; the first run also builds them (minutes).
 TEST_TIMEOUT ?= 40m
+# Every build, vet and test with the flags of the upstream build and the images (static,
+# trimmed paths), so that they share one build cache instead of compiling the Kubernetes
+# libraries once per flag set.
+export CGO_ENABLED := 0
+export GOFLAGS := -trimpath $(GOFLAGS)
 
-.PHONY: all build generate verify-generate vet test test-unit test-integration test-e2e upstream lab lab-down lab-status lab-down-tests bench clean
+.PHONY: all build images test-images generate verify-generate vet test test-unit test-integration test-e2e upstream lab lab-down lab-status lab-down-tests bench clean
+
+# What the binaries (--version) and images say they are. PLATFORMS empty: the host's
+# architecture only; e.g. PLATFORMS=linux/amd64,linux/arm64 for one image of both.
+VERSION ?= v0.1.0
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+REGISTRY ?= ghcr.io/ironlb
+PLATFORMS ?=
+VERSION_LDFLAGS = -X github.com/ironlb/ironlb/internal/version.Version=$(VERSION) -X github.com/ironlb/ironlb/internal/version.Commit=$(COMMIT)
 
 all: build
 
 build:
-	$(GO) build -o bin/ ./cmd/...
+	$(GO) build -ldflags "$(VERSION_LDFLAGS)" -o bin/ ./cmd/...
+
+# bin/images/ironlb-ccm.tar and ironlb-speaker.tar, $(REGISTRY)/<name>:$(VERSION), built
+# without a container engine: each is an OCI layout and a docker-save archive at once, for
+# kind load image-archive, docker load, podman load or skopeo copy oci-archive:.
+images:
+	$(GO) run ./hack/images -go "$(GO)" -out bin/images -version "$(VERSION)" -commit "$(COMMIT)" -registry "$(REGISTRY)" -platforms "$(PLATFORMS)"
+
+# Opens bin/images/*.tar both ways, checks names, config, labels and files, and runs each
+# binary in them with --version.
+test-images: images
+	IRONLB_IMAGES="$(CURDIR)/bin/images" IRONLB_IMAGES_VERSION="$(VERSION)" IRONLB_IMAGES_COMMIT="$(COMMIT)" \
+	IRONLB_IMAGES_REGISTRY="$(REGISTRY)" IRONLB_IMAGES_PLATFORMS="$(PLATFORMS)" \
+	$(GO) test -count=1 -v -run '^TestImages$$' ./hack/images/
 
 # CRDs and deepcopy come from the markers in api/; never edit them by hand.
 generate:
 	$(GO) tool controller-gen object paths=./api/...
 	$(GO) tool controller-gen crd paths=./api/... output:crd:artifacts:config=deploy/crds
+	cp deploy/crds/ironlb.io_*.yaml deploy/helm/ironlb/crds/
 
 verify-generate:
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(GO) tool controller-gen crd paths=./api/... output:crd:artifacts:config=$$tmp && \
-	diff -r deploy/crds $$tmp && \
+	diff -r -x kustomization.yaml deploy/crds $$tmp && \
+	{ diff -r -x kustomization.yaml deploy/crds deploy/helm/ironlb/crds || \
+		{ echo "deploy/helm/ironlb/crds differs from deploy/crds: run make generate"; exit 1; }; } && \
 	cp api/v1alpha1/zz_generated.deepcopy.go $$tmp/deepcopy.go && \
 	$(GO) tool controller-gen object paths=./api/... && \
 	if ! diff -q $$tmp/deepcopy.go api/v1alpha1/zz_generated.deepcopy.go >/dev/null; then \
@@ -33,7 +62,7 @@ vet:
 
 # Every test: unit tests, integration tests that run ironlb-ccm against a real
 # kube-apiserver and etcd, and end-to-end tests in the lab (root needed).
-test: verify-generate vet upstream test-unit test-integration test-e2e
+test: verify-generate vet upstream test-unit test-images test-integration test-e2e
 
 # The pinned upstream binaries, built once into a cache keyed by version (minutes cold,
 # nothing warm), all in one go build so that they share its work.
@@ -59,7 +88,7 @@ lab-down-tests:
 	cd e2e && $(GO) run ./cmd/lab down --tests
 
 test-unit:
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /test/)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e /test/ -e /hack/images)
 
 test-integration:
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/integration/
