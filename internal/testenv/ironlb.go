@@ -47,7 +47,7 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config) error {
 	if err != nil {
 		return err
 	}
-	files, err := filepath.Glob(filepath.Join(root, "deploy", "crds", "*.yaml"))
+	files, err := filepath.Glob(filepath.Join(root, "deploy", "crds", "ironlb.io_*.yaml"))
 	if err != nil || len(files) == 0 {
 		return fmt.Errorf("no CRDs in deploy/crds: %v", err)
 	}
