@@ -23,35 +23,28 @@ RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath \
       -ldflags "-s -w -X github.com/ironlb/ironlb/internal/version.Version=${VERSION} -X github.com/ironlb/ironlb/internal/version.Commit=${COMMIT}" \
       -o /out/ ./cmd/ironlb-ccm ./cmd/ironlb-speaker
 
-FROM gcr.io/distroless/static:nonroot AS ironlb-speaker
+# What both images share: the base, the labels, the user.
+FROM gcr.io/distroless/static:nonroot AS base
 ARG VERSION=v0.1.0
 ARG COMMIT=unknown
 ARG CREATED=1970-01-01T00:00:00Z
-LABEL org.opencontainers.image.title="ironlb-speaker" \
-      org.opencontainers.image.description="ironlb speaker: makes LoadBalancer addresses reachable from each node (L2 ARP/NDP or BGP)" \
-      org.opencontainers.image.version="${VERSION}" \
+LABEL org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${COMMIT}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="https://github.com/ironlb/ironlb" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /out/ironlb-speaker /ironlb-speaker
 USER 65532:65532
 WORKDIR /
+
+FROM base AS ironlb-speaker
+LABEL org.opencontainers.image.title="ironlb-speaker" \
+      org.opencontainers.image.description="ironlb speaker: makes LoadBalancer addresses reachable from each node (L2 ARP/NDP or BGP)"
+COPY --from=build /out/ironlb-speaker /ironlb-speaker
 ENTRYPOINT ["/ironlb-speaker"]
 
 # Last, so that a plain `docker build .` builds it.
-FROM gcr.io/distroless/static:nonroot AS ironlb-ccm
-ARG VERSION=v0.1.0
-ARG COMMIT=unknown
-ARG CREATED=1970-01-01T00:00:00Z
+FROM base AS ironlb-ccm
 LABEL org.opencontainers.image.title="ironlb-ccm" \
-      org.opencontainers.image.description="ironlb cloud-controller-manager: assigns LoadBalancer Service addresses from IPPools" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${COMMIT}" \
-      org.opencontainers.image.created="${CREATED}" \
-      org.opencontainers.image.source="https://github.com/ironlb/ironlb" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.description="ironlb cloud-controller-manager: assigns LoadBalancer Service addresses from IPPools"
 COPY --from=build /out/ironlb-ccm /ironlb-ccm
-USER 65532:65532
-WORKDIR /
 ENTRYPOINT ["/ironlb-ccm"]

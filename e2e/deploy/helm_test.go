@@ -1,22 +1,18 @@
 package deploy
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -74,39 +70,12 @@ func TestHelmDryRun(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := framework.New(t)
 			rendered := helmTemplate(f, tc.args...)
-			objs := helmParse(t, rendered)
-			// The lab applied deploy/default's RBAC and admission policy as field manager
-			// ironlb-lab. Another manager's server-side apply conflicts with it on atomic
-			// fields whose value differs: the rules of the speaker's Secret Role (full-values
-			// adds resourceNames) and the policy's .spec.matchConstraints (an atomic struct the
-			// API server fills with defaults, so even the same manifest differs from the live
-			// object). Taking them over needs --force-conflicts, as a Helm release taking over
-			// an install made with kubectl would.
-			out, err := tool(f, "kubectl", rendered, "apply", "--server-side", "--force-conflicts",
-				"--dry-run=server", "--validate=strict", "-f", "-")
-			if err != nil {
-				t.Fatalf("kubectl apply --dry-run=server of helm template %s: %v\n%s", strings.Join(tc.args, " "), err, out)
-			}
-			for _, o := range objs {
-				gv := o.GroupVersionKind()
-				want := strings.ToLower(gv.Kind)
-				if gv.Group != "" {
-					want += "." + gv.Group
-				}
-				want += "/" + o.GetName() + " serverside-applied"
-				if !strings.Contains(out, want) {
-					t.Errorf("kubectl apply output does not name %s %s (want %q):\n%s", gv.Kind, helmKey(o), want, out)
-				}
-			}
+			out := dryRun(f, helmParse(t, rendered), rendered, "-f", "-")
 			for _, w := range tc.want {
 				if !strings.Contains(out, w+" serverside-applied") {
 					t.Errorf("kubectl apply output does not name %s:\n%s", w, out)
 				}
 			}
-			if t.Failed() {
-				return
-			}
-			t.Logf("%d objects pass the server-side dry run:\n%s", len(objs), out)
 		})
 	}
 }
@@ -123,10 +92,6 @@ func TestHelmMatchesKustomize(t *testing.T) {
 	}
 	want := map[string]*unstructured.Unstructured{}
 	for _, o := range base {
-		// Through JSON: kustomize's own maps hold Go ints, which unstructured's copying
-		// helpers reject.
-		m, _ := helmNormalize(t, o.Object).(map[string]any)
-		o = &unstructured.Unstructured{Object: m}
 		want[helmKey(o)] = o
 	}
 
@@ -167,29 +132,18 @@ func TestHelmMatchesKustomize(t *testing.T) {
 		// image, args, env, ports, probes, securityContext, resources; hostNetwork,
 		// tolerations, serviceAccountName, priorityClassName, terminationGracePeriodSeconds
 		// and the rest. Their template's labels must hold deploy/default's (Helm adds its own).
-		var fields [][]string
-		for _, k := range helmSortedKeys(helmUnion(w.Object, g.Object)) {
-			if k != "metadata" {
-				fields = append(fields, []string{k})
-			}
-		}
 		if w.GetKind() == "Deployment" || w.GetKind() == "DaemonSet" {
 			helmCompareLabels(t, key+" pod template", w, g, "spec", "template", "metadata", "labels")
 		}
-		for _, path := range fields {
-			wv, _, _ := unstructured.NestedFieldCopy(w.Object, path...)
-			gv, _, _ := unstructured.NestedFieldCopy(g.Object, path...)
-			if w.GetKind() == "Deployment" || w.GetKind() == "DaemonSet" {
-				// Pod template labels: compared above.
-				for _, spec := range []any{wv, gv} {
-					if m, ok := spec.(map[string]any); ok {
-						unstructured.RemoveNestedField(m, "template", "metadata")
-					}
-				}
-			}
-			for _, d := range helmDiff(key+" ."+strings.Join(path, "."), helmNormalize(t, wv), helmNormalize(t, gv)) {
-				t.Errorf("helm differs from %s: %s", lab.DeployDir, d)
-			}
+		var sides [2]any
+		for i, o := range []*unstructured.Unstructured{w, g} {
+			c := o.DeepCopy()
+			delete(c.Object, "metadata")
+			unstructured.RemoveNestedField(c.Object, "spec", "template", "metadata")
+			sides[i] = helmNormalize(t, c.Object)
+		}
+		for _, d := range helmDiff(key, sides[0], sides[1]) {
+			t.Errorf("helm differs from %s: %s", lab.DeployDir, d)
 		}
 		if w.GetKind() != "CustomResourceDefinition" {
 			// kustomize's labels (app.kubernetes.io/part-of, name, component) and the
@@ -320,27 +274,12 @@ func helmTemplate(f *framework.F, args ...string) string {
 // fails.
 func helmTemplateErr(f *framework.F, args ...string) (string, error) {
 	f.T.Helper()
-	bins, err := testenv.Binaries(f.Ctx, "helm")
-	if err != nil {
-		f.T.Fatal(err)
-	}
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		f.T.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(f.Ctx, 2*time.Minute)
-	defer cancel()
 	args = append([]string{"template", helmRelease, helmChartDir, "--namespace", lab.Namespace, "--include-crds"}, args...)
-	cmd := exec.CommandContext(ctx, bins.Helm, args...)
-	cmd.Dir = root
-	home := filepath.Join(f.T.TempDir(), "helm")
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+f.Kubeconfig, "HELM_CACHE_HOME="+home, "HELM_CONFIG_HOME="+home, "HELM_DATA_HOME="+home)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.String() + stderr.String(), err
+	stdout, stderr, err := run(f, "helm", "", args...)
+	if err != nil {
+		return stdout + stderr, err
 	}
-	return stdout.String(), nil
+	return stdout, nil
 }
 
 // helmParse splits rendered YAML into objects.
@@ -497,12 +436,6 @@ func helmDiff(path string, want, got any) []string {
 	wj, _ := json.Marshal(want)
 	gj, _ := json.Marshal(got)
 	return []string{fmt.Sprintf("%s: kustomize %s, helm %s", path, wj, gj)}
-}
-
-func helmUnion(a, b map[string]any) map[string]any {
-	u := maps.Clone(a)
-	maps.Copy(u, b)
-	return u
 }
 
 func helmSortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

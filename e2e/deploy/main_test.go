@@ -5,6 +5,7 @@
 package deploy
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/ironlb/ironlb/e2e/framework"
 	"github.com/ironlb/ironlb/e2e/lab"
@@ -22,10 +25,9 @@ func TestMain(m *testing.M) {
 	framework.Main(m, lab.Config{CCM: true, Speakers: true})
 }
 
-// tool runs an upstream binary (kubectl, helm) from the repository root
-// with the lab's admin kubeconfig, stdin from in, and returns its combined
-// output.
-func tool(f *framework.F, name, in string, args ...string) (string, error) {
+// run runs an upstream binary (kubectl, helm) from the repository root with
+// the lab's admin kubeconfig and stdin from in.
+func run(f *framework.F, name, in string, args ...string) (stdout, stderr string, err error) {
 	f.T.Helper()
 	bins, err := testenv.Binaries(f.Ctx, name)
 	if err != nil {
@@ -40,9 +42,50 @@ func tool(f *framework.F, name, in string, args ...string) (string, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+f.Kubeconfig, "HELM_CACHE_HOME="+filepath.Join(f.T.TempDir(), "helm"),
-		"HELM_CONFIG_HOME="+filepath.Join(f.T.TempDir(), "helm"), "HELM_DATA_HOME="+filepath.Join(f.T.TempDir(), "helm"))
+	home := filepath.Join(f.T.TempDir(), "helm")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+f.Kubeconfig, "HELM_CACHE_HOME="+home, "HELM_CONFIG_HOME="+home, "HELM_DATA_HOME="+home)
 	cmd.Stdin = strings.NewReader(in)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
+
+// tool is run with the output in one string, for messages and searches.
+func tool(f *framework.F, name, in string, args ...string) (string, error) {
+	f.T.Helper()
+	stdout, stderr, err := run(f, name, in, args...)
+	return stdout + stderr, err
+}
+
+// dryRun applies source (-k DIR, or -f - with stdin) server-side in a dry run
+// with kubectl's strict field validation, and checks that kubectl names every
+// one of objs as applied. --force-conflicts: the lab applied deploy/default's
+// RBAC and policy as field manager ironlb-lab, and another manager's apply of
+// an atomic field with another value (the Helm chart's narrowed Secret Role)
+// conflicts, as when a Helm release takes over an install made with kubectl.
+func dryRun(f *framework.F, objs []*unstructured.Unstructured, stdin string, source ...string) string {
+	f.T.Helper()
+	args := append([]string{"apply", "--server-side", "--dry-run=server", "--validate=strict", "--force-conflicts"}, source...)
+	out, err := tool(f, "kubectl", stdin, args...)
+	if err != nil {
+		f.T.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		return out
+	}
+	for _, o := range objs {
+		if want := resourceName(o) + " serverside-applied (server dry run)"; !strings.Contains(out, want) {
+			f.T.Errorf("kubectl %s: no %q in\n%s", strings.Join(args, " "), want, out)
+		}
+	}
+	return out
+}
+
+// resourceName is how kubectl names an object: kind.group/name.
+func resourceName(o *unstructured.Unstructured) string {
+	gvk := o.GroupVersionKind()
+	r := strings.ToLower(gvk.Kind)
+	if gvk.Group != "" {
+		r += "." + gvk.Group
+	}
+	return r + "/" + o.GetName()
 }

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"sync"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -72,11 +74,14 @@ func Render(dir string) ([]*unstructured.Unstructured, error) {
 	return objs, nil
 }
 
+// deployObjects is deploy/default, rendered once per process (read only).
+var deployObjects = sync.OnceValues(func() ([]*unstructured.Unstructured, error) { return Render(DeployDir) })
+
 // installDeploy applies the CRDs, namespace, ServiceAccounts, RBAC and admission policies of
 // deploy/default (server-side, CRDs first) and writes a kubeconfig with a
 // ServiceAccount token for each component.
 func (l *Lab) installDeploy(ctx context.Context) error {
-	objs, err := Render(DeployDir)
+	objs, err := deployObjects()
 	if err != nil {
 		return err
 	}
@@ -95,12 +100,9 @@ func (l *Lab) installDeploy(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("%s %s: %w", gvk.Kind, obj.GetName(), err)
 			}
-			r := l.Dynamic.Resource(m.Resource)
-			var ri interface {
-				Apply(context.Context, string, *unstructured.Unstructured, metav1.ApplyOptions, ...string) (*unstructured.Unstructured, error)
-			} = r
+			var ri dynamic.ResourceInterface = l.Dynamic.Resource(m.Resource)
 			if ns := obj.GetNamespace(); ns != "" {
-				ri = r.Namespace(ns)
+				ri = l.Dynamic.Resource(m.Resource).Namespace(ns)
 			}
 			if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: fieldManager, Force: true}); err != nil {
 				return fmt.Errorf("apply %s %s from %s: %w", gvk.Kind, obj.GetName(), DeployDir, err)
@@ -152,7 +154,7 @@ func (l *Lab) writeAccountKubeconfig(ctx context.Context, sa string) error {
 // deployArgs are the container arguments of the Deployment or DaemonSet
 // name in deploy/default, so the lab runs the components as installed.
 func deployArgs(kind, name string) ([]string, error) {
-	objs, err := Render(DeployDir)
+	objs, err := deployObjects()
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"archive/tar"
 	"context"
-	"io"
 	"os"
 	"os/exec"
 	"path"
@@ -207,29 +206,14 @@ func checkPlatformImage(t *testing.T, in inputs, bin string, p v1.Platform, img 
 	}
 
 	// The files: exactly the binary and /tmp.
-	layers, err := img.Layers()
+	entries, err := ociimage.LayerFiles(img)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(layers) != 1 {
-		t.Fatalf("%d layers, want 1", len(layers))
-	}
-	rc, err := layers[0].Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
 	binary := filepath.Join(t.TempDir(), bin)
 	var files []string
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, e := range entries {
+		h := e.Header
 		n := path.Clean("/" + h.Name)
 		files = append(files, n)
 		if h.Uid != 0 || h.Gid != 0 {
@@ -240,14 +224,7 @@ func checkPlatformImage(t *testing.T, in inputs, bin string, p v1.Platform, img 
 			if h.Typeflag != tar.TypeReg || h.Mode&0o7777 != 0o755 {
 				t.Errorf("%s: type %q mode %o, want a file, mode 755", n, h.Typeflag, h.Mode)
 			}
-			f, err := os.OpenFile(binary, os.O_CREATE|os.O_WRONLY, 0o755)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := io.Copy(f, tr); err != nil {
-				t.Fatal(err)
-			}
-			if err := f.Close(); err != nil {
+			if err := os.WriteFile(binary, e.Data, 0o755); err != nil {
 				t.Fatal(err)
 			}
 		case "/tmp":

@@ -381,7 +381,7 @@ func blobPath(h v1.Hash) string { return path.Join("blobs", h.Algorithm, h.Hex) 
 // metadata: oci-layout, index.json and manifest.json first (so that a reader can
 // tell the format early), then the blobs by name.
 func tarDir(out, dir string, mtime time.Time) (int64, error) {
-	var files, dirs []string
+	var order []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -393,9 +393,9 @@ func tarDir(out, dir string, mtime time.Time) (int64, error) {
 		rel = filepath.ToSlash(rel)
 		switch {
 		case d.IsDir():
-			dirs = append(dirs, rel+"/")
+			order = append(order, rel+"/")
 		case d.Type().IsRegular():
-			files = append(files, rel)
+			order = append(order, rel)
 		default:
 			return fmt.Errorf("%s: not a regular file", p)
 		}
@@ -404,6 +404,8 @@ func tarDir(out, dir string, mtime time.Time) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// The top files first, then the rest by name: a directory ("blobs/") sorts before
+	// what is in it.
 	first := []string{"oci-layout", "index.json", "manifest.json"}
 	rank := func(n string) int {
 		if i := slices.Index(first, n); i >= 0 {
@@ -411,26 +413,12 @@ func tarDir(out, dir string, mtime time.Time) (int64, error) {
 		}
 		return len(first)
 	}
-	slices.SortFunc(files, func(a, b string) int {
+	slices.SortFunc(order, func(a, b string) int {
 		if ra, rb := rank(a), rank(b); ra != rb {
 			return ra - rb
 		}
 		return strings.Compare(a, b)
 	})
-	slices.Sort(dirs)
-	// The top files, then each directory before the files in it (blobs/, blobs/sha256/).
-	var order []string
-	for _, f := range files {
-		if rank(f) < len(first) {
-			order = append(order, f)
-		}
-	}
-	order = append(order, dirs...)
-	for _, f := range files {
-		if rank(f) == len(first) {
-			order = append(order, f)
-		}
-	}
 
 	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".")
 	if err != nil {
@@ -570,6 +558,46 @@ func Open(path, dir string) (*Archive, error) {
 		return nil, fmt.Errorf("OCI view: index.json points at a %s", a.Descriptor.MediaType)
 	}
 	return a, nil
+}
+
+// File is one entry of an image's layer.
+type File struct {
+	Header *tar.Header
+	// Data is a regular file's content.
+	Data []byte
+}
+
+// LayerFiles reads the entries of the image's one layer, in order; an image of
+// another shape (ironlb's have exactly one layer) is an error.
+func LayerFiles(img v1.Image) ([]File, error) {
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	if len(layers) != 1 {
+		return nil, fmt.Errorf("%d layers, want 1", len(layers))
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	var files []File
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return files, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, File{Header: h, Data: data})
+	}
 }
 
 // extract unpacks the tar file's regular files and directories into dir.

@@ -3,7 +3,6 @@ package ociimage
 import (
 	"archive/tar"
 	"bytes"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -66,32 +65,18 @@ func write(t *testing.T, s Spec) (Result, *Archive, []byte) {
 	return res, a, b
 }
 
+// layerFiles are the layer's entries by name.
 func layerFiles(t *testing.T, img v1.Image) map[string]*tar.Header {
 	t.Helper()
-	layers, err := img.Layers()
+	files, err := LayerFiles(img)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(layers) != 1 {
-		t.Fatalf("%d layers, want 1", len(layers))
+	byName := map[string]*tar.Header{}
+	for _, f := range files {
+		byName[f.Header.Name] = f.Header
 	}
-	rc, err := layers[0].Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	files := map[string]*tar.Header{}
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return files
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		files[h.Name] = h
-	}
+	return byName
 }
 
 func TestOnePlatform(t *testing.T) {
