@@ -14,9 +14,12 @@ import (
 	"k8s.io/klog/v2/ktesting"
 )
 
-// eventually bounds every wait. Detection takes about Timeout (350 ms by
+// eventually bounds every wait. Detection takes about Timeout (400 ms by
 // default); the bound is generous so a loaded machine with -race passes.
-const eventually = 5 * time.Second
+const eventually = 10 * time.Second
+
+// testKey is the cluster key of the tests' members.
+var testKey = []byte("0123456789abcdef0123456789abcdef")
 
 // waitFor polls cond, bounded in both time and count, and fails the test
 // with cond's last description of the state if it never holds.
@@ -24,7 +27,7 @@ func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(eventually)
 	var state string
-	for range 1000 {
+	for range 2000 {
 		var ok bool
 		if ok, state = cond(); ok {
 			return
@@ -48,9 +51,22 @@ func freeAddr(t *testing.T, ip netip.Addr) netip.AddrPort {
 	return conn.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
-// loopback returns 127.0.subnet.host; each test uses its own subnet so
-// parallel tests never share an address.
-func loopback(subnet, host byte) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, subnet, host}) }
+// loopback returns the i-th address of a /16 of 127/8 of the test's own,
+// so parallel tests never share an address.
+func loopback(subnet byte, i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{127, subnet, byte(i / 250), byte(i%250 + 1)})
+}
+
+// nodeName is a name as real clusters have them.
+func nodeName(i int) string { return fmt.Sprintf("worker-%03d.k8s.example.internal", i) }
+
+func nodeNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = nodeName(i + 1)
+	}
+	return names
+}
 
 // testNode is one running Members.
 type testNode struct {
@@ -83,19 +99,23 @@ func (n *testNode) leave(t *testing.T) { n.cancel(); n.wait(t) }
 // crash stops the node without telling anyone.
 func (n *testNode) crash(t *testing.T) { n.m.kill(); n.wait(t) }
 
-// run starts a Members for node at bind with the given peers and info, and
+// run starts a Members for node at bind with the given member list, and
 // stops it when the test ends.
 func run(t *testing.T, cfg Config, node string, bind netip.AddrPort, peers map[string]netip.AddrPort) *testNode {
 	t.Helper()
 	cfg.Node = node
 	cfg.Bind = bind
-	cfg.Logger = ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2)))
+	if cfg.Key == nil {
+		cfg.Key = testKey
+	}
+	if cfg.Logger.GetSink() == nil {
+		cfg.Logger = ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(0)))
+	}
 	m, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New %s: %v", node, err)
 	}
 	m.SetPeers(peers)
-	m.SetInfo(map[string]string{"node": node, "if/eth0": "up"})
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &testNode{m: m, cancel: cancel, done: make(chan error, 1)}
 	go func() { n.done <- m.Run(ctx) }()
@@ -107,14 +127,15 @@ func run(t *testing.T, cfg Config, node string, bind netip.AddrPort, peers map[s
 type cluster struct {
 	t     *testing.T
 	cfg   Config
+	names []string
 	addrs map[string]netip.AddrPort
 	nodes map[string]*testNode
 }
 
 func newCluster(t *testing.T, subnet byte, cfg Config, names ...string) *cluster {
-	c := &cluster{t: t, cfg: cfg, addrs: map[string]netip.AddrPort{}, nodes: map[string]*testNode{}}
+	c := &cluster{t: t, cfg: cfg, names: names, addrs: map[string]netip.AddrPort{}, nodes: map[string]*testNode{}}
 	for i, name := range names {
-		c.addrs[name] = freeAddr(t, loopback(subnet, byte(11+i)))
+		c.addrs[name] = freeAddr(t, loopback(subnet, i))
 	}
 	for _, name := range names {
 		c.start(name)
@@ -122,8 +143,7 @@ func newCluster(t *testing.T, subnet byte, cfg Config, names ...string) *cluster
 	return c
 }
 
-// start (re)starts a node. Its peer list includes itself, which SetPeers
-// must ignore.
+// start (re)starts a node.
 func (c *cluster) start(name string) *testNode {
 	c.t.Helper()
 	n := run(c.t, c.cfg, name, c.addrs[name], c.addrs)
@@ -133,35 +153,52 @@ func (c *cluster) start(name string) *testNode {
 
 func (c *cluster) view(name string) View { return c.nodes[name].m.View() }
 
-// waitAlive waits until observer sees exactly want alive, not isolated, each
-// with its own info.
+// waitAlive waits until observer sees exactly want alive and is not isolated.
 func (c *cluster) waitAlive(observer string, want ...string) {
 	c.t.Helper()
-	slices.Sort(want)
-	waitFor(c.t, fmt.Sprintf("%s sees %v alive", observer, want), func() (bool, string) {
+	want = slices.Sorted(slices.Values(want))
+	waitFor(c.t, fmt.Sprintf("%s sees %d alive", observer, len(want)), func() (bool, string) {
 		v := c.view(observer)
 		if v.Isolated || !slices.Equal(aliveNames(v), want) {
-			return false, describe(v)
-		}
-		for name, p := range v.Alive {
-			if p.Info["node"] != name {
-				return false, describe(v)
-			}
+			return false, describe(v, want)
 		}
 		return true, ""
 	})
 }
 
+// waitAllAlive waits until every running member sees exactly want alive.
+func (c *cluster) waitAllAlive(want ...string) {
+	c.t.Helper()
+	for _, name := range want {
+		c.waitAlive(name, want...)
+	}
+}
+
 func aliveNames(v View) []string { return slices.Sorted(maps.Keys(v.Alive)) }
 
-func describe(v View) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "isolated=%v", v.Isolated)
-	for _, name := range aliveNames(v) {
-		p := v.Alive[name]
-		fmt.Fprintf(&b, " %s(direct=%v info=%v)", name, p.Direct, p.Info)
+// describe says how a view differs from want, briefly: at 500 members the
+// whole view is too long for a failure message.
+func describe(v View, want []string) string {
+	var missing, extra []string
+	for _, w := range want {
+		if _, ok := v.Alive[w]; !ok {
+			missing = append(missing, w)
+		}
 	}
-	return b.String()
+	for name := range v.Alive {
+		if !slices.Contains(want, name) {
+			extra = append(extra, name)
+		}
+	}
+	return fmt.Sprintf("isolated=%v alive=%d missing=%s extra=%s", v.Isolated, len(v.Alive), short(missing), short(extra))
+}
+
+func short(names []string) string {
+	slices.Sort(names)
+	if len(names) > 5 {
+		return fmt.Sprintf("%s…(%d)", strings.Join(names[:5], ","), len(names))
+	}
+	return strings.Join(names, ",")
 }
 
 // drain empties a Changes channel.

@@ -1,32 +1,40 @@
-// Package member tells a speaker which speakers are alive, fast.
+// Package member tells a speaker which speakers are alive, fast, at any
+// cluster size up to 500 L2 nodes (and beyond, at a larger datagram).
 //
 // Every speaker computes the owner of each service address from the same
 // inputs, so the speakers must agree within a fraction of a second on who is
 // alive. The Kubernetes API is too slow for that (node leases expire in tens
-// of seconds), so speakers send each other UDP heartbeats directly over the
-// node network: every Interval, one datagram to every peer. A peer not heard
-// for Timeout is dead.
+// of seconds), so speakers send each other UDP heartbeats over the node
+// network.
 //
-// Each heartbeat also lists the nodes its sender heard directly, so a peer
-// this node cannot reach but some other live peer can is still alive (a
-// partial partition must not make two nodes each claim the other's
-// addresses). A node that hears nobody, although it recently heard two or
-// more peers, is cut off itself: it reports itself Isolated so its caller
-// stops answering. With a single peer (two nodes) a dead peer and a cut-off
-// node look the same, and the survivor must keep serving, so it is not.
+// Gossip of ages, not lists. Each member sends a heartbeat every Interval to
+// at most Fanout peers (all of them in clusters of up to Fanout+1). A
+// heartbeat carries a vector with one 2-byte entry per member: how long ago
+// that member sent the freshest heartbeat the sender knows of. A receiver
+// keeps, per member, the freshest word from its own senders and their
+// vectors. Word of a live member reaches everyone within a few hops; once a
+// member dies, no fresher word exists anywhere, so every member sees it age
+// past Timeout at about the same moment, Timeout after its last heartbeat,
+// however many hops away it was. Nothing is truncated: every member's right
+// to answer depends on a fixed-size vector, not on a list that can be cut.
 //
-// Scale: every speaker sends N-1 datagrams per Interval. The heard list of one
-// heartbeat fits about 30 relayed nodes with short names and info (see
-// maxDatagram); in larger clusters it is truncated, most recently heard
-// first, so relaying (not direct detection) degrades beyond that size.
+// Fail safe. A member that hears none of the members that send to it is
+// Isolated (the topology tells each member whom it must hear): it says so in
+// its own heartbeats, and its caller stops answering; whether it is cut off
+// or everyone else died cannot be told apart from inside.
+//
+// Authenticated. Every datagram carries an HMAC-SHA-256 under a cluster
+// key; datagrams under no accepted key, with a wrong MAC, replayed (an
+// incarnation and sequence number not above the last accepted), from a
+// clock further off than MaxClockSkew, or from the wrong address are
+// dropped after at most one HMAC and counted by reason. Two keys are
+// accepted during a rotation.
 package member
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -38,10 +46,14 @@ import (
 
 // Defaults for the zero values of Config.
 const (
-	DefaultPort     = 7947
-	DefaultInterval = 100 * time.Millisecond
-	DefaultTimeout  = 350 * time.Millisecond
-	DefaultForget   = 60 * time.Second
+	DefaultPort         = 7947
+	DefaultInterval     = 100 * time.Millisecond
+	DefaultTimeout      = 400 * time.Millisecond
+	DefaultMaxClockSkew = 30 * time.Second
+
+	// maxTimeout keeps a live member's beats well within the span that can
+	// be ordered.
+	maxTimeout = 10 * time.Second
 )
 
 // A leaving heartbeat is sent leaveCopies times, leaveSpacing apart, so one
@@ -53,20 +65,28 @@ const (
 
 // Config configures Members.
 type Config struct {
-	// Node is this node's name, as peers list it in their SetPeers.
+	// Node is this node's name, as it appears in SetPeers.
 	Node string
 	// Bind is the UDP address to listen and send on: the node IP that peers
 	// list for this node, since heartbeats are only accepted from the
 	// listed address. Port 0 means DefaultPort.
 	Bind netip.AddrPort
+	// Key signs the heartbeats; Accept are further keys accepted (during a
+	// rotation). Key must be set; see SetKeys.
+	Key    []byte
+	Accept [][]byte
 	// Interval is the heartbeat period; DefaultInterval if zero.
 	Interval time.Duration
-	// Timeout is how long a peer may stay silent before it is dead;
-	// DefaultTimeout if zero. It must exceed Interval.
+	// Timeout is how old the freshest word of a member may be before it is
+	// dead; DefaultTimeout if zero. It must exceed Interval several times,
+	// since word of a distant member arrives a few hops late.
 	Timeout time.Duration
-	// Forget is how long a silent peer still counts as one that should be
-	// heard, for isolation; DefaultForget if zero. It must be at least Timeout.
-	Forget time.Duration
+	// Fanout bounds the peers each heartbeat goes to; DefaultFanout if zero.
+	Fanout int
+	// MaxClockSkew is how far a heartbeat's send time may be from this
+	// node's clock; DefaultMaxClockSkew if zero. It bounds replays of old
+	// datagrams to a node that restarted and forgot their sequence numbers.
+	MaxClockSkew time.Duration
 	// Logger receives the membership logs; klog.Background() if zero.
 	Logger klog.Logger
 }
@@ -79,21 +99,30 @@ func (c Config) withDefaults() (Config, error) {
 	if !c.Bind.Addr().IsValid() {
 		return c, fmt.Errorf("member: node %s: Config.Bind has no IP address", c.Node)
 	}
+	if len(c.Key) == 0 {
+		return c, fmt.Errorf("member: node %s: no cluster key to sign heartbeats with", c.Node)
+	}
 	if c.Bind.Port() == 0 {
 		c.Bind = netip.AddrPortFrom(c.Bind.Addr(), DefaultPort)
 	}
 	c.Bind = unmap(c.Bind)
 	c.Interval = cmpOr(c.Interval, DefaultInterval)
 	c.Timeout = cmpOr(c.Timeout, DefaultTimeout)
-	c.Forget = cmpOr(c.Forget, DefaultForget)
-	if c.Interval < time.Millisecond {
-		return c, fmt.Errorf("member: Interval %v is below 1ms", c.Interval)
+	c.MaxClockSkew = cmpOr(c.MaxClockSkew, DefaultMaxClockSkew)
+	if c.Fanout == 0 {
+		c.Fanout = DefaultFanout
 	}
-	if c.Timeout <= c.Interval {
-		return c, fmt.Errorf("member: Timeout %v must exceed Interval %v", c.Timeout, c.Interval)
+	if c.Interval <= beatUnit {
+		return c, fmt.Errorf("member: Interval %v must exceed %v", c.Interval, beatUnit)
 	}
-	if c.Forget < c.Timeout {
-		return c, fmt.Errorf("member: Forget %v must be at least Timeout %v", c.Forget, c.Timeout)
+	if c.Timeout < 2*c.Interval {
+		return c, fmt.Errorf("member: Timeout %v must be at least twice Interval %v", c.Timeout, c.Interval)
+	}
+	if c.Timeout > maxTimeout {
+		return c, fmt.Errorf("member: Timeout %v exceeds %v", c.Timeout, maxTimeout)
+	}
+	if c.Fanout < ringLinks+1 {
+		return c, fmt.Errorf("member: Fanout %d is below %d", c.Fanout, ringLinks+1)
 	}
 	if c.Logger.GetSink() == nil {
 		c.Logger = klog.Background()
@@ -116,27 +145,34 @@ func unmap(ap netip.AddrPort) netip.AddrPort {
 
 // View is a snapshot of the membership.
 type View struct {
-	// Alive holds the live nodes by name, this node included with its own
-	// info. While Isolated, it holds only this node.
+	// Alive holds the members with fresh word that are not leaving, by
+	// name, this node included (while it is a member).
 	Alive map[string]Peer
-	// Isolated reports that this node hears no peer although it heard two
-	// or more within Forget: it is probably cut off, and must not answer for
-	// addresses another node may own now.
+	// Members counts the members of the list given to SetPeers, this node
+	// included.
+	Members int
+	// Isolated reports that this node heard none of the members that send
+	// to it within Timeout, or that no member's heartbeat shows word of this
+	// node within Timeout: it is cut off at least one way, and must not
+	// answer for addresses another node may own now. A new member is
+	// Isolated until it hears a peer that has heard of it.
 	Isolated bool
+	// ConnectedSince is when this node last stopped being Isolated; zero
+	// while it is. Word of this node has reached every member once it is
+	// older than a Timeout.
+	ConnectedSince time.Time
+
+	// Why Isolated, for the log.
+	hearsSenders, heardOf bool
 }
 
-// Peer is what is known about a live node.
+// Peer is what is known about a live member.
 type Peer struct {
-	// Info is the node's SetInfo, as last heard.
-	Info map[string]string
-	// Direct reports that this node heard the peer itself; false means it is
-	// alive only through a relay (another peer hears it).
+	// Direct reports that this node heard the member itself within Timeout;
+	// false means only through other members' vectors.
 	Direct bool
-	// HearsUs reports that the peer's latest heartbeat lists this node (this
-	// incarnation) as heard: the peer knows this node is alive. A node that
-	// takes an address over waits for that from every peer it hears, so the
-	// node that answered before has let go first.
-	HearsUs bool
+	// Isolated reports that the member said it hears none of its senders.
+	Isolated bool
 }
 
 // Members runs the heartbeats of one speaker and keeps the membership view.
@@ -145,13 +181,16 @@ type Members struct {
 	incarnation uint64
 	interval    time.Duration
 	timeout     time.Duration
-	forget      time.Duration
+	fanout      int
+	maxSkew     time.Duration
 	log         klog.Logger
 	conn        *net.UDPConn
+	keys        atomic.Pointer[keyring]
 	changes     chan struct{}
 	killed      chan struct{}
 	killOnce    sync.Once
 	running     atomic.Bool
+	sent        atomic.Uint64 // datagrams sent, for tests and benchmarks
 	// drop, a test hook, returns true to lose a datagram from one node to
 	// another. It is checked on send and on receive, so a hook on one
 	// member cuts both directions of its traffic.
@@ -160,13 +199,17 @@ type Members struct {
 	// Used only by the Run goroutine.
 	sendFailed map[string]bool // peers whose last send failed, to log transitions only
 
-	mu     sync.Mutex
-	seq    uint64 // of the last heartbeat sent
-	info   map[string]string
-	peers  map[string]netip.AddrPort
-	states map[string]*peerState
-	left   map[string]uint64 // incarnation that said it is leaving, by node
-	view   View              // last computed; never mutated, only replaced
+	mu      sync.Mutex
+	seq     uint64 // of the last heartbeat sent
+	topo    *topology
+	words   []word // by member index
+	senders map[string]sender
+	// reported is the latest beat of this node's that a peer's vector
+	// carried (heardOf: any at all): how recently some peer heard it.
+	reported uint16
+	heardOf  bool
+	states   []memberState // by member index, as the view last said
+	view     View          // last computed; never mutated, only replaced
 }
 
 // New binds the heartbeat socket, so a busy or foreign address fails here,
@@ -182,57 +225,77 @@ func New(cfg Config) (*Members, error) {
 	}
 	m := &Members{
 		node:        cfg.Node,
-		incarnation: rand.Uint64(),
+		incarnation: nextIncarnation(),
 		interval:    cfg.Interval,
 		timeout:     cfg.Timeout,
-		forget:      cfg.Forget,
+		fanout:      cfg.Fanout,
+		maxSkew:     cfg.MaxClockSkew,
 		log:         cfg.Logger.WithName("member"),
 		conn:        conn,
 		changes:     make(chan struct{}, 1),
 		killed:      make(chan struct{}),
 		sendFailed:  map[string]bool{},
-		peers:       map[string]netip.AddrPort{},
-		states:      map[string]*peerState{},
-		left:        map[string]uint64{},
+		senders:     map[string]sender{},
 	}
-	m.view = m.computeView(time.Now())
+	m.keys.Store(newKeyring(cfg.Key, cfg.Accept))
+	m.topo = newTopology(m.node, nil, m.fanout)
+	m.refreshLocked(time.Now())
 	m.log.Info("Heartbeat socket bound", "node", m.node, "address", cfg.Bind, "incarnation", m.incarnation,
-		"interval", m.interval, "timeout", m.timeout)
+		"interval", m.interval, "timeout", m.timeout, "fanout", m.fanout)
 	return m, nil
 }
 
-// SetPeers replaces the nodes that should exist, by name, with the address
-// their speaker listens on. Only they are heard; an entry for this node
-// itself is ignored. Removed peers are forgotten at once.
+// SetKeys replaces the cluster keys: key signs from now on, and heartbeats
+// under key or any of accept are accepted.
+func (m *Members) SetKeys(key []byte, accept [][]byte) error {
+	if len(key) == 0 {
+		return errors.New("member: no signing key")
+	}
+	m.keys.Store(newKeyring(key, accept))
+	return nil
+}
+
+// SetPeers replaces the member list: every node that takes part, by name,
+// with the address its speaker listens on, this node included. A node left
+// out of the list takes no part: it sends nothing and its view is empty.
+// Word of members that stay is kept; of removed ones, forgotten.
 func (m *Members) SetPeers(peers map[string]netip.AddrPort) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.peers = make(map[string]netip.AddrPort, len(peers))
-	for name, addr := range peers {
-		if name != m.node {
-			m.peers[name] = unmap(addr)
+	if same(m.topo, peers) {
+		return
+	}
+	old := m.topo
+	m.topo = newTopology(m.node, peers, m.fanout)
+	words := make([]word, len(m.topo.names))
+	for i, name := range m.topo.names {
+		if j, ok := old.index[name]; ok {
+			words[i] = m.words[j]
 		}
 	}
-	for name := range m.states {
-		if _, ok := m.peers[name]; !ok {
-			delete(m.states, name)
+	m.words = words
+	m.states = nil // indexes the old list: the next refresh rebuilds the view
+	for name := range m.senders {
+		if _, ok := m.topo.index[name]; !ok {
+			delete(m.senders, name)
 		}
 	}
-	for name := range m.left {
-		if _, ok := m.peers[name]; !ok {
-			delete(m.left, name)
-		}
-	}
+	m.log.V(1).Info("Member list changed", "node", m.node, "members", len(m.topo.names), "sendTo", len(m.topo.send), "hearFrom", len(m.topo.hear))
 	m.refreshLocked(time.Now())
 }
 
-// SetInfo replaces the facts about this node that every heartbeat carries.
-// Keep it to a few short entries: it is sent whole in every datagram.
-func (m *Members) SetInfo(info map[string]string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.info = maps.Clone(info)
-	m.refreshLocked(time.Now())
+// same reports whether peers is the member list t was built from.
+func same(t *topology, peers map[string]netip.AddrPort) bool {
+	if len(peers) != len(t.names) {
+		return false
+	}
+	for name, addr := range peers {
+		i, ok := t.index[name]
+		if !ok || t.addrs[i] != unmap(addr) {
+			return false
+		}
+	}
+	return true
 }
 
 // View returns the current membership. The caller may keep and modify it.
@@ -244,11 +307,11 @@ func (m *Members) View() View {
 }
 
 // Changes is signalled whenever View would return something different: a
-// node became alive or dead, an alive node's info or Direct changed, or
+// member became alive or dead, or changed its Isolated, or this node's
 // Isolated changed. Signals coalesce; read View after each.
 func (m *Members) Changes() <-chan struct{} { return m.changes }
 
-// Run sends and receives heartbeats until ctx ends, then tells every peer
+// Run sends and receives heartbeats until ctx ends, then tells its peers
 // this node is leaving, so they drop it at once, closes the socket and
 // returns nil. It may be called once; to rejoin, create a new Members, which
 // is a new incarnation.
@@ -273,17 +336,22 @@ func (m *Members) Run(ctx context.Context) error {
 	check := time.NewTicker(m.interval / 2)
 	defer check.Stop()
 
-	m.sendHeartbeats(time.Now())
+	m.sendHeartbeats(time.Now(), false)
 	for {
 		select {
 		case <-ctx.Done():
-			m.leave()
+			for i := range leaveCopies {
+				if i > 0 {
+					time.Sleep(leaveSpacing)
+				}
+				m.sendHeartbeats(time.Now(), true)
+			}
 			m.log.Info("Left the membership", "node", m.node)
 			return nil
 		case <-m.killed:
 			return nil
 		case now := <-send.C:
-			m.sendHeartbeats(now)
+			m.sendHeartbeats(now, false)
 		case now := <-check.C:
 			m.mu.Lock()
 			m.refreshLocked(now)
@@ -326,42 +394,24 @@ func (m *Members) receive() {
 	}
 }
 
-// sendHeartbeats sends one heartbeat to every peer.
-func (m *Members) sendHeartbeats(now time.Time) {
+// sendHeartbeats sends one heartbeat to each target.
+func (m *Members) sendHeartbeats(now time.Time, leaving bool) {
 	m.mu.Lock()
+	t := m.topo
+	if t.self < 0 {
+		m.mu.Unlock()
+		return
+	}
 	m.seq++
 	msg := &message{
-		Node: m.node, Incarnation: m.incarnation, Seq: m.seq,
-		Info: m.info, Heard: m.heardLocked(now),
+		Node: m.node, Incarnation: m.incarnation, Seq: m.seq, Sent: now,
+		Leaving: leaving, Isolated: m.view.Isolated, MembersHash: t.hash, Vector: m.vectorLocked(now, leaving),
 	}
-	targets := maps.Clone(m.peers)
 	m.mu.Unlock()
 
-	data, n := msg.encode()
-	if n < len(msg.Heard) {
-		m.log.V(4).Info("Heard list truncated to fit one datagram", "node", m.node, "sent", n, "heard", len(msg.Heard))
-	}
-	for name, addr := range targets {
-		m.sendTo(name, addr, data)
-	}
-}
-
-// leave sends the leaving heartbeat to every peer, a few times over.
-func (m *Members) leave() {
-	m.mu.Lock()
-	m.seq++
-	msg := &message{Node: m.node, Incarnation: m.incarnation, Seq: m.seq, Leaving: true}
-	targets := maps.Clone(m.peers)
-	m.mu.Unlock()
-
-	data, _ := msg.encode()
-	for i := range leaveCopies {
-		if i > 0 {
-			time.Sleep(leaveSpacing)
-		}
-		for name, addr := range targets {
-			m.sendTo(name, addr, data)
-		}
+	data := msg.encode(m.keys.Load().sign)
+	for _, j := range t.send {
+		m.sendTo(t.names[j], t.addrs[j], data)
 	}
 }
 
@@ -385,5 +435,33 @@ func (m *Members) sendTo(name string, addr netip.AddrPort, data []byte) {
 		return
 	}
 	delete(m.sendFailed, name)
+	m.sent.Add(1)
 	heartbeatsSent.Inc()
+}
+
+// lastIncarnation keeps incarnations rising within one process too, where
+// two Members may start in the same millisecond (tests, restarts in place).
+var lastIncarnation atomic.Uint64
+
+// nextIncarnation is the start time in Unix milliseconds, above every
+// earlier one: a restarted speaker's heartbeats outrank its old ones, and a
+// replay of an old incarnation is refused.
+func nextIncarnation() uint64 {
+	for {
+		last := lastIncarnation.Load()
+		next := max(uint64(time.Now().UnixMilli()), last+1)
+		if lastIncarnation.CompareAndSwap(last, next) {
+			return next
+		}
+	}
+}
+
+// cloneView copies v deeply, so the caller cannot change the cached view.
+func cloneView(v View) View {
+	alive := make(map[string]Peer, len(v.Alive))
+	for name, p := range v.Alive {
+		alive[name] = p
+	}
+	v.Alive = alive
+	return v
 }

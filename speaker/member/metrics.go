@@ -3,23 +3,45 @@ package member
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Reasons a heartbeat is rejected, the values of the reason label.
+// Reasons a datagram is dropped, the values of the reason label.
 const (
-	reasonMalformed    = "malformed"     // not a heartbeat this version can decode
+	reasonMalformed    = "malformed"     // not a heartbeat of this version, or does not parse
+	reasonUnknownKey   = "unknown_key"   // unsigned, or signed under no accepted key
+	reasonBadMAC       = "bad_mac"       // the MAC does not match: forged or altered
+	reasonReplay       = "replay"        // not newer than a datagram already accepted from that member
+	reasonClock        = "clock"         // sent further from this node's clock than MaxClockSkew
 	reasonSelf         = "self"          // carries this node's own name
-	reasonUnknownPeer  = "unknown_peer"  // from a node not in SetPeers
-	reasonWrongAddress = "wrong_address" // from a known node, but not from its listed address
-	reasonStale        = "stale"         // reordered: older than one already seen, or after that incarnation left
+	reasonUnknownPeer  = "unknown_peer"  // from a node not in the member list
+	reasonWrongAddress = "wrong_address" // from a member, but not from its listed address
 )
+
+var reasons = []string{reasonMalformed, reasonUnknownKey, reasonBadMAC, reasonReplay, reasonClock, reasonSelf, reasonUnknownPeer, reasonWrongAddress}
+
+// reasonOf maps an error of open to its reason.
+func reasonOf(err error) string {
+	switch {
+	case errors.Is(err, errUnknownKey):
+		return reasonUnknownKey
+	case errors.Is(err, errBadMAC):
+		return reasonBadMAC
+	default:
+		return reasonMalformed
+	}
+}
 
 var (
 	peersAlive = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "peers_alive",
-		Help: "Other speakers counted alive, directly or through a relay; 0 while isolated.",
+		Help: "Other speakers counted alive, heard directly or through other members' heartbeats.",
+	})
+	isolated = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeats_isolated",
+		Help: "1 while this speaker hears none of the speakers that send heartbeats to it.",
 	})
 	heartbeatsSent = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeats_sent_total",
@@ -29,15 +51,19 @@ var (
 		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeats_received_total",
 		Help: "Heartbeats accepted from peers.",
 	})
+	heartbeatsOtherList = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeats_other_member_list_total",
+		Help: "Accepted heartbeats whose sender indexes another member list (its vector is not used), as happens briefly while nodes join or leave.",
+	})
 	heartbeatsRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeats_rejected_total",
-		Help: "Datagrams ignored, by reason: malformed, self, unknown_peer, wrong_address, stale.",
+		Help: "Datagrams dropped, by reason: malformed, unknown_key, bad_mac, replay, clock, self, unknown_peer, wrong_address.",
 	}, []string{"reason"})
 )
 
 func init() {
 	// Export every reason from the start so rate() sees the first rejection.
-	for _, r := range []string{reasonMalformed, reasonSelf, reasonUnknownPeer, reasonWrongAddress, reasonStale} {
+	for _, r := range reasons {
 		heartbeatsRejected.WithLabelValues(r)
 	}
 }
@@ -46,10 +72,15 @@ func init() {
 // are shared by every Members in the process.
 func RegisterMetrics(reg prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{peersAlive, heartbeatsSent, heartbeatsReceived, heartbeatsRejected} {
+	for _, c := range []prometheus.Collector{peersAlive, isolated, heartbeatsSent, heartbeatsReceived, heartbeatsOtherList, heartbeatsRejected} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, fmt.Errorf("register speaker membership metrics: %w", err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (m *Members) reject(reason string, from netip.AddrPort, node string, err error) {
+	heartbeatsRejected.WithLabelValues(reason).Inc()
+	m.log.V(4).Info("Dropped heartbeat", "node", m.node, "from", from, "sender", node, "reason", reason, "err", err)
 }

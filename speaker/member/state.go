@@ -1,39 +1,36 @@
 package member
 
 import (
-	"cmp"
-	"maps"
 	"net/netip"
-	"slices"
 	"time"
 )
 
-// peerState is what this node learnt from a peer's own heartbeats. It stays
-// after the peer goes silent, so isolation can tell "peers existed recently"
-// from "there never were any"; a leaving peer's state is deleted.
-type peerState struct {
+// word is the freshest this node knows of one member: the member's beat,
+// when that beat reached this node, and what the member said about itself.
+type word struct {
+	beat     uint16
+	seen     time.Time // when beat last rose here; zero: nothing heard
+	leaving  bool
+	isolated bool
+	direct   time.Time // when a datagram from the member itself last arrived
+}
+
+// resetAfter is how long a word may go without news before any beat counts
+// as news: beats wrap around, so one that old can no longer be ordered.
+const resetAfter = beatSpan / 2
+
+// sender is what replay protection remembers of a member's datagrams.
+type sender struct {
 	incarnation uint64
 	seq         uint64
-	lastHeard   time.Time
-	info        map[string]string
-	// relays is the heard list of the peer's latest heartbeat. It is only
-	// believed while the peer itself is heard directly.
-	relays []relayed
 }
 
-// relayed is a node that a peer reported hearing directly.
-type relayed struct {
-	node        string
-	incarnation uint64
-	info        map[string]string
-	until       time.Time // when the report expires, on this node's clock
-}
-
-// handle processes one datagram received from the address from.
+// handle processes one datagram received from the address from at now.
 func (m *Members) handle(from netip.AddrPort, data []byte, now time.Time) {
-	msg, err := decode(data)
+	kr := m.keys.Load()
+	msg, err := open(data, kr)
 	if err != nil {
-		m.reject(reasonMalformed, from, "", err)
+		m.reject(reasonOf(err), from, "", err)
 		return
 	}
 	if m.dropped(msg.Node, m.node) {
@@ -41,242 +38,232 @@ func (m *Members) handle(from netip.AddrPort, data []byte, now time.Time) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if reason := m.checkLocked(from, msg); reason != "" {
+	if reason := m.checkLocked(from, msg, now); reason != "" {
 		m.reject(reason, from, msg.Node, nil)
 		return
 	}
 	heartbeatsReceived.Inc()
-	if msg.Leaving {
-		m.leftLocked(msg)
-	} else {
-		m.recordLocked(msg, now)
-	}
+	m.recordLocked(msg, now)
 	m.refreshLocked(now)
 }
 
-// checkLocked returns why msg must be ignored, or "" to accept it.
-func (m *Members) checkLocked(from netip.AddrPort, msg *message) string {
+// checkLocked returns why an authentic msg must still be ignored, or "".
+func (m *Members) checkLocked(from netip.AddrPort, msg *message, now time.Time) string {
+	t := m.topo
 	if msg.Node == m.node {
 		return reasonSelf
 	}
-	addr, ok := m.peers[msg.Node]
+	i, ok := t.index[msg.Node]
 	switch {
 	case !ok:
 		return reasonUnknownPeer
-	case addr != from:
+	case t.addrs[i] != from:
 		return reasonWrongAddress
-	case msg.Leaving:
-		return "" // idempotent, and its copies share one seq
+	case absDuration(now.Sub(msg.Sent)) > m.maxSkew:
+		return reasonClock
 	}
-	if inc, ok := m.left[msg.Node]; ok && inc == msg.Incarnation {
-		return reasonStale // delayed behind the leaving heartbeat
-	}
-	if st := m.states[msg.Node]; st != nil && st.incarnation == msg.Incarnation && msg.Seq <= st.seq {
-		return reasonStale
+	if s, ok := m.senders[msg.Node]; ok {
+		if msg.Incarnation < s.incarnation || msg.Incarnation == s.incarnation && msg.Seq <= s.seq {
+			return reasonReplay
+		}
 	}
 	return ""
 }
 
-func (m *Members) reject(reason string, from netip.AddrPort, node string, err error) {
-	heartbeatsRejected.WithLabelValues(reason).Inc()
-	m.log.V(4).Info("Ignored heartbeat", "node", m.node, "from", from, "sender", node, "reason", reason, "err", err)
-}
-
-// recordLocked stores a heartbeat. A new incarnation replaces the old state:
-// the peer restarted.
+// recordLocked takes in an accepted heartbeat: direct word of its sender
+// and, if the sender indexes the same member list, its vector.
 func (m *Members) recordLocked(msg *message, now time.Time) {
-	st := m.states[msg.Node]
-	if st == nil || st.incarnation != msg.Incarnation {
-		if st != nil {
-			m.log.V(1).Info("Peer restarted", "node", m.node, "peer", msg.Node, "incarnation", msg.Incarnation)
-		}
-		st = &peerState{incarnation: msg.Incarnation}
-		m.states[msg.Node] = st
+	t := m.topo
+	if s, ok := m.senders[msg.Node]; ok && s.incarnation != msg.Incarnation {
+		m.log.V(1).Info("Peer restarted", "node", m.node, "peer", msg.Node, "incarnation", msg.Incarnation)
 	}
-	st.seq = msg.Seq
-	st.lastHeard = now
-	st.info = msg.Info
-	st.relays = st.relays[:0]
-	for _, h := range msg.Heard {
-		st.relays = append(st.relays, relayed{
-			node:        h.Node,
-			incarnation: h.Incarnation,
-			info:        h.Info,
-			until:       now.Add(m.timeout - h.Age),
-		})
-	}
-}
-
-// leftLocked makes a leaving incarnation dead at once, and keeps it so that
-// relays still listing it cannot bring it back.
-func (m *Members) leftLocked(msg *message) {
-	if inc, ok := m.left[msg.Node]; ok && inc == msg.Incarnation {
-		return // a further copy
-	}
-	m.left[msg.Node] = msg.Incarnation
-	if st := m.states[msg.Node]; st != nil && st.incarnation == msg.Incarnation {
-		delete(m.states, msg.Node)
-	}
-	m.log.V(1).Info("Peer is leaving", "node", m.node, "peer", msg.Node, "incarnation", msg.Incarnation)
-}
-
-// hasLeft reports whether that incarnation of node said it is leaving.
-func (m *Members) hasLeft(node string, incarnation uint64) bool {
-	inc, ok := m.left[node]
-	return ok && inc == incarnation
-}
-
-// directLocked reports whether the peer was heard directly within Timeout.
-func (m *Members) directLocked(st *peerState, now time.Time) bool {
-	return now.Sub(st.lastHeard) < m.timeout
-}
-
-// heardLocked lists the peers heard directly within Timeout, most recently
-// heard first: the heard list of the next heartbeat.
-func (m *Members) heardLocked(now time.Time) []relayEntry {
-	var heard []relayEntry
-	for name, st := range m.states {
-		if m.directLocked(st, now) {
-			heard = append(heard, relayEntry{Node: name, Incarnation: st.incarnation, Age: now.Sub(st.lastHeard), Info: st.info})
-		}
-	}
-	slices.SortFunc(heard, func(a, b relayEntry) int {
-		return cmp.Or(cmp.Compare(a.Age, b.Age), cmp.Compare(a.Node, b.Node))
-	})
-	return heard
-}
-
-// computeView derives the membership at now from what was heard.
-func (m *Members) computeView(now time.Time) View {
-	self := Peer{Info: m.info, Direct: true}
-	alive := map[string]Peer{m.node: self}
-	for name, st := range m.states {
-		if m.directLocked(st, now) {
-			alive[name] = Peer{Info: st.info, Direct: true, HearsUs: m.listedLocked(st)}
-		}
-	}
-	if len(alive) == 1 && m.recentlyHeardLocked(now) {
-		return View{Alive: alive, Isolated: true}
-	}
-	for name, r := range m.relayedLocked(now) {
-		if _, ok := alive[name]; !ok {
-			alive[name] = Peer{Info: r.info}
-		}
-	}
-	return View{Alive: alive}
-}
-
-// listedLocked reports whether the peer's latest heartbeat lists this
-// node's current incarnation among those it hears.
-func (m *Members) listedLocked(st *peerState) bool {
-	for _, r := range st.relays {
-		if r.node == m.node && r.incarnation == m.incarnation {
-			return true
-		}
-	}
-	return false
-}
-
-// recentlyHeardLocked reports whether at least two peers were heard within
-// Forget: when this node hears none of them now, it is far likelier that
-// this node is cut off than that they all died at once. With a single peer
-// (a two-node cluster) the two cases look the same; the survivor of a peer's
-// death must keep answering, so a lone peer's silence is not isolation.
-func (m *Members) recentlyHeardLocked(now time.Time) bool {
-	n := 0
-	for _, st := range m.states {
-		if now.Sub(st.lastHeard) < m.forget {
-			n++
-		}
-	}
-	return n >= 2
-}
-
-// relayedLocked returns the valid relay reports by node: from peers heard
-// directly, about known peers, not about a leaving incarnation, not expired.
-// Of several reports about one node, the freshest wins.
-func (m *Members) relayedLocked(now time.Time) map[string]relayed {
-	best := map[string]relayed{}
-	for _, st := range m.states {
-		if !m.directLocked(st, now) {
-			continue
-		}
-		for _, r := range st.relays {
-			if !m.usableLocked(r, now) {
-				continue
-			}
-			if cur, ok := best[r.node]; !ok || r.until.After(cur.until) {
-				best[r.node] = r
-			}
-		}
-	}
-	return best
-}
-
-func (m *Members) usableLocked(r relayed, now time.Time) bool {
-	if r.node == m.node || !now.Before(r.until) || m.hasLeft(r.node, r.incarnation) {
-		return false
-	}
-	_, known := m.peers[r.node]
-	return known
-}
-
-// refreshLocked recomputes the view and signals Changes if it differs.
-func (m *Members) refreshLocked(now time.Time) {
-	v := m.computeView(now)
-	if viewsEqual(v, m.view) {
+	m.senders[msg.Node] = sender{incarnation: msg.Incarnation, seq: msg.Seq}
+	i := t.index[msg.Node]
+	m.words[i].direct = now
+	// Its own state is in its header, whatever list its vector indexes.
+	m.words[i].learn(entry{Known: true, Beat: beatAt(msg.Sent), Leaving: msg.Leaving, Isolated: msg.Isolated}, now)
+	if msg.MembersHash != t.hash || msg.vectorLen() != len(t.names) {
+		heartbeatsOtherList.Inc()
 		return
 	}
+	for j := range msg.vectorLen() {
+		e := msg.vectorAt(j)
+		if !e.Known {
+			continue
+		}
+		if j == t.self {
+			if !m.heardOf || newer(e.Beat, m.reported) {
+				m.reported, m.heardOf = e.Beat, true
+			}
+			continue
+		}
+		if j != i {
+			m.words[j].learn(e, now)
+		}
+	}
+}
+
+// learn takes in e if it is news: a later beat, or any beat once the word
+// is too old to order beats against.
+func (w *word) learn(e entry, now time.Time) {
+	// A leaving heartbeat may share the beat of the one before it.
+	leaves := e.Leaving && !w.leaving && e.Beat == w.beat
+	if w.seen.IsZero() || now.Sub(w.seen) >= resetAfter || newer(e.Beat, w.beat) || leaves {
+		w.beat, w.seen, w.leaving, w.isolated = e.Beat, now, e.Leaving, e.Isolated
+	}
+}
+
+// vectorLocked is what this node knows of every member, for its next
+// heartbeat: words older than Timeout are left out, so a dead member's last
+// beat is not carried around.
+func (m *Members) vectorLocked(now time.Time, leaving bool) []entry {
+	v := make([]entry, len(m.words))
+	for j, w := range m.words {
+		if j == m.topo.self {
+			v[j] = entry{Known: true, Beat: beatAt(now), Leaving: leaving, Isolated: m.view.Isolated}
+			continue
+		}
+		if !w.seen.IsZero() && now.Sub(w.seen) < m.timeout {
+			v[j] = entry{Known: true, Beat: w.beat, Leaving: w.leaving, Isolated: w.isolated}
+		}
+	}
+	return v
+}
+
+// memberState packs what the view says of one member, so that a refresh
+// that changes nothing costs one pass over a byte per member and no
+// allocation: it runs for every datagram and every tick.
+type memberState uint8
+
+const (
+	stateAlive memberState = 1 << iota
+	stateIsolated
+	stateDirect
+)
+
+// stateOf is what the word w says of its member at now.
+func (m *Members) stateOf(w *word, now time.Time) memberState {
+	if w.seen.IsZero() || w.leaving || now.Sub(w.seen) >= m.timeout {
+		return 0
+	}
+	st := stateAlive
+	if w.isolated {
+		st |= stateIsolated
+	}
+	if now.Sub(w.direct) < m.timeout {
+		st |= stateDirect
+	}
+	return st
+}
+
+// selfLocked says whether this node is isolated at now, and why.
+func (m *Members) selfLocked(now time.Time) (isolated, hearsSenders, heardOf bool) {
+	t := m.topo
+	if t.self < 0 || len(t.hear) == 0 {
+		return false, true, true
+	}
+	for _, i := range t.hear {
+		if w := m.words[i]; !w.direct.IsZero() && now.Sub(w.direct) < m.timeout {
+			hearsSenders = true
+			break
+		}
+	}
+	// Hearing others is half of it: a node whose own heartbeats are lost
+	// (one-way loss) hears everyone, but the others count it dead and take
+	// its addresses. It learns so from their vectors, which carry the
+	// latest beat of its own that they know.
+	heardOf = m.heardOf && beatsBetween(beatAt(now), m.reported) < m.timeout
+	return !(hearsSenders && heardOf), hearsSenders, heardOf
+}
+
+// refreshLocked recomputes the view at now and signals Changes if it
+// differs from the last one. Direct changes with every relay path and is
+// not compared, so it never wakes a caller by itself.
+func (m *Members) refreshLocked(now time.Time) {
+	iso, hearsSenders, heardOf := m.selfLocked(now)
+	changed := iso != m.view.Isolated || len(m.states) != len(m.words) || m.view.Members != len(m.topo.names)
+	if len(m.states) != len(m.words) {
+		m.states = make([]memberState, len(m.words))
+	}
+	for j := range m.words {
+		st := m.stateOf(&m.words[j], now)
+		if st&^stateDirect != m.states[j]&^stateDirect {
+			changed = true
+		}
+		m.states[j] = st
+	}
+	if !changed {
+		return
+	}
+	v := m.buildView(iso, now)
+	v.hearsSenders, v.heardOf = hearsSenders, heardOf
 	m.logChanges(m.view, v)
 	m.view = v
-	peersAlive.Set(float64(len(v.Alive) - 1))
+	peersAlive.Set(float64(max(len(v.Alive)-1, 0)))
+	isolated.Set(boolFloat(v.Isolated))
 	select {
 	case m.changes <- struct{}{}:
 	default:
 	}
 }
 
+// buildView makes the View of the member states.
+func (m *Members) buildView(iso bool, now time.Time) View {
+	t := m.topo
+	v := View{Alive: map[string]Peer{}, Members: len(t.names)}
+	if t.self < 0 {
+		return v
+	}
+	v.Alive[m.node] = Peer{Direct: true, Isolated: iso}
+	v.Isolated = iso
+	for j, st := range m.states {
+		if j != t.self && st&stateAlive != 0 {
+			v.Alive[t.names[j]] = Peer{Direct: st&stateDirect != 0, Isolated: st&stateIsolated != 0}
+		}
+	}
+	switch {
+	case iso:
+	case m.view.Isolated || m.view.ConnectedSince.IsZero():
+		v.ConnectedSince = now
+	default:
+		v.ConnectedSince = m.view.ConnectedSince
+	}
+	return v
+}
+
 // logChanges logs what differs between two views.
 func (m *Members) logChanges(old, cur View) {
 	if old.Isolated != cur.Isolated {
 		if cur.Isolated {
-			m.log.Info("Isolated: no peer heard, although peers were heard recently", "node", m.node, "timeout", m.timeout)
+			m.log.Info("Isolated: cut off from the other members", "node", m.node, "hearsItsSenders", cur.hearsSenders, "heardOfByOthers", cur.heardOf, "timeout", m.timeout, "senders", len(m.topo.hear))
 		} else {
 			m.log.Info("No longer isolated", "node", m.node)
 		}
 	}
 	for name, p := range cur.Alive {
 		if o, ok := old.Alive[name]; !ok {
-			m.log.V(1).Info("Peer alive", "node", m.node, "peer", name, "direct", p.Direct)
-		} else if o.Direct != p.Direct {
-			m.log.V(2).Info("Peer reachability changed", "node", m.node, "peer", name, "direct", p.Direct)
+			m.log.V(3).Info("Peer alive", "node", m.node, "peer", name, "direct", p.Direct)
+		} else if o.Isolated != p.Isolated {
+			m.log.V(3).Info("Peer isolation changed", "node", m.node, "peer", name, "isolated", p.Isolated)
 		}
 	}
 	for name := range old.Alive {
 		if _, ok := cur.Alive[name]; !ok {
-			m.log.V(1).Info("Peer dead", "node", m.node, "peer", name)
+			m.log.V(3).Info("Peer dead", "node", m.node, "peer", name)
 		}
 	}
 }
 
-func viewsEqual(a, b View) bool {
-	if a.Isolated != b.Isolated || len(a.Alive) != len(b.Alive) {
-		return false
+func absDuration(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
 	}
-	for name, pa := range a.Alive {
-		pb, ok := b.Alive[name]
-		if !ok || pa.Direct != pb.Direct || pa.HearsUs != pb.HearsUs || !maps.Equal(pa.Info, pb.Info) {
-			return false
-		}
-	}
-	return true
+	return d
 }
 
-// cloneView copies v deeply, so the caller cannot change the cached view.
-func cloneView(v View) View {
-	alive := make(map[string]Peer, len(v.Alive))
-	for name, p := range v.Alive {
-		alive[name] = Peer{Info: maps.Clone(p.Info), Direct: p.Direct, HearsUs: p.HearsUs}
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
 	}
-	return View{Alive: alive, Isolated: v.Isolated}
+	return 0
 }

@@ -1,236 +1,270 @@
 package member
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"time"
 )
 
 // Wire format of one heartbeat, one UDP datagram. Integers are big-endian
-// fixed width or unsigned varints (encoding/binary); a string is a uvarint
-// length followed by its bytes; an info map is a uvarint count followed by
-// that many key and value strings, keys sorted.
+// fixed width; a string is a uvarint length followed by its bytes.
 //
-//	magic        "ILB" and the version byte (1)
-//	flags        1 byte; bit 0: leaving
-//	incarnation  8 bytes
-//	seq          uvarint
-//	node         string
-//	info         info map
-//	heard        uvarint count, then per entry:
-//	               node string, incarnation 8 bytes,
-//	               age uvarint (milliseconds since the sender last heard node), info map
+//	magic        "ILB" and the version byte (2)
+//	flags        1 byte: the sender's own state (flagLeaving, flagIsolated)
+//	key id       4 bytes: which cluster key the MAC is under (see keyID)
+//	incarnation  8 bytes: the sender's start, in Unix milliseconds
+//	seq          8 bytes: counts up within an incarnation
+//	sent         8 bytes: the sender's clock at sending, Unix milliseconds
+//	members      8 bytes: hash of the member list the vector is indexed by
+//	node         string: the sender's name
+//	vector       uvarint count, then one 2-byte entry per member, in the
+//	             order of the member list: 2 flag bits (entryLeaving,
+//	             entryIsolated as the member last said; both set: nothing
+//	             known) and the member's beat, 14 bits: its own clock in 10 ms
+//	             units, modulo 2^14, when it sent the freshest heartbeat the
+//	             sender knows of
+//	mac          32 bytes: HMAC-SHA-256 under the key, of everything before it
 //
-// A binary format rather than JSON keeps a relayed node at about 12 bytes
-// plus its name and encoded info (37 bytes for a 14-character name and
-// "if/eth0":"up"), so a heartbeat relaying 30 such nodes takes about 1150
-// bytes and stays one unfragmented datagram of at most maxDatagram bytes. The sender truncates the
-// heard list to fit (most recently heard first); the own node and info are
-// always sent whole, so SetInfo should stay small.
+// The vector is what makes the membership scale: a member sends to a bounded
+// number of peers, and every peer learns from the vectors how fresh each
+// other member is, without hearing it. A beat is stamped by the member
+// itself and relayed unchanged, so relaying can never make word of a member
+// fresher than it is: once the member stops, its beat stops rising
+// everywhere. Two bytes per member keep a heartbeat
+// of a 500-member cluster at about 1,100 bytes, one unfragmented datagram on
+// a 1,280-byte IPv6 minimum MTU path.
 const (
-	wireVersion = 1
-	// maxDatagram bounds a heartbeat so it is never fragmented on a 1280-byte
-	// IPv6 minimum MTU path, with room for the IP and UDP headers.
-	maxDatagram = 1200
-	flagLeaving = 1 << 0
+	wireVersion = 2
+	macSize     = sha256.Size
+	headerSize  = 3 + 1 + 1 + 4 + 8 + 8 + 8 + 8
+
+	flagLeaving  = 1 << 0
+	flagIsolated = 1 << 1
+
+	entryLeaving  = 1 << 15
+	entryIsolated = 1 << 14
+	entryUnknown  = entryLeaving | entryIsolated
+	beatBits      = 14
+	beatMask      = 1<<beatBits - 1
+	// beatUnit is the resolution of a beat; Interval must exceed it, so
+	// every heartbeat carries a new beat.
+	beatUnit = 10 * time.Millisecond
+	// beatSpan is how far apart two beats can be and still be ordered
+	// (serial number arithmetic, RFC 1982): half the cycle of 2^14 units.
+	beatSpan = (1 << (beatBits - 1)) * beatUnit
 )
 
 var wireMagic = [3]byte{'I', 'L', 'B'}
 
-// message is one decoded heartbeat.
+// message is one heartbeat.
 type message struct {
 	Node        string
 	Incarnation uint64
 	Seq         uint64
+	Sent        time.Time
 	Leaving     bool
-	Info        map[string]string
-	Heard       []relayEntry
+	Isolated    bool
+	MembersHash uint64
+	// Vector is what is sent; a received message keeps its vector encoded
+	// in raw instead and is read with vectorLen and vectorAt, so a
+	// datagram is taken in without allocating per member.
+	Vector []entry
+	raw    []byte
 }
 
-// relayEntry is a node the sender heard directly within its Timeout.
-type relayEntry struct {
-	Node        string
-	Incarnation uint64
-	// Age is how long before sending the sender last heard Node, so the
-	// receiver can expire the report on its own clock instead of trusting it
-	// for a full Timeout after it was already old.
-	Age  time.Duration
-	Info map[string]string
-}
-
-// encode returns the datagram for msg and how many of msg.Heard fit in it.
-// msg.Heard should be ordered most recently heard first: the tail is dropped
-// once the datagram would exceed maxDatagram.
-func (msg *message) encode() ([]byte, int) {
-	head := make([]byte, 0, maxDatagram)
-	head = append(head, wireMagic[:]...)
-	head = append(head, wireVersion, msg.flags())
-	head = binary.BigEndian.AppendUint64(head, msg.Incarnation)
-	head = binary.AppendUvarint(head, msg.Seq)
-	head = appendString(head, msg.Node)
-	head = appendInfo(head, msg.Info)
-
-	var body []byte
-	n := 0
-	for _, r := range msg.Heard {
-		entry := r.append(nil)
-		size := len(head) + uvarintLen(uint64(n+1)) + len(body) + len(entry)
-		if size > maxDatagram {
-			break
-		}
-		body = append(body, entry...)
-		n++
+func (msg *message) vectorLen() int {
+	if msg.raw != nil {
+		return len(msg.raw) / 2
 	}
-	head = binary.AppendUvarint(head, uint64(n))
-	return append(head, body...), n
+	return len(msg.Vector)
+}
+
+func (msg *message) vectorAt(i int) entry {
+	if msg.raw != nil {
+		return decodeEntry(binary.BigEndian.Uint16(msg.raw[2*i:]))
+	}
+	return msg.Vector[i]
+}
+
+// entry is what the sender knows of one member.
+type entry struct {
+	Known    bool // false: no word within Timeout
+	Beat     uint16
+	Leaving  bool
+	Isolated bool
+}
+
+func (e entry) encode() uint16 {
+	if !e.Known {
+		return entryUnknown
+	}
+	v := e.Beat & beatMask
+	switch {
+	case e.Leaving:
+		v |= entryLeaving
+	case e.Isolated:
+		v |= entryIsolated
+	}
+	return v
+}
+
+func decodeEntry(v uint16) entry {
+	if v&entryUnknown == entryUnknown {
+		return entry{}
+	}
+	return entry{Known: true, Beat: v & beatMask, Leaving: v&entryLeaving != 0, Isolated: v&entryIsolated != 0}
+}
+
+// beatAt is the beat of a member's clock reading t.
+func beatAt(t time.Time) uint16 {
+	return uint16(t.UnixMilli()/int64(beatUnit/time.Millisecond)) & beatMask
+}
+
+// newer reports whether beat a is later than b.
+func newer(a, b uint16) bool {
+	d := (a - b) & beatMask
+	return d != 0 && d < 1<<(beatBits-1)
+}
+
+// beatsBetween is how much later beat a is than b, as a duration; negative
+// when a is earlier.
+func beatsBetween(a, b uint16) time.Duration {
+	d := int(a-b) & beatMask
+	if d >= 1<<(beatBits-1) {
+		d -= 1 << beatBits
+	}
+	return time.Duration(d) * beatUnit
+}
+
+// encode returns the signed datagram for msg.
+func (msg *message) encode(k *key) []byte {
+	b := make([]byte, 0, headerSize+1+len(msg.Node)+3+2*len(msg.Vector)+macSize)
+	b = append(b, wireMagic[:]...)
+	b = append(b, wireVersion, msg.flags())
+	b = append(b, k.id[:]...)
+	b = binary.BigEndian.AppendUint64(b, msg.Incarnation)
+	b = binary.BigEndian.AppendUint64(b, msg.Seq)
+	b = binary.BigEndian.AppendUint64(b, uint64(msg.Sent.UnixMilli()))
+	b = binary.BigEndian.AppendUint64(b, msg.MembersHash)
+	b = binary.AppendUvarint(b, uint64(len(msg.Node)))
+	b = append(b, msg.Node...)
+	b = binary.AppendUvarint(b, uint64(len(msg.Vector)))
+	for _, e := range msg.Vector {
+		b = binary.BigEndian.AppendUint16(b, e.encode())
+	}
+	return k.sign(b)
 }
 
 func (msg *message) flags() byte {
+	var f byte
 	if msg.Leaving {
-		return flagLeaving
+		f |= flagLeaving
 	}
-	return 0
+	if msg.Isolated {
+		f |= flagIsolated
+	}
+	return f
 }
 
-func (r *relayEntry) append(b []byte) []byte {
-	b = appendString(b, r.Node)
-	b = binary.BigEndian.AppendUint64(b, r.Incarnation)
-	b = binary.AppendUvarint(b, uint64(max(r.Age, 0)/time.Millisecond))
-	return appendInfo(b, r.Info)
-}
+// Why a datagram is refused before it is parsed; the reason label values.
+var (
+	errMalformed  = errors.New("not an ironlb heartbeat of this version")
+	errUnknownKey = errors.New("signed with no key this node accepts")
+	errBadMAC     = errors.New("MAC does not match")
+)
 
-func appendString(b []byte, s string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(s)))
-	return append(b, s...)
-}
-
-func appendInfo(b []byte, info map[string]string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(info)))
-	for _, k := range slices.Sorted(maps.Keys(info)) {
-		b = appendString(b, k)
-		b = appendString(b, info[k])
+// open checks the datagram's MAC under the key it names and parses it. The
+// work before the MAC is checked is bounded by the datagram's size and
+// allocation-free: a flood of forged datagrams costs one HMAC each.
+func open(b []byte, keys *keyring) (*message, error) {
+	if len(b) < headerSize+macSize || string(b[:3]) != string(wireMagic[:]) || b[3] != wireVersion {
+		return nil, errMalformed
 	}
-	return b
-}
-
-func uvarintLen(v uint64) int {
-	var buf [binary.MaxVarintLen64]byte
-	return binary.PutUvarint(buf[:], v)
-}
-
-// errTruncated reports a datagram that ends inside a field.
-var errTruncated = errors.New("truncated heartbeat")
-
-// decode parses a datagram. It never trusts a length or count beyond the
-// bytes present, so a hostile or corrupt datagram cannot make it allocate
-// more than the datagram's size.
-func decode(b []byte) (*message, error) {
-	r := reader{b: b}
-	if magic := r.bytes(len(wireMagic)); r.err == nil && string(magic) != string(wireMagic[:]) {
-		return nil, errors.New("not an ironlb heartbeat")
+	k := keys.lookup([4]byte(b[5:9]))
+	if k == nil {
+		return nil, errUnknownKey
 	}
-	if v := r.byte(); r.err == nil && v != wireVersion {
-		return nil, fmt.Errorf("unsupported heartbeat version %d", v)
+	body, mac := b[:len(b)-macSize], b[len(b)-macSize:]
+	if !hmac.Equal(k.mac(body), mac) {
+		return nil, errBadMAC
 	}
-	msg := &message{Leaving: r.byte()&flagLeaving != 0}
-	msg.Incarnation = r.uint64()
-	msg.Seq = r.uvarint()
-	msg.Node = r.string()
-	msg.Info = r.info()
-	n := r.count()
-	for i := 0; i < n && r.err == nil; i++ {
-		msg.Heard = append(msg.Heard, relayEntry{
-			Node:        r.string(),
-			Incarnation: r.uint64(),
-			Age:         time.Duration(min(r.uvarint(), uint64(time.Hour/time.Millisecond))) * time.Millisecond,
-			Info:        r.info(),
-		})
-	}
-	if r.err != nil {
-		return nil, r.err
-	}
-	if len(r.b) != 0 {
-		return nil, fmt.Errorf("%d trailing bytes after heartbeat", len(r.b))
-	}
-	if msg.Node == "" {
-		return nil, errors.New("heartbeat without a node name")
+	msg, err := parse(body)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errMalformed, err)
 	}
 	return msg, nil
 }
 
-// reader consumes a datagram; the first error sticks and later reads return
-// zero values, so decode checks once at the end.
-type reader struct {
-	b   []byte
-	err error
+// parse reads a datagram whose MAC was checked.
+func parse(b []byte) (*message, error) {
+	flags := b[4]
+	msg := &message{
+		Leaving:     flags&flagLeaving != 0,
+		Isolated:    flags&flagIsolated != 0,
+		Incarnation: binary.BigEndian.Uint64(b[9:]),
+		Seq:         binary.BigEndian.Uint64(b[17:]),
+		Sent:        time.UnixMilli(int64(binary.BigEndian.Uint64(b[25:]))),
+		MembersHash: binary.BigEndian.Uint64(b[33:]),
+	}
+	r := b[headerSize:]
+	n, w := binary.Uvarint(r)
+	if w <= 0 || n == 0 || n > uint64(len(r)-w) {
+		return nil, errors.New("bad node name length")
+	}
+	msg.Node, r = string(r[w:w+int(n)]), r[w+int(n):]
+	n, w = binary.Uvarint(r)
+	if w <= 0 || n*2 != uint64(len(r)-w) {
+		return nil, errors.New("vector length does not match the datagram")
+	}
+	msg.raw = r[w:]
+	return msg, nil
 }
 
-func (r *reader) bytes(n int) []byte {
-	if r.err != nil {
-		return nil
-	}
-	if n < 0 || n > len(r.b) {
-		r.err = errTruncated
-		return nil
-	}
-	v := r.b[:n]
-	r.b = r.b[n:]
-	return v
+// key is one cluster key with its id.
+type key struct {
+	id     [4]byte
+	secret []byte
 }
 
-func (r *reader) byte() byte {
-	if v := r.bytes(1); v != nil {
-		return v[0]
-	}
-	return 0
+func newKey(secret []byte) *key {
+	sum := sha256.Sum256(append([]byte("ironlb heartbeat key id\x00"), secret...))
+	return &key{id: [4]byte(sum[:4]), secret: secret}
 }
 
-func (r *reader) uint64() uint64 {
-	if v := r.bytes(8); v != nil {
-		return binary.BigEndian.Uint64(v)
-	}
-	return 0
+func (k *key) mac(b []byte) []byte {
+	h := hmac.New(sha256.New, k.secret)
+	h.Write(b)
+	return h.Sum(nil)
 }
 
-func (r *reader) uvarint() uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.err = errTruncated
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
+func (k *key) sign(b []byte) []byte { return append(b, k.mac(b)...) }
+
+// keyring is the signing key and the accepted ones; replaced whole, never
+// changed in place.
+type keyring struct {
+	sign   *key
+	accept []*key
 }
 
-// count reads a number of following items, each at least one byte long.
-func (r *reader) count() int {
-	n := r.uvarint()
-	if n > uint64(len(r.b)) {
-		r.err = errTruncated
-		return 0
+func newKeyring(sign []byte, accept [][]byte) *keyring {
+	kr := &keyring{sign: newKey(sign)}
+	kr.accept = append(kr.accept, kr.sign)
+	for _, a := range accept {
+		if k := newKey(a); k.id != kr.sign.id {
+			kr.accept = append(kr.accept, k)
+		}
 	}
-	return int(n)
+	return kr
 }
 
-func (r *reader) string() string {
-	return string(r.bytes(r.count()))
-}
-
-func (r *reader) info() map[string]string {
-	n := r.count()
-	if n == 0 || r.err != nil {
-		return nil
+func (kr *keyring) lookup(id [4]byte) *key {
+	for _, k := range kr.accept {
+		if k.id == id {
+			return k
+		}
 	}
-	info := make(map[string]string, n)
-	for i := 0; i < n && r.err == nil; i++ {
-		k := r.string()
-		info[k] = r.string()
-	}
-	return info
+	return nil
 }
