@@ -1,6 +1,7 @@
 package speaker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,11 +46,19 @@ type Config struct {
 	// HeartbeatInterval and HeartbeatTimeout tune how fast a dead speaker is
 	// noticed (member's defaults if 0).
 	HeartbeatInterval, HeartbeatTimeout time.Duration
-	// Namespace is where a BGPPeer's password Secret is looked for when its
-	// reference names no namespace (the speaker's own).
+	// LeaseDuration is how long a speaker's Lease stays fresh in the
+	// fallback, when heartbeats do not flow (DefaultLeaseDuration if 0).
+	LeaseDuration time.Duration
+	// Namespace is the speakers' own: where their Leases and the cluster
+	// key Secret are, and where a BGPPeer's password Secret is looked for
+	// when its reference names no namespace.
 	Namespace string
 	Logger    klog.Logger
 }
+
+// DefaultLeaseDuration is how long a speaker's Lease stays fresh in the
+// fallback; renewed every third of it.
+const DefaultLeaseDuration = 6 * time.Second
 
 // IPPoolResource is the IPPool resource.
 var IPPoolResource = v1alpha1.SchemeGroupVersion.WithResource("ippools")
@@ -66,6 +75,9 @@ type Speaker struct {
 	pools    cache.SharedIndexInformer
 	bgpPeers cache.SharedIndexInformer
 	members  *member.Members
+	keys     *keyWatch
+	leases   *leases
+	timing   timing
 	bgp      *bgp.Manager
 	events   *eventSink
 
@@ -88,10 +100,13 @@ type Speaker struct {
 	lastRoutes []bgp.Route
 	// peerStatusWritten is what this node last wrote to each BGPPeer.
 	peerStatusWritten map[string]v1alpha1.BGPPeerNodeStatus
-	// quietUntil is the end of the start-up grace: until the first
-	// heartbeats have come in, a speaker would think itself alone and
-	// answer for everything.
-	quietUntil time.Time
+	// info is this node's interface info, as its Lease tells the others.
+	info map[string]string
+	// cutOffSince is when the heartbeats last showed this node isolated;
+	// zero while they do not.
+	cutOffSince time.Time
+	// degraded is, per Service, the HeartbeatsBroken warning already sent.
+	degraded map[types.NamespacedName]string
 }
 
 type running struct {
@@ -127,6 +142,23 @@ func New(cfg Config) (*Speaker, error) {
 		owned:             map[netip.Addr]bool{},
 		failed:            map[string]bool{},
 		warned:            map[string]bool{},
+		degraded:          map[types.NamespacedName]string{},
+	}
+	interval := cmp.Or(cfg.HeartbeatInterval, member.DefaultInterval)
+	timeout := cmp.Or(cfg.HeartbeatTimeout, member.DefaultTimeout)
+	s.timing = timing{
+		Settle:        timeout + 2*interval,
+		FallbackAfter: max(2*timeout, time.Second),
+		LeaseDuration: cmp.Or(cfg.LeaseDuration, DefaultLeaseDuration),
+	}
+	s.keys = newKeyWatch(cfg.Client, cfg.Namespace, cfg.Logger.WithName("keys"))
+	s.leases = newLeases(cfg.Client, cfg.Namespace, cfg.Node, s.timing.LeaseDuration)
+	if _, err := s.leases.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.leases.observe(obj); s.queue.Add(syncKey) },
+		UpdateFunc: func(_, obj any) { s.leases.observe(obj); s.queue.Add(syncKey) },
+		DeleteFunc: func(obj any) { s.leases.forget(obj); s.queue.Add(syncKey) },
+	}); err != nil {
+		return nil, err
 	}
 	s.events = newEventSink(cfg.Client, cfg.Node)
 	s.services = s.factory.Core().V1().Services().Informer()
@@ -164,7 +196,9 @@ func (s *Speaker) Run(ctx context.Context) error {
 	defer s.bgpStatus.ShutDown()
 	s.factory.Start(ctx.Done())
 	s.dynamic.Start(ctx.Done())
-	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools, s.bgpPeers} {
+	go s.keys.informer.Run(ctx.Done())
+	go s.leases.informer.Run(ctx.Done())
+	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools, s.bgpPeers, s.keys.informer, s.leases.informer} {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			return ctx.Err()
 		}
@@ -174,9 +208,15 @@ func (s *Speaker) Run(ctx context.Context) error {
 		return err
 	}
 	s.myIP = myIP
+	keys, err := s.keys.wait(ctx)
+	if err != nil {
+		return err
+	}
 	s.members, err = member.New(member.Config{
 		Node:     s.cfg.Node,
 		Bind:     netip.AddrPortFrom(myIP, s.cfg.PeerPort),
+		Key:      keys.Sign,
+		Accept:   keys.Accept,
 		Interval: s.cfg.HeartbeatInterval,
 		Timeout:  s.cfg.HeartbeatTimeout,
 		Logger:   s.logger.WithName("member"),
@@ -189,17 +229,12 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	timeout := s.cfg.HeartbeatTimeout
-	if timeout == 0 {
-		timeout = member.DefaultTimeout
-	}
-	s.quietUntil = time.Now().Add(timeout + 100*time.Millisecond)
-
 	// The heartbeats outlive ctx by the time it takes to stop answering.
 	memberCtx, stopMembers := context.WithCancel(context.WithoutCancel(ctx))
 	membersDone := make(chan error, 1)
 	go func() { membersDone <- s.members.Run(memberCtx) }()
 	go s.watchMembers(ctx)
+	go s.watchKeys(ctx)
 	go s.watchLinks(ctx)
 	go s.watchSessions(ctx)
 	for range 4 {
@@ -310,6 +345,22 @@ func (s *Speaker) watchMembers(ctx context.Context) {
 	}
 }
 
+// watchKeys hands a rotated cluster key to the heartbeats.
+func (s *Speaker) watchKeys(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.keys.changed:
+			if keys, err := s.keys.current(); err == nil {
+				if err := s.members.SetKeys(keys.Sign, keys.Accept); err == nil {
+					s.logger.Info("Cluster key changed", "accepted", len(keys.Accept))
+				}
+			}
+		}
+	}
+}
+
 // watchLinks follows the node's links, so that an interface going down
 // moves its addresses (link awareness).
 func (s *Speaker) watchLinks(ctx context.Context) {
@@ -335,8 +386,8 @@ func (s *Speaker) watchLinks(ctx context.Context) {
 	}
 }
 
-// refreshInfo tells the other speakers which interfaces that matter are up
-// here; it reports whether anything changed.
+// refreshInfo finds which interfaces that matter are up here, for the
+// Lease that tells the other speakers; it reports whether anything changed.
 func (s *Speaker) refreshInfo() bool {
 	info := map[string]string{}
 	if def := interfaceWithAddr(s.myIP); def != "" {
@@ -354,29 +405,16 @@ func (s *Speaker) refreshInfo() bool {
 		}
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	for n := range names {
 		if linkUp(n) && !s.failed[n] {
 			info[infoIfPrefix+n] = ifUp
 		}
 	}
-	s.mu.Unlock()
-	prev := s.members.View().Alive[s.cfg.Node].Info
-	if mapsEqual(prev, info) {
+	if maps.Equal(s.info, info) {
 		return false
 	}
-	s.members.SetInfo(info)
-	return true
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
+	s.info = info
 	return true
 }
 
@@ -439,13 +477,14 @@ func fromStore[T any, PT interface {
 	return out
 }
 
-// inputs reads the caches.
-func (s *Speaker) inputs(view member.View) inputs {
+// inputs reads the caches; alive and current come from the membership.
+func (s *Speaker) inputs(alive map[string]bool) inputs {
 	in := inputs{
-		slices: map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
-		pools:  s.poolList(),
-		nodes:  map[string]*v1.Node{},
-		alive:  map[string]map[string]string{},
+		slices:  map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
+		pools:   s.poolList(),
+		nodes:   map[string]*v1.Node{},
+		alive:   map[string]map[string]string{},
+		current: map[netip.Addr]string{},
 	}
 	for _, obj := range s.services.GetStore().List() {
 		svc := obj.(*v1.Service)
@@ -458,13 +497,21 @@ func (s *Speaker) inputs(view member.View) inputs {
 		for _, o := range objs {
 			in.slices[key] = append(in.slices[key], o.(*discoveryv1.EndpointSlice))
 		}
+		maps.Copy(in.current, announcedOwners(svc))
 	}
 	for _, obj := range s.nodes.GetStore().List() {
 		n := obj.(*v1.Node)
 		in.nodes[n.Name] = n
 	}
-	for name, p := range view.Alive {
-		in.alive[name] = p.Info
+	info := s.leases.info()
+	s.mu.Lock()
+	info[s.cfg.Node] = s.info
+	for addr := range s.owned {
+		in.current[addr] = s.cfg.Node
+	}
+	s.mu.Unlock()
+	for name := range alive {
+		in.alive[name] = info[name]
 	}
 	return in
 }
@@ -472,45 +519,63 @@ func (s *Speaker) inputs(view member.View) inputs {
 // sync recomputes the plan, answers for what this node owns, and queues the
 // conditions this node writes.
 func (s *Speaker) sync(ctx context.Context) error {
-	s.members.SetPeers(s.peers())
-	// Pools may name interfaces the heartbeats do not report yet.
+	s.members.SetPeers(s.l2Members())
+	// Pools may name interfaces not looked at yet.
 	s.refreshInfo()
+	now := time.Now()
 	view := s.members.View()
-	in := s.inputs(view)
+	if !view.Isolated {
+		s.cutOffSince = time.Time{}
+	} else if s.cutOffSince.IsZero() {
+		s.cutOffSince = now
+	}
+	leases := s.leases.states(now)
+	othersCutOff := false
+	for _, l := range leases {
+		othersCutOff = othersCutOff || l.CutOff
+	}
+	md, wake := membershipMode(view, s.cutOffSince, now, s.timing)
+	heartbeats := heartbeatsOK
+	if renewsLease(view, s.cutOffSince, now, s.timing, othersCutOff) {
+		heartbeats = heartbeatsStandby
+		if view.Isolated {
+			heartbeats = heartbeatsCutOff
+		}
+	}
+	s.mu.Lock()
+	info := s.info
+	s.mu.Unlock()
+	renewAt, err := s.leases.keep(ctx, info, heartbeats, now)
+	if err != nil {
+		// The fallback and the interface info of this node suffer; the
+		// heartbeats go on.
+		s.logger.Error(err, "Cannot keep this speaker's Lease")
+	}
+	for _, at := range []time.Time{wake, renewAt} {
+		if !at.IsZero() {
+			s.queue.AddAfter(syncKey, at.Sub(now))
+		}
+	}
+	setMode(md)
+
+	alive := aliveNodes(s.cfg.Node, view, leases)
+	in := s.inputs(alive)
 	plan, notAnnounced := l2Plan(in)
 
 	want := map[string][]netip.Addr{}
-	quiet := time.Now().Before(s.quietUntil)
-	switch {
-	case quiet:
-		// Not a word yet: peers' heartbeats may still be on their way.
-		s.queue.AddAfter(syncKey, time.Until(s.quietUntil))
-	case view.Isolated:
-		s.logger.Info("Cut off from every other speaker: answering for no address until one is heard again")
-	default:
-		// An address this node does not answer for yet is taken only once
-		// every peer it hears has heard it back: until then the node that
-		// answered may not know this one is here, and both would answer.
-		acked := true
-		for name, p := range view.Alive {
-			if name != s.cfg.Node && p.Direct && !p.HearsUs {
-				acked = false
-			}
+	s.mu.Lock()
+	answering := maps.Clone(s.owned)
+	s.mu.Unlock()
+	for addr, a := range plan {
+		if !mayAnswer(md, a.owner == s.cfg.Node, answering[addr]) {
+			continue
 		}
-		s.mu.Lock()
-		owned := maps.Clone(s.owned)
-		s.mu.Unlock()
-		for addr, a := range plan {
-			if a.owner != s.cfg.Node {
-				continue
-			}
-			if !acked && !owned[addr] {
-				continue // the heartbeat that acknowledges this node re-runs the sync
-			}
-			for _, ifc := range a.interfaces {
-				want[ifc] = append(want[ifc], addr)
-			}
+		for _, ifc := range a.interfaces {
+			want[ifc] = append(want[ifc], addr)
 		}
+	}
+	if md == modeCutOff && len(answering) > 0 {
+		s.logger.Info("Cut off from the other speakers: answering for no address until the heartbeats or the fallback say who owns what")
 	}
 	s.answer(ctx, want, plan)
 	s.warnMissing(plan, in)
@@ -520,29 +585,41 @@ func (s *Speaker) sync(ctx context.Context) error {
 	if err := s.advertise(ctx, bplan, peers, in.nodes[s.cfg.Node]); err != nil {
 		return err
 	}
-	if !view.Isolated && !quiet {
-		s.queueConditions(in, plan, bplan, notAnnounced, view)
+	if md == modeHeartbeats || md == modeFallback {
+		s.queueConditions(in, plan, bplan, notAnnounced, s.writers(view, alive), degradedNote(s.cfg.Node, md, view, leases, s.port()))
 	}
 	return nil
 }
 
-// peers are every other node's InternalIP of this node's family.
-func (s *Speaker) peers() map[string]netip.AddrPort {
-	peers := map[string]netip.AddrPort{}
-	port := s.cfg.PeerPort
-	if port == 0 {
-		port = member.DefaultPort
+func (s *Speaker) port() uint16 { return cmp.Or(s.cfg.PeerPort, member.DefaultPort) }
+
+// writers are the nodes among which the writer of a Service's condition is
+// ranked when no node owns its addresses: the live members, or, on a node
+// that takes no part in L2, every node with a speaker.
+func (s *Speaker) writers(view member.View, alive map[string]bool) map[string]bool {
+	if view.Members > 0 {
+		return alive
 	}
+	nodes := s.leases.nodes()
+	nodes[s.cfg.Node] = true
+	return nodes
+}
+
+// l2Members are the nodes that take part in the heartbeats, with the
+// address their speaker listens on: those that may announce for some L2
+// pool and have an InternalIP of this node's family.
+func (s *Speaker) l2Members() map[string]netip.AddrPort {
+	var nodes []*v1.Node
 	for _, obj := range s.nodes.GetStore().List() {
-		n := obj.(*v1.Node)
-		if n.Name == s.cfg.Node {
-			continue
-		}
+		nodes = append(nodes, obj.(*v1.Node))
+	}
+	members := map[string]netip.AddrPort{}
+	for _, n := range l2Candidates(nodes, s.poolList()) {
 		if ip := internalIP(n, s.myIP); ip.IsValid() {
-			peers[n.Name] = netip.AddrPortFrom(ip, port)
+			members[n.Name] = netip.AddrPortFrom(ip, s.port())
 		}
 	}
-	return peers
+	return members
 }
 
 // answer makes the responders answer exactly want, opening them as needed.

@@ -12,6 +12,33 @@ var addressesOwned = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 	Help: "Addresses this node answers for, by protocol (arp, ndp).",
 }, []string{"protocol"})
 
+// membershipMode is 1 for the mode this speaker is in (owner.go): heartbeats,
+// settling, cut-off or fallback.
+var membershipModeGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Namespace: "ironlb", Subsystem: "speaker", Name: "membership_mode",
+	Help: "1 for the mode this speaker is in: heartbeats, settling, cut-off (answers nothing) or fallback (owners from Leases).",
+}, []string{"mode"})
+
+// peersThroughLease counts the live speakers this one knows of only through
+// their Leases: the heartbeats between them are broken.
+var peersThroughLease = prometheus.NewGauge(prometheus.GaugeOpts{
+	Namespace: "ironlb", Subsystem: "speaker", Name: "peers_through_lease",
+	Help: "Live speakers counted only through their Leases, because heartbeats from them do not arrive.",
+})
+
+func setMode(m mode) {
+	for _, each := range []mode{modeHeartbeats, modeSettling, modeCutOff, modeFallback} {
+		membershipModeGauge.WithLabelValues(string(each)).Set(boolFloat(each == m))
+	}
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 var (
 	bgpSessionUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "bgp_session_up",
@@ -31,7 +58,7 @@ var (
 // ARP/NDP requests, replies and gratuitous announcements, peers alive and
 // heartbeats.
 func RegisterMetrics(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{addressesOwned, bgpSessionUp, bgpPrefixes, bgpUpdates} {
+	for _, c := range []prometheus.Collector{addressesOwned, membershipModeGauge, peersThroughLease, bgpSessionUp, bgpPrefixes, bgpUpdates} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

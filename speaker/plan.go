@@ -7,7 +7,6 @@ package speaker
 import (
 	"cmp"
 	"fmt"
-	"hash/fnv"
 	"maps"
 	"net/netip"
 	"slices"
@@ -22,8 +21,9 @@ import (
 	"github.com/ironlb/ironlb/api/v1alpha1"
 )
 
-// Heartbeat info keys: every speaker tells the others which of the
-// interfaces that matter are up, so that all of them rank the same nodes.
+// Interface info keys: every speaker tells the others, in its Lease, which
+// of the interfaces that matter are up, so that all of them rank the same
+// nodes.
 const (
 	infoDefaultIf = "default-if" // the interface that holds the node's InternalIP
 	infoIfPrefix  = "if/"        // "if/eth0": "up"
@@ -41,7 +41,10 @@ type inputs struct {
 	slices   map[types.NamespacedName][]*discoveryv1.EndpointSlice // by Service
 	pools    []*v1alpha1.IPPool
 	nodes    map[string]*v1.Node
-	alive    map[string]map[string]string // live speakers and their heartbeat info
+	alive    map[string]map[string]string // live speakers (aliveNodes) and their interface info
+	// current is the node that answers each address now, where known: it
+	// keeps the address while it is eligible (ownerOf).
+	current map[netip.Addr]string
 }
 
 // announcement is one address: who answers for it, where, and why not.
@@ -135,7 +138,7 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 		}
 	}
 	for addr, a := range plan {
-		a.owner = rank(addr.String(), eligible[addr])
+		a.owner = ownerOf(addr.String(), eligible[addr], in.current[addr])
 		if a.owner != "" {
 			a.reason = ""
 			a.interfaces = answeringInterfaces(a.poolObj, in.alive[a.owner])
@@ -185,6 +188,28 @@ func eligibleNodes(in inputs, svc *v1.Service, pool *v1alpha1.IPPool, missing ma
 	return nodes, "no eligible node (" + strings.Join(why, "; ") + ")"
 }
 
+// l2Candidates are the nodes that may announce for some L2 pool: selected
+// by its l2.nodeSelector and not excluded. Only they take part in the
+// heartbeats.
+func l2Candidates(nodes []*v1.Node, pools []*v1alpha1.IPPool) []*v1.Node {
+	var out []*v1.Node
+	for _, n := range nodes {
+		if hasLabel(n, LabelExcludeFromLB) {
+			continue
+		}
+		for _, p := range pools {
+			if p.Spec.L2 == nil {
+				continue
+			}
+			if sel, err := selectorOf(p.Spec.L2.NodeSelector); err == nil && sel.Matches(labels.Set(n.Labels)) {
+				out = append(out, n)
+				break
+			}
+		}
+	}
+	return out
+}
+
 func interfaceProblem(pool *v1alpha1.IPPool, info map[string]string) string {
 	if len(pool.Spec.L2.Interfaces) == 0 {
 		if def := info[infoDefaultIf]; def != "" {
@@ -216,36 +241,6 @@ func answeringInterfaces(pool *v1alpha1.IPPool, info map[string]string) []string
 	}
 	slices.Sort(up)
 	return up
-}
-
-// rank picks the owner of key among nodes by rendezvous hashing: each node
-// scores hash(node, key) and the highest wins. Every speaker gets the same
-// answer from the same set; addresses spread evenly; and when a node comes or
-// goes only the addresses it wins or held move.
-func rank(key string, nodes map[string]bool) string {
-	best, bestScore := "", uint64(0)
-	for n := range nodes {
-		s := score(n, key)
-		if best == "" || s > bestScore || s == bestScore && n < best {
-			best, bestScore = n, s
-		}
-	}
-	return best
-}
-
-func score(node, key string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(node))
-	h.Write([]byte{0})
-	h.Write([]byte(key))
-	// FNV alone clusters on similar inputs; a final mix (splitmix64) spreads it.
-	x := h.Sum64()
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
 }
 
 // ingressAddrs are the addresses in svc's status.

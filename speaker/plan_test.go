@@ -14,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
-	"github.com/ironlb/ironlb/speaker/member"
 )
 
 // service is a Cluster Service in "default" with addrs in its status; pool
@@ -320,7 +319,7 @@ func TestEligibility(t *testing.T) {
 				t.Errorf("missing = %v, want none", a.missing)
 			}
 			if tc.owner == "" {
-				c := announcedCondition(svc, plan, nil, "")
+				c := announcedCondition(svc, plan, nil, "", "")
 				if c == nil || c.Reason != ReasonNoEligibleNode || c.Message != "10.0.0.1: "+a.reason {
 					t.Errorf("condition = %+v", c)
 				}
@@ -470,7 +469,7 @@ func TestAnnouncedCondition(t *testing.T) {
 		{name: "all bgp only", plan: planOf(ann("10.9.9.9", "n1", "eth0"))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := announcedCondition(svc, tc.plan, nil, tc.notAnnounced)
+			c := announcedCondition(svc, tc.plan, nil, tc.notAnnounced, "")
 			if tc.status == "" {
 				if c != nil {
 					t.Fatalf("condition = %+v, want nil", c)
@@ -491,7 +490,7 @@ func TestAnnouncedCondition(t *testing.T) {
 func TestAnnouncedConditionFromPlan(t *testing.T) {
 	svc := service("s", "p", "10.0.0.1", "fd00::1")
 	plan, notAnnounced := l2Plan(world([]string{"n1"}, defaultPools, svc))
-	c := announcedCondition(svc, plan, nil, notAnnounced[key("s")])
+	c := announcedCondition(svc, plan, nil, notAnnounced[key("s")], "")
 	want := "10.0.0.1 by n1 on eth0 (ARP); fd00::1 by n1 on eth0 (NDP)"
 	if c == nil || c.Status != metav1.ConditionTrue || c.Reason != ReasonAnnounced || c.Message != want {
 		t.Errorf("condition = %+v, want True/Announced %q", c, want)
@@ -499,14 +498,14 @@ func TestAnnouncedConditionFromPlan(t *testing.T) {
 
 	svc = service("s", "b", "10.0.0.1")
 	plan, notAnnounced = l2Plan(world([]string{"n1"}, []*v1alpha1.IPPool{bgpPool("b", "10.0.0.0/24")}, svc))
-	if c := announcedCondition(svc, plan, nil, notAnnounced[key("s")]); c != nil {
+	if c := announcedCondition(svc, plan, nil, notAnnounced[key("s")], ""); c != nil {
 		t.Errorf("bgp-only condition = %+v, want nil", c)
 	}
 }
 
 func TestWriter(t *testing.T) {
 	svc := service("s", "p", "10.0.0.1", "10.0.0.2", "10.0.0.3")
-	alive := map[string]member.Peer{"n1": {}, "n2": {}, "n3": {}}
+	alive := map[string]bool{"n1": true, "n2": true, "n3": true}
 	if got := writer(svc, planOf(ann("10.0.0.1", ""), ann("10.0.0.2", "n2", "eth0"), ann("10.0.0.3", "n3", "eth0")), alive); got != "n2" {
 		t.Errorf("writer = %q, want n2, the owner of the first owned address", got)
 	}
@@ -519,16 +518,16 @@ func TestWriter(t *testing.T) {
 			t.Fatalf("writer of %s = %q, not alive", s.Name, want)
 		}
 		for range 20 {
-			shuffled := map[string]member.Peer{}
+			shuffled := map[string]bool{}
 			for _, j := range rand.Perm(3) {
-				shuffled[fmt.Sprintf("n%d", j+1)] = member.Peer{}
+				shuffled[fmt.Sprintf("n%d", j+1)] = true
 			}
 			if got := writer(s, noOwner, shuffled); got != want {
 				t.Fatalf("writer of %s = %q, then %q", s.Name, want, got)
 			}
 		}
 	}
-	if got := writer(svc, noOwner, map[string]member.Peer{"n3": {}}); got != "n3" {
+	if got := writer(svc, noOwner, map[string]bool{"n3": true}); got != "n3" {
 		t.Errorf("writer with only n3 alive = %q, want n3", got)
 	}
 	if got := writer(svc, noOwner, nil); got != "" {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,14 +32,20 @@ const (
 	ReasonAnnounced      = "Announced"
 	ReasonNoEligibleNode = "NoEligibleNode"
 	ReasonNotAnnounced   = "NotAnnounced"
+	// ReasonHeartbeatsBroken: announced, but heartbeats between some
+	// speakers do not flow, so failover goes through Leases and is slower.
+	ReasonHeartbeatsBroken = "HeartbeatsBroken"
+	EventHeartbeatsBroken  = "HeartbeatsBroken"
 )
 
 // announcedCondition is what the Announced condition of svc should say,
 // from the L2 and the BGP plans, or nil when neither announces any of its
 // addresses and no pool is left unannounced.
-func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced string) *metav1.Condition {
+// degraded, when not empty, says why failover is slow now; it is added to a
+// condition with an L2 address.
+func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced, degraded string) *metav1.Condition {
 	var parts []string
-	ok, any := true, false
+	ok, any, l2 := true, false, false
 	for _, addr := range ingressAddrs(svc) {
 		if b := bplan[addr]; b != nil {
 			any = true
@@ -48,7 +56,7 @@ func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bpla
 		if a == nil {
 			continue
 		}
-		any = true
+		any, l2 = true, true
 		if a.owner == "" {
 			ok = false
 			parts = append(parts, fmt.Sprintf("%s: %s", addr, a.reason))
@@ -63,6 +71,9 @@ func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bpla
 		parts = append([]string{notAnnounced}, parts...)
 	case !any:
 		return nil
+	case ok && l2 && degraded != "":
+		c.Status, c.Reason = metav1.ConditionTrue, ReasonHeartbeatsBroken
+		parts = append(parts, degraded)
 	case ok:
 		c.Status, c.Reason = metav1.ConditionTrue, ReasonAnnounced
 	default:
@@ -76,35 +87,86 @@ func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bpla
 }
 
 // writer is the one speaker that writes svc's condition: the owner of its
-// first announced address, or, when none has an owner, the speaker the
-// ranking picks among the live ones. Every speaker computes the same.
-func writer(svc *v1.Service, plan map[netip.Addr]*announcement, alive map[string]member.Peer) string {
+// first announced address, or, when none has an owner, the node the ranking
+// picks among candidates. Every speaker computes the same.
+func writer(svc *v1.Service, plan map[netip.Addr]*announcement, candidates map[string]bool) string {
 	for _, addr := range ingressAddrs(svc) {
 		if a := plan[addr]; a != nil && a.owner != "" {
 			return a.owner
 		}
 	}
-	nodes := map[string]bool{}
-	for n := range alive {
-		nodes[n] = true
+	return rank("service/"+svc.Namespace+"/"+svc.Name, candidates)
+}
+
+// ownerInMessage finds "<address> by <node> on" in an Announced message.
+var ownerInMessage = regexp.MustCompile(`(?:^|; )(\S+) by (\S+) on `)
+
+// announcedOwners reads from svc's Announced condition which node answers
+// each L2 address: the speakers' own record of who owns what, which keeps an
+// address where it is across restarts of the speakers.
+func announcedOwners(svc *v1.Service) map[netip.Addr]string {
+	c := findCondition(svc, v1alpha1.ConditionAnnounced)
+	if c == nil {
+		return nil
 	}
-	return rank("service/"+svc.Namespace+"/"+svc.Name, nodes)
+	out := map[netip.Addr]string{}
+	for _, m := range ownerInMessage.FindAllStringSubmatch(c.Message, -1) {
+		if addr, err := netip.ParseAddr(m[1]); err == nil {
+			out[addr] = m[2]
+		}
+	}
+	return out
+}
+
+// degradedNote says, for the conditions this node writes, that heartbeats
+// do not flow and failover goes through the Leases: "" when they flow.
+func degradedNote(self string, md mode, view member.View, leases map[string]leaseState, port uint16) string {
+	if md == modeFallback {
+		peersThroughLease.Set(0)
+		return fmt.Sprintf("heartbeats do not reach %s (UDP %d): owners come from the speakers' Leases and failover takes seconds", self, port)
+	}
+	var through []string
+	for name, l := range leases {
+		if p, heard := view.Alive[name]; l.Fresh && (!heard || p.Isolated) {
+			through = append(through, name)
+		}
+	}
+	peersThroughLease.Set(float64(len(through)))
+	if len(through) == 0 {
+		return ""
+	}
+	slices.Sort(through)
+	more := ""
+	if len(through) > 5 {
+		more = fmt.Sprintf(" and %d more", len(through)-5)
+		through = through[:5]
+	}
+	return fmt.Sprintf("heartbeats do not flow between %s%s and the other speakers (UDP %d): they count through their Leases and failover takes seconds",
+		strings.Join(through, ", "), more, port)
 }
 
 // queueConditions records the conditions this speaker writes and queues
 // those that differ from what the Service shows.
-func (s *Speaker) queueConditions(in inputs, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced map[types.NamespacedName]string, view member.View) {
+func (s *Speaker) queueConditions(in inputs, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced map[types.NamespacedName]string, candidates map[string]bool, degraded string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	mine := map[types.NamespacedName]bool{}
 	for _, svc := range in.services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		c := announcedCondition(svc, plan, bplan, notAnnounced[key])
-		if c == nil || writer(svc, plan, view.Alive) != s.cfg.Node {
+		c := announcedCondition(svc, plan, bplan, notAnnounced[key], degraded)
+		if c == nil || writer(svc, plan, candidates) != s.cfg.Node {
 			continue
 		}
 		mine[key] = true
 		s.desired[key] = *c
+		if c.Reason == ReasonHeartbeatsBroken && s.degraded[key] != degraded {
+			s.events.warning(key, EventHeartbeatsBroken, degraded)
+		}
+		if c.Reason == ReasonHeartbeatsBroken {
+			s.degraded[key] = degraded
+		} else {
+			delete(s.degraded, key)
+		}
 		if !sameCondition(findCondition(svc, v1alpha1.ConditionAnnounced), c) {
 			s.status.Add(key)
 		}
@@ -112,6 +174,7 @@ func (s *Speaker) queueConditions(in inputs, plan map[netip.Addr]*announcement, 
 	for key := range s.desired {
 		if !mine[key] {
 			delete(s.desired, key)
+			delete(s.degraded, key)
 		}
 	}
 }

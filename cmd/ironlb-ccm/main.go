@@ -1,5 +1,6 @@
 // Command ironlb-ccm is ironlb's cloud-controller-manager: it gives LoadBalancer Services
-// addresses from IPPools and initializes nodes of kubelets run with --cloud-provider=external.
+// addresses from IPPools, initializes nodes of kubelets run with --cloud-provider=external, and
+// creates the speakers' cluster key Secret when it is missing.
 package main
 
 import (
@@ -41,9 +42,12 @@ func main() {
 	fs.BoolVar(&opts.HandleClassless, "handle-classless", opts.HandleClassless, "Also handle LoadBalancer Services that set no spec.loadBalancerClass.")
 	fs.BoolVar(&opts.OtherCloudsInternal, "other-clouds-internal-annotations", opts.OtherCloudsInternal,
 		"Treat the internal load balancer annotations of other clouds (GKE, AWS, Azure, IBM, OpenStack, Huawei CCE, Tencent, Alibaba, Oracle) like ironlb's own.")
+	addClusterKeyFlags(fs)
 	addServingFlags(fss.FlagSet("ironlb serving"))
 
-	cmd := app.NewCloudControllerManagerCommand(s, cloudInitializer, provider.ControllerInitFuncConstructors(),
+	controllers := provider.ControllerInitFuncConstructors()
+	controllers[clusterKeyControllerName] = clusterKeyController()
+	cmd := app.NewCloudControllerManagerCommand(s, cloudInitializer, controllers,
 		names.CCMControllerAliases(), fss, wait.NeverStop)
 	cmd.Use = "ironlb-ccm"
 	startServing(cmd)

@@ -1,0 +1,232 @@
+package speaker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"strings"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	utilptr "k8s.io/utils/ptr"
+)
+
+// Every speaker has one Lease, named after its node, in its own namespace.
+// It carries the node's interface info (written when that changes), and it
+// is renewed only while heartbeats do not flow somewhere (the fallback): at
+// rest no speaker writes anything.
+const (
+	leasePrefix = "ironlb-speaker-"
+	// LabelLeaseComponent marks the speakers' Leases, which the speakers watch.
+	LabelLeaseComponent = "app.kubernetes.io/component"
+	leaseComponent      = "speaker-lease"
+
+	annotationInterfaces = "ironlb.io/interfaces"
+	annotationHeartbeats = "ironlb.io/heartbeats"
+
+	// Values of annotationHeartbeats.
+	heartbeatsOK      = "ok"       // not renewing
+	heartbeatsCutOff  = "cut-off"  // renewing: this node is cut off from the heartbeats
+	heartbeatsStandby = "standby" // renewing: another node is cut off and needs to see this one
+)
+
+// LeaseName is the name of node's speaker Lease.
+func LeaseName(node string) string { return leasePrefix + node }
+
+// leases keeps this node's Lease and reads the others'. It owns all Lease
+// state of the speaker.
+type leases struct {
+	client    kubernetes.Interface
+	namespace string
+	node      string
+	duration  time.Duration
+	informer  cache.SharedIndexInformer
+
+	mu       sync.Mutex
+	observed map[string]observedLease // by node
+	written  *coordinationv1.Lease    // this node's, as last written
+	renewed  time.Time                // when this node last renewed its Lease
+}
+
+// observedLease is a Lease as this node saw it change.
+type observedLease struct {
+	renew      time.Time // spec.renewTime
+	seen       time.Time // when this node saw that renewTime first (its own clock)
+	heartbeats string
+	info       map[string]string
+}
+
+func newLeases(client kubernetes.Interface, namespace, node string, duration time.Duration) *leases {
+	l := &leases{client: client, namespace: namespace, node: node, duration: duration, observed: map[string]observedLease{}}
+	l.informer = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = LabelLeaseComponent + "=" + leaseComponent }),
+	).Coordination().V1().Leases().Informer()
+	return l
+}
+
+// observe records a Lease the informer delivered. A renewal counts from
+// when this node sees it, so nodes' clocks need not agree; a Lease seen for
+// the first time counts as renewed when it says, if that is recent.
+func (l *leases) observe(obj any) {
+	lease, ok := obj.(*coordinationv1.Lease)
+	if !ok || !strings.HasPrefix(lease.Name, leasePrefix) || lease.Spec.HolderIdentity == nil {
+		return
+	}
+	node := *lease.Spec.HolderIdentity
+	now := time.Now()
+	var renew time.Time
+	if lease.Spec.RenewTime != nil {
+		renew = lease.Spec.RenewTime.Time
+	}
+	var info map[string]string
+	_ = json.Unmarshal([]byte(lease.Annotations[annotationInterfaces]), &info)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	prev, known := l.observed[node]
+	o := observedLease{renew: renew, seen: prev.seen, heartbeats: lease.Annotations[annotationHeartbeats], info: info}
+	switch {
+	case renew.IsZero():
+		o.seen = time.Time{}
+	case !known && now.Sub(renew) < l.duration:
+		o.seen = renew
+	case known && !renew.Equal(prev.renew):
+		o.seen = now
+	}
+	l.observed[node] = o
+}
+
+func (l *leases) forget(obj any) {
+	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tomb.Obj
+	}
+	if lease, ok := obj.(*coordinationv1.Lease); ok && lease.Spec.HolderIdentity != nil {
+		l.mu.Lock()
+		delete(l.observed, *lease.Spec.HolderIdentity)
+		l.mu.Unlock()
+	}
+}
+
+// states are the other nodes' Leases at now.
+func (l *leases) states(now time.Time) map[string]leaseState {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]leaseState, len(l.observed))
+	for node, o := range l.observed {
+		if node == l.node {
+			continue
+		}
+		renewing := o.heartbeats == heartbeatsCutOff || o.heartbeats == heartbeatsStandby
+		fresh := renewing && !o.seen.IsZero() && now.Sub(o.seen) < l.duration
+		out[node] = leaseState{Fresh: fresh, CutOff: fresh && o.heartbeats == heartbeatsCutOff}
+	}
+	return out
+}
+
+// info is every node's interface info, by node.
+func (l *leases) info() map[string]map[string]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]map[string]string, len(l.observed))
+	for node, o := range l.observed {
+		out[node] = o.info
+	}
+	return out
+}
+
+// nodes are the nodes that have a speaker Lease: the nodes a speaker runs on.
+func (l *leases) nodes() map[string]bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]bool, len(l.observed))
+	for node := range l.observed {
+		out[node] = true
+	}
+	return out
+}
+
+// keep writes this node's Lease when its info or heartbeats state changed,
+// or, while renewing, when a third of its duration passed since the last
+// renewal. It reports when it wants to be called again (zero: on change only).
+func (l *leases) keep(ctx context.Context, info map[string]string, heartbeats string, now time.Time) (time.Time, error) {
+	renewing := heartbeats != heartbeatsOK
+	l.mu.Lock()
+	prev := l.written
+	due := renewing && now.Sub(l.renewed) >= l.duration/3
+	l.mu.Unlock()
+	infoJSON, err := json.Marshal(info)
+	if err != nil {
+		return time.Time{}, err
+	}
+	next := time.Time{}
+	if renewing {
+		next = l.renewed.Add(l.duration / 3)
+	}
+	if prev != nil && prev.Annotations[annotationInterfaces] == string(infoJSON) && prev.Annotations[annotationHeartbeats] == heartbeats && !due {
+		return next, nil
+	}
+
+	want := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: LeaseName(l.node), Namespace: l.namespace,
+			Labels:      map[string]string{LabelLeaseComponent: leaseComponent, "app.kubernetes.io/name": "ironlb"},
+			Annotations: map[string]string{annotationInterfaces: string(infoJSON), annotationHeartbeats: heartbeats},
+		},
+		Spec: coordinationv1.LeaseSpec{
+			HolderIdentity:       utilptr.To(l.node),
+			LeaseDurationSeconds: utilptr.To(int32(max(l.duration/time.Second, 1))),
+		},
+	}
+	if prev != nil && prev.Spec.RenewTime != nil {
+		want.Spec.RenewTime = prev.Spec.RenewTime
+	}
+	if due || renewing && prev != nil && prev.Annotations[annotationHeartbeats] != heartbeats {
+		want.Spec.RenewTime = &metav1.MicroTime{Time: now}
+	}
+	got, err := l.write(ctx, want, prev)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("write Lease %s/%s: %w", l.namespace, want.Name, err)
+	}
+	l.mu.Lock()
+	l.written = got
+	if want.Spec.RenewTime != nil && want.Spec.RenewTime.Time.Equal(now) {
+		l.renewed = now
+		next = now.Add(l.duration / 3)
+	}
+	l.mu.Unlock()
+	return next, nil
+}
+
+// write creates or updates the Lease; a conflict (someone else changed it,
+// or this speaker restarted) is resolved by reading it once.
+func (l *leases) write(ctx context.Context, want, prev *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	api := l.client.CoordinationV1().Leases(l.namespace)
+	if prev == nil {
+		got, err := api.Create(ctx, want, metav1.CreateOptions{FieldManager: "ironlb-speaker"})
+		if !apierrors.IsAlreadyExists(err) {
+			return got, err
+		}
+		if prev, err = api.Get(ctx, want.Name, metav1.GetOptions{}); err != nil {
+			return nil, err
+		}
+	}
+	for range 2 {
+		upd := prev.DeepCopy()
+		upd.Labels, upd.Annotations = maps.Clone(want.Labels), maps.Clone(want.Annotations)
+		upd.Spec = want.Spec
+		got, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: "ironlb-speaker"})
+		if !apierrors.IsConflict(err) {
+			return got, err
+		}
+		if prev, err = api.Get(ctx, want.Name, metav1.GetOptions{}); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("lease %s kept changing under this speaker", want.Name)
+}

@@ -1,0 +1,162 @@
+package speaker
+
+import (
+	"hash/fnv"
+	"time"
+
+	"github.com/ironlb/ironlb/speaker/member"
+)
+
+// Which node answers an address, and when it may start: everything about it
+// is in this file, in pure functions.
+//
+//  1. Who is alive (aliveNodes): the members the heartbeats show alive and
+//     not isolated, and the nodes that are cut off from the heartbeats but
+//     keep their Lease fresh (the fallback).
+//  2. Who owns an address (ownerOf): among the eligible live nodes, the one
+//     that answers it now keeps it (no needless moves); otherwise the
+//     rendezvous ranking picks one.
+//  3. Whether this node may answer now (mayAnswer): only when its mode
+//     allows it (membershipMode).
+
+// mode is how this speaker knows who is alive, and so what it may answer.
+type mode string
+
+const (
+	// modeHeartbeats: the heartbeats flow; owners come from them (and the
+	// Leases of nodes cut off from them).
+	modeHeartbeats mode = "heartbeats"
+	// modeSettling: connected only recently. Word of this node may not have
+	// reached every member, nor theirs this node: it keeps answering what
+	// it answers, if it still owns it, and takes nothing new.
+	modeSettling mode = "settling"
+	// modeCutOff: this node hears no peer, or no peer hears it. Another
+	// node may own any address now: it answers nothing.
+	modeCutOff mode = "cut-off"
+	// modeFallback: cut off for long enough that every other speaker
+	// keeps its Lease fresh; who is alive comes from the Leases, and this
+	// node answers what it owns again, more slowly but correctly.
+	modeFallback mode = "fallback"
+)
+
+// timing are the delays of the mode changes.
+type timing struct {
+	// Settle is how long a node is settling after it connects: word of it
+	// crosses the membership within a Timeout.
+	Settle time.Duration
+	// FallbackAfter is how long a node is cut off before it keeps its Lease
+	// fresh and asks the others to do the same.
+	FallbackAfter time.Duration
+	// LeaseDuration is how long a Lease stays fresh after its renewal; a
+	// node in fallback waits that long for every Lease to be renewed before
+	// it trusts the missing ones to mean dead nodes.
+	LeaseDuration time.Duration
+}
+
+// membershipMode is this node's mode at now, given its membership view, when
+// it last became cut off (zero: it is not), and its timing. It also returns
+// when the mode changes next without any event, so the caller can look again
+// then (zero: not on its own).
+func membershipMode(view member.View, cutOffSince, now time.Time, t timing) (mode, time.Time) {
+	if !view.Isolated {
+		if end := view.ConnectedSince.Add(t.Settle); now.Before(end) {
+			return modeSettling, end
+		}
+		return modeHeartbeats, time.Time{}
+	}
+	if end := cutOffSince.Add(t.FallbackAfter + t.LeaseDuration); now.Before(end) {
+		return modeCutOff, end
+	}
+	return modeFallback, time.Time{}
+}
+
+// renewsLease reports whether this node keeps its Lease fresh: while it is
+// cut off for longer than FallbackAfter, and while any other node is.
+func renewsLease(view member.View, cutOffSince, now time.Time, t timing, othersCutOff bool) bool {
+	return othersCutOff || view.Isolated && !now.Before(cutOffSince.Add(t.FallbackAfter))
+}
+
+// leaseState is what the Lease of another node says.
+type leaseState struct {
+	// Fresh: renewed within its duration, as seen on this node.
+	Fresh bool
+	// CutOff: the node said, when it renewed, that it is cut off from the
+	// heartbeats.
+	CutOff bool
+}
+
+// aliveNodes are the nodes that may own addresses, as this node sees them.
+// A member the heartbeats show isolated is cut off: it answers nothing until
+// it is in fallback, and then only through its Lease, so it counts through
+// its Lease only. A node the heartbeats do not show counts while its Lease is
+// fresh: it is cut off but keeps to the fallback.
+func aliveNodes(self string, view member.View, leases map[string]leaseState) map[string]bool {
+	alive := map[string]bool{self: true}
+	for name, p := range view.Alive {
+		if !p.Isolated {
+			alive[name] = true
+		}
+	}
+	for name, l := range leases {
+		if l.Fresh {
+			alive[name] = true
+		}
+	}
+	return alive
+}
+
+// ownerOf picks the owner of key among the eligible nodes: current, the node
+// that answers it now, keeps it while it is eligible, so a node that comes
+// back takes nothing back; otherwise the ranking decides.
+func ownerOf(key string, eligible map[string]bool, current string) string {
+	if current != "" && eligible[current] {
+		return current
+	}
+	return rank(key, eligible)
+}
+
+// mayAnswer reports whether this node answers an address it owns (owned),
+// given its mode and whether it answers it already.
+func mayAnswer(m mode, owned, answering bool) bool {
+	switch m {
+	case modeHeartbeats, modeFallback:
+		return owned
+	case modeSettling:
+		return owned && answering
+	default:
+		return false
+	}
+}
+
+// rank picks the owner of key among nodes by rendezvous hashing: each node
+// scores hash(node, key) and the highest wins. Every speaker gets the same
+// answer from the same set; addresses spread evenly; and when a node comes or
+// goes only the addresses it wins or held move.
+func rank(key string, nodes map[string]bool) string {
+	best, bestScore := "", uint64(0)
+	for n, ok := range nodes {
+		if !ok {
+			continue
+		}
+		s := score(n, key)
+		if best == "" || s > bestScore || s == bestScore && n < best {
+			best, bestScore = n, s
+		}
+	}
+	return best
+}
+
+func score(node, key string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(node))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	// FNV alone clusters on similar inputs; a final mix (splitmix64) spreads it.
+	x := h.Sum64()
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}

@@ -1,0 +1,250 @@
+package speaker
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/speaker/member"
+)
+
+var testTiming = timing{Settle: 600 * time.Millisecond, FallbackAfter: time.Second, LeaseDuration: 6 * time.Second}
+
+// When may this node answer: the mode follows from the membership view and
+// how long it has been cut off, and says when it changes next.
+func TestMembershipMode(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	connected := func(since time.Duration) member.View { return member.View{ConnectedSince: t0.Add(-since)} }
+	cut := member.View{Isolated: true}
+	for _, tc := range []struct {
+		name        string
+		view        member.View
+		cutOffSince time.Time
+		want        mode
+		wake        time.Time
+	}{
+		{"connected long ago", connected(time.Minute), time.Time{}, modeHeartbeats, time.Time{}},
+		{"just connected: settling", connected(100 * time.Millisecond), time.Time{}, modeSettling, t0.Add(500 * time.Millisecond)},
+		{"settled exactly", connected(600 * time.Millisecond), time.Time{}, modeHeartbeats, time.Time{}},
+		{"just cut off", cut, t0, modeCutOff, t0.Add(7 * time.Second)},
+		{"cut off, renewing, waiting for the others' Leases", cut, t0.Add(-3 * time.Second), modeCutOff, t0.Add(4 * time.Second)},
+		{"cut off long enough: fallback", cut, t0.Add(-7 * time.Second), modeFallback, time.Time{}},
+		{"cut off for an hour: still fallback", cut, t0.Add(-time.Hour), modeFallback, time.Time{}},
+	} {
+		got, wake := membershipMode(tc.view, tc.cutOffSince, t0, testTiming)
+		if got != tc.want || !wake.Equal(tc.wake) {
+			t.Errorf("%s: mode %s wake %v, want %s wake %v", tc.name, got, wake, tc.want, tc.wake)
+		}
+	}
+}
+
+// A speaker writes Lease renewals only in the fallback: when it is cut off
+// for FallbackAfter, or when another speaker is and needs to see it.
+func TestRenewsLease(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		name         string
+		view         member.View
+		cutOffSince  time.Time
+		othersCutOff bool
+		want         bool
+	}{
+		{"at rest: never", member.View{ConnectedSince: t0}, time.Time{}, false, false},
+		{"cut off briefly: not yet", member.View{Isolated: true}, t0.Add(-500 * time.Millisecond), false, false},
+		{"cut off for FallbackAfter", member.View{Isolated: true}, t0.Add(-time.Second), false, true},
+		{"another is cut off", member.View{ConnectedSince: t0}, time.Time{}, true, true},
+	} {
+		if got := renewsLease(tc.view, tc.cutOffSince, t0, testTiming, tc.othersCutOff); got != tc.want {
+			t.Errorf("%s: renews %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// Who may own addresses: members the heartbeats show, unless they say they
+// are isolated; and nodes the heartbeats miss whose Lease is fresh.
+func TestAliveNodes(t *testing.T) {
+	view := member.View{Alive: map[string]member.Peer{
+		"a": {Direct: true}, "b": {}, "deaf": {Isolated: true},
+	}}
+	leases := map[string]leaseState{
+		"cut":   {Fresh: true, CutOff: true},
+		"stale": {},
+		"deaf":  {Fresh: true, CutOff: true},
+	}
+	got := aliveNodes("a", view, leases)
+	want := map[string]bool{"a": true, "b": true, "cut": true, "deaf": true}
+	if !maps.Equal(got, want) {
+		t.Errorf("alive = %v, want %v", got, want)
+	}
+	if got := aliveNodes("a", view, map[string]leaseState{}); got["deaf"] {
+		t.Errorf("an isolated member without a fresh Lease counts alive: %v", got)
+	}
+	if got := aliveNodes("alone", member.View{}, nil); !maps.Equal(got, map[string]bool{"alone": true}) {
+		t.Errorf("a node alone = %v", got)
+	}
+}
+
+// An address stays with the node that answers it while that node is
+// eligible; only then does the ranking decide.
+func TestOwnerOfIsSticky(t *testing.T) {
+	eligible := map[string]bool{"n1": true, "n2": true, "n3": true}
+	ranked := rank("10.0.0.1", eligible)
+	other := "n1"
+	if other == ranked {
+		other = "n2"
+	}
+	for _, tc := range []struct {
+		name, current, want string
+		eligible            map[string]bool
+	}{
+		{"nobody answers: ranking", "", ranked, eligible},
+		{"another eligible node answers: it keeps it", other, other, eligible},
+		{"the node that answers is no longer eligible: ranking", other, rank("10.0.0.1", without(eligible, other)), without(eligible, other)},
+		{"the one that answers is unknown: ranking", "gone", ranked, eligible},
+		{"no eligible node", other, "", map[string]bool{}},
+	} {
+		if got := ownerOf("10.0.0.1", tc.eligible, tc.current); got != tc.want {
+			t.Errorf("%s: owner %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func without(set map[string]bool, drop string) map[string]bool {
+	out := maps.Clone(set)
+	delete(out, drop)
+	return out
+}
+
+func TestMayAnswer(t *testing.T) {
+	for _, tc := range []struct {
+		m                mode
+		owned, answering bool
+		want             bool
+	}{
+		{modeHeartbeats, true, false, true},
+		{modeHeartbeats, false, true, false},
+		{modeFallback, true, false, true},
+		{modeSettling, true, true, true},
+		{modeSettling, true, false, false},
+		{modeCutOff, true, true, false},
+	} {
+		if got := mayAnswer(tc.m, tc.owned, tc.answering); got != tc.want {
+			t.Errorf("mayAnswer(%s, owned=%v, answering=%v) = %v, want %v", tc.m, tc.owned, tc.answering, got, tc.want)
+		}
+	}
+}
+
+// A node that comes back takes nothing back: the owner named in the
+// Announced condition keeps the address while it is eligible, across a
+// whole plan of many addresses, and the returning node gets only addresses
+// whose owner left.
+func TestPlanReturningNodeTakesNothingBack(t *testing.T) {
+	nodes := []string{"n1", "n2", "n3", "n4"}
+	var svcs []*v1.Service
+	for i := range 40 {
+		svcs = append(svcs, service(fmt.Sprintf("s%d", i), "p", fmt.Sprintf("10.0.0.%d", i+1)))
+	}
+	pools := []*v1alpha1.IPPool{l2Pool("p", nil, nil, "10.0.0.0/24")}
+
+	// n4 is away: the others own everything, and say so.
+	away := world(nodes[:3], pools, svcs...)
+	away.nodes["n4"] = node("n4", nil, false)
+	before, _ := l2Plan(away)
+	for _, svc := range svcs {
+		c := announcedCondition(svc, before, nil, "", "")
+		svc.Status.Conditions = []metav1.Condition{*c}
+	}
+
+	back := world(nodes, pools, svcs...)
+	back.current = map[netip.Addr]string{}
+	for _, svc := range svcs {
+		maps.Copy(back.current, announcedOwners(svc))
+	}
+	after, _ := l2Plan(back)
+	for addr, a := range after {
+		if a.owner != before[addr].owner {
+			t.Errorf("%s moved from %s to %s when n4 came back", addr, before[addr].owner, a.owner)
+		}
+	}
+
+	// Without the record, the ranking would have given n4 about a quarter.
+	fresh, _ := l2Plan(world(nodes, pools, svcs...))
+	moved := 0
+	for addr, a := range fresh {
+		if a.owner != before[addr].owner {
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatalf("the ranking gives n4 nothing either: the test shows nothing")
+	}
+}
+
+// The record of owners round-trips through the condition the speakers write.
+func TestAnnouncedOwners(t *testing.T) {
+	svc := service("s", "p", "10.0.0.1", "fd00::1")
+	plan := planOf(ann("10.0.0.1", "worker-017.k8s.example.internal", "eth0"), ann("fd00::1", "n2", "eth0", "eth1"))
+	c := announcedCondition(svc, plan, nil, "", "heartbeats do not flow between x and the other speakers")
+	svc.Status.Conditions = []metav1.Condition{*c}
+	got := announcedOwners(svc)
+	want := map[netip.Addr]string{netip.MustParseAddr("10.0.0.1"): "worker-017.k8s.example.internal", netip.MustParseAddr("fd00::1"): "n2"}
+	if !maps.Equal(got, want) {
+		t.Errorf("owners = %v, want %v (message %q)", got, want, c.Message)
+	}
+	if c.Reason != ReasonHeartbeatsBroken || !strings.Contains(c.Message, "heartbeats do not flow") {
+		t.Errorf("degraded condition = %s %q", c.Reason, c.Message)
+	}
+	if got := announcedOwners(service("t", "p", "10.0.0.2")); len(got) != 0 {
+		t.Errorf("no condition: owners %v", got)
+	}
+}
+
+// The condition names the nodes the heartbeats miss, or this node when it
+// is in the fallback itself.
+func TestDegradedNote(t *testing.T) {
+	view := member.View{Alive: map[string]member.Peer{"a": {}, "deaf": {Isolated: true}}}
+	leases := map[string]leaseState{"cut": {Fresh: true, CutOff: true}, "deaf": {Fresh: true}, "a": {Fresh: true}, "old": {}}
+	got := degradedNote("a", modeHeartbeats, view, leases, 7947)
+	if !strings.Contains(got, "between cut, deaf and the other speakers (UDP 7947)") {
+		t.Errorf("note = %q", got)
+	}
+	if got := degradedNote("a", modeHeartbeats, view, map[string]leaseState{"old": {}}, 7947); got != "" {
+		t.Errorf("note with heartbeats flowing = %q", got)
+	}
+	if got := degradedNote("a", modeFallback, view, nil, 7947); !strings.Contains(got, "do not reach a (UDP 7947)") {
+		t.Errorf("note in fallback = %q", got)
+	}
+}
+
+// Only nodes that may announce for some L2 pool take part in the heartbeats.
+func TestL2Candidates(t *testing.T) {
+	nodes := []*v1.Node{
+		node("edge1", map[string]string{"edge": "true"}, false),
+		node("edge2", map[string]string{"edge": "true", LabelExcludeFromLB: ""}, false),
+		node("worker", nil, false),
+	}
+	names := func(ns []*v1.Node) []string {
+		var out []string
+		for _, n := range ns {
+			out = append(out, n.Name)
+		}
+		return out
+	}
+	edgeOnly := []*v1alpha1.IPPool{l2Pool("p", nil, map[string]string{"edge": "true"}, "10.0.0.0/24"), pool("bgp", "10.1.0.0/24")}
+	if got := names(l2Candidates(nodes, edgeOnly)); fmt.Sprint(got) != "[edge1]" {
+		t.Errorf("candidates of an edge-only pool = %v, want [edge1]", got)
+	}
+	if got := names(l2Candidates(nodes, []*v1alpha1.IPPool{pool("bgp", "10.1.0.0/24")})); len(got) != 0 {
+		t.Errorf("candidates with no L2 pool = %v", got)
+	}
+	if got := names(l2Candidates(nodes, []*v1alpha1.IPPool{l2Pool("all", nil, nil, "10.0.0.0/24")})); fmt.Sprint(got) != "[edge1 worker]" {
+		t.Errorf("candidates of a pool for every node = %v", got)
+	}
+}
