@@ -41,8 +41,9 @@ func main() {
 	peerPort := fs.Uint16("peer-port", member.DefaultPort, "UDP port of the heartbeats between speakers, on each node's InternalIP.")
 	interval := fs.Duration("heartbeat-interval", member.DefaultInterval, "How often a speaker tells the others it is alive.")
 	timeout := fs.Duration("heartbeat-timeout", member.DefaultTimeout, "How long a silent speaker counts as alive; its addresses move after that.")
+	leaseDuration := fs.Duration("lease-duration", speaker.DefaultLeaseDuration, "How long a speaker's Lease stays fresh in the fallback, when heartbeats cannot flow; failover then takes about this long.")
 	qps := fs.Float32("kube-api-qps", 20, "Requests per second to the API server.")
-	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "ironlb-system"), "Namespace of BGPPeer password Secrets that name none (default $POD_NAMESPACE).")
+	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "ironlb-system"), "The speakers' namespace: their Leases, the cluster key Secret, and BGPPeer password Secrets that name none (default $POD_NAMESPACE).")
 	showVersion := fs.String("version", "false", "Print the version and quit; --version=raw prints it as JSON.")
 	fs.Lookup("version").NoOptDefVal = "true"
 	klogFlags := flag.NewFlagSet("klog", flag.ExitOnError)
@@ -61,6 +62,7 @@ func main() {
 		PeerPort:          *peerPort,
 		HeartbeatInterval: *interval,
 		HeartbeatTimeout:  *timeout,
+		LeaseDuration:     *leaseDuration,
 		Namespace:         *namespace,
 		Logger:            klog.Background().WithName("speaker"),
 	}, *qps, *metricsAddr, *healthAddr); err != nil {

@@ -14,7 +14,7 @@ import (
 	"k8s.io/klog/v2/ktesting"
 )
 
-// eventually bounds every wait. Detection takes about Timeout (400 ms by
+// eventually bounds every wait. Detection takes about Timeout (350 ms by
 // default); the bound is generous so a loaded machine with -race passes.
 const eventually = 10 * time.Second
 

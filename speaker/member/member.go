@@ -48,7 +48,7 @@ import (
 const (
 	DefaultPort         = 7947
 	DefaultInterval     = 100 * time.Millisecond
-	DefaultTimeout      = 400 * time.Millisecond
+	DefaultTimeout      = 350 * time.Millisecond
 	DefaultMaxClockSkew = 30 * time.Second
 
 	// maxTimeout keeps a live member's beats well within the span that can
@@ -360,8 +360,14 @@ func (m *Members) Run(ctx context.Context) error {
 	}
 }
 
-// kill stops Run without the leaving heartbeat, as a crash would.
+// Crash stops Run without the leaving heartbeat, as a crash would: for tests
+// and benchmarks of failure detection.
+func (m *Members) Crash() { m.kill() }
+
 func (m *Members) kill() { m.killOnce.Do(func() { close(m.killed) }) }
+
+// Sent counts the datagrams this Members sent.
+func (m *Members) Sent() uint64 { return m.sent.Load() }
 
 // setDrop installs the test hook that loses datagrams; nil restores delivery.
 func (m *Members) setDrop(fn func(from, to string) bool) {

@@ -39,6 +39,10 @@ var (
 		Namespace: "ironlb", Subsystem: "speaker", Name: "peers_alive",
 		Help: "Other speakers counted alive, heard directly or through other members' heartbeats.",
 	})
+	members = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "ironlb", Subsystem: "speaker", Name: "members",
+		Help: "Speakers in the heartbeat membership (those that may announce for an L2 pool), this one included; 0 when this node takes no part.",
+	})
 	isolated = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeats_isolated",
 		Help: "1 while this speaker hears none of the speakers that send heartbeats to it.",
@@ -72,7 +76,7 @@ func init() {
 // are shared by every Members in the process.
 func RegisterMetrics(reg prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{peersAlive, isolated, heartbeatsSent, heartbeatsReceived, heartbeatsOtherList, heartbeatsRejected} {
+	for _, c := range []prometheus.Collector{peersAlive, members, isolated, heartbeatsSent, heartbeatsReceived, heartbeatsOtherList, heartbeatsRejected} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, fmt.Errorf("register speaker membership metrics: %w", err))
 		}

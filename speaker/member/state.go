@@ -200,6 +200,7 @@ func (m *Members) refreshLocked(now time.Time) {
 	m.logChanges(m.view, v)
 	m.view = v
 	peersAlive.Set(float64(max(len(v.Alive)-1, 0)))
+	members.Set(float64(v.Members))
 	isolated.Set(boolFloat(v.Isolated))
 	select {
 	case m.changes <- struct{}{}:
