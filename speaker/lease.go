@@ -32,8 +32,8 @@ const (
 	annotationHeartbeats = "ironlb.io/heartbeats"
 
 	// Values of annotationHeartbeats.
-	heartbeatsOK      = "ok"       // not renewing
-	heartbeatsCutOff  = "cut-off"  // renewing: this node is cut off from the heartbeats
+	heartbeatsOK      = "ok"      // not renewing
+	heartbeatsCutOff  = "cut-off" // renewing: this node is cut off from the heartbeats
 	heartbeatsStandby = "standby" // renewing: another node is cut off and needs to see this one
 )
 
