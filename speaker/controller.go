@@ -16,7 +16,6 @@ import (
 	"github.com/vishvananda/netlink"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -31,7 +30,6 @@ import (
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/lbclass"
 	"github.com/ironlb/ironlb/speaker/bgp"
-	"github.com/ironlb/ironlb/speaker/l2"
 	"github.com/ironlb/ironlb/speaker/member"
 )
 
@@ -63,7 +61,9 @@ const DefaultLeaseDuration = 6 * time.Second
 // IPPoolResource is the IPPool resource.
 var IPPoolResource = v1alpha1.SchemeGroupVersion.WithResource("ippools")
 
-// Speaker announces the addresses this node owns.
+// Speaker announces the addresses this node owns. It watches, decides (the
+// plans, and owner.go for who answers) and hands the plans to its
+// announcers, each of which owns its own state.
 type Speaker struct {
 	cfg      Config
 	logger   klog.Logger
@@ -78,41 +78,45 @@ type Speaker struct {
 	keys     *keyWatch
 	leases   *leases
 	timing   timing
-	bgp      *bgp.Manager
 	events   *eventSink
 
-	queue  workqueue.TypedRateLimitingInterface[string] // one key: recompute everything
-	status workqueue.TypedRateLimitingInterface[types.NamespacedName]
-	// bgpStatus has one key: write this node's entries of BGPPeer status.
-	bgpStatus workqueue.TypedRateLimitingInterface[string]
+	l2         *l2Announcer
+	bgp        *bgpAnnouncer
+	conditions *conditionWriter
 
-	mu         sync.Mutex
-	desired    map[types.NamespacedName]metav1.Condition // conditions this speaker writes
-	responders map[string]*running                       // by interface
-	owned      map[netip.Addr]bool                       // addresses answered here, for events
-	failed     map[string]bool                           // interfaces that could not be opened
-	warned     map[string]bool                           // AnnounceFailed events already sent
-	myIP       netip.Addr
-	// peerProblems are BGPPeers this node cannot use, with the reason.
-	peerProblems map[string]string
-	// lastPeers and lastRoutes are what the last sync gave the BGP manager.
-	lastPeers  []bgp.Peer
-	lastRoutes []bgp.Route
-	// peerStatusWritten is what this node last wrote to each BGPPeer.
-	peerStatusWritten map[string]v1alpha1.BGPPeerNodeStatus
+	queue workqueue.TypedRateLimitingInterface[string] // one key: recompute everything
+
+	myIP netip.Addr
+
+	mu sync.Mutex
 	// info is this node's interface info, as its Lease tells the others.
 	info map[string]string
+
 	// cutOffSince is when the heartbeats last showed this node isolated;
-	// zero while they do not.
+	// zero while they do not. Only sync uses it.
 	cutOffSince time.Time
-	// degraded is, per Service, the HeartbeatsBroken warning already sent.
-	degraded map[types.NamespacedName]string
 }
 
-type running struct {
-	r      *l2.Responder
-	cancel context.CancelFunc
-	done   chan struct{}
+// announcer applies what one sync decided. Each announcer owns its state;
+// the speaker only hands it the latest plans.
+type announcer interface {
+	Apply(ctx context.Context, p *plans) error
+	Stop(ctx context.Context)
+}
+
+// plans is what one sync decided, for the announcers.
+type plans struct {
+	in           inputs
+	l2           map[netip.Addr]*announcement
+	notAnnounced map[types.NamespacedName]string
+	answer       map[string][]netip.Addr // by interface: what this node answers now
+	bgp          map[netip.Addr]*advertisement
+	peers        []*v1alpha1.BGPPeer
+	node         *v1.Node // this node
+	// conditions: this node's mode lets it write conditions for the others.
+	conditions bool
+	candidates map[string]bool // writers of Services without an L2 owner
+	degraded   string          // why failover is slow now, for the conditions
 }
 
 const (
@@ -129,20 +133,11 @@ func New(cfg Config) (*Speaker, error) {
 		cfg.Logger = klog.Background()
 	}
 	s := &Speaker{
-		cfg:               cfg,
-		logger:            cfg.Logger,
-		factory:           informers.NewSharedInformerFactory(cfg.Client, 0),
-		dynamic:           dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0),
-		queue:             workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
-		status:            workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
-		bgpStatus:         workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
-		peerStatusWritten: map[string]v1alpha1.BGPPeerNodeStatus{},
-		desired:           map[types.NamespacedName]metav1.Condition{},
-		responders:        map[string]*running{},
-		owned:             map[netip.Addr]bool{},
-		failed:            map[string]bool{},
-		warned:            map[string]bool{},
-		degraded:          map[types.NamespacedName]string{},
+		cfg:     cfg,
+		logger:  cfg.Logger,
+		factory: informers.NewSharedInformerFactory(cfg.Client, 0),
+		dynamic: dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0),
+		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 	}
 	interval := cmp.Or(cfg.HeartbeatInterval, member.DefaultInterval)
 	timeout := cmp.Or(cfg.HeartbeatTimeout, member.DefaultTimeout)
@@ -162,6 +157,8 @@ func New(cfg Config) (*Speaker, error) {
 	}
 	s.events = newEventSink(cfg.Client, cfg.Node)
 	s.services = s.factory.Core().V1().Services().Informer()
+	s.l2 = newL2Announcer(cfg.Node, cfg.Logger, s.events)
+	s.conditions = newConditionWriter(cfg, s.services.GetStore(), s.events)
 	s.slices = s.factory.Discovery().V1().EndpointSlices().Informer()
 	s.nodes = s.factory.Core().V1().Nodes().Informer()
 	s.pools = s.dynamic.ForResource(IPPoolResource).Informer()
@@ -192,8 +189,7 @@ func New(cfg Config) (*Speaker, error) {
 // first and then tells the other speakers it leaves, so they take over at once.
 func (s *Speaker) Run(ctx context.Context) error {
 	defer s.queue.ShutDown()
-	defer s.status.ShutDown()
-	defer s.bgpStatus.ShutDown()
+	defer s.conditions.Stop(ctx)
 	s.factory.Start(ctx.Done())
 	s.dynamic.Start(ctx.Done())
 	go s.keys.informer.Run(ctx.Done())
@@ -225,10 +221,11 @@ func (s *Speaker) Run(ctx context.Context) error {
 		return err
 	}
 	s.refreshInfo()
-	s.bgp, err = bgp.New(ctx, bgp.Config{RouterID: routerID(myIP), ListenPort: -1, Logger: s.logger.WithName("bgp")})
+	manager, err := bgp.New(ctx, bgp.Config{RouterID: routerID(myIP), ListenPort: -1, Logger: s.logger.WithName("bgp")})
 	if err != nil {
 		return err
 	}
+	s.bgp = newBGPAnnouncer(s.cfg, manager)
 	// The heartbeats outlive ctx by the time it takes to stop answering.
 	memberCtx, stopMembers := context.WithCancel(context.WithoutCancel(ctx))
 	membersDone := make(chan error, 1)
@@ -236,11 +233,8 @@ func (s *Speaker) Run(ctx context.Context) error {
 	go s.watchMembers(ctx)
 	go s.watchKeys(ctx)
 	go s.watchLinks(ctx)
-	go s.watchSessions(ctx)
-	for range 4 {
-		go s.statusWorker(ctx)
-	}
-	go s.bgpStatusWorker(ctx)
+	go s.bgp.run(ctx)
+	s.conditions.run(ctx, 4)
 	s.logger.Info("Speaker running", "node", s.cfg.Node, "heartbeats", netip.AddrPortFrom(myIP, s.cfg.PeerPort))
 
 	s.queue.Add(syncKey)
@@ -251,10 +245,12 @@ func (s *Speaker) Run(ctx context.Context) error {
 	for s.processNext(ctx) {
 	}
 
-	// Withdraw before going: routers move traffic before this node stops.
-	s.stopAnswering()
+	// Stop answering and withdraw before going: routers and hosts move
+	// traffic before this node stops.
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	s.bgp.Shutdown(shutdownCtx)
+	for _, a := range s.announcers() {
+		a.Stop(shutdownCtx)
+	}
 	cancel()
 	stopMembers()
 	return <-membersDone
@@ -322,17 +318,9 @@ func routerID(ip netip.Addr) netip.Addr {
 	return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
 }
 
-// watchSessions writes BGPPeer status when a session changes state.
-func (s *Speaker) watchSessions(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.bgp.Changes():
-			s.bgpStatus.Add(syncKey)
-		}
-	}
-}
+// announcers are the parts that act on the plans, in the order they apply
+// them and stop.
+func (s *Speaker) announcers() []announcer { return []announcer{s.l2, s.bgp, s.conditions} }
 
 func (s *Speaker) watchMembers(ctx context.Context) {
 	for {
@@ -404,13 +392,13 @@ func (s *Speaker) refreshInfo() bool {
 			}
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for n := range names {
-		if linkUp(n) && !s.failed[n] {
+		if linkUp(n) && s.l2.usable(n) {
 			info[infoIfPrefix+n] = ifUp
 		}
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if maps.Equal(s.info, info) {
 		return false
 	}
@@ -506,23 +494,23 @@ func (s *Speaker) inputs(alive map[string]bool) inputs {
 	info := s.leases.info()
 	s.mu.Lock()
 	info[s.cfg.Node] = s.info
-	for addr := range s.owned {
+	s.mu.Unlock()
+	for addr := range s.l2.answering() {
 		in.current[addr] = s.cfg.Node
 	}
-	s.mu.Unlock()
 	for name := range alive {
 		in.alive[name] = info[name]
 	}
 	return in
 }
 
-// sync recomputes the plan, answers for what this node owns, and queues the
-// conditions this node writes.
-func (s *Speaker) sync(ctx context.Context) error {
+// membership reads the heartbeats and the Leases at now, keeps this node's
+// Lease as the fallback needs, and returns the view, this node's mode
+// (owner.go) and the other nodes' Leases.
+func (s *Speaker) membership(ctx context.Context, now time.Time) (member.View, mode, map[string]leaseState) {
 	s.members.SetPeers(s.l2Members())
 	// Pools may name interfaces not looked at yet.
 	s.refreshInfo()
-	now := time.Now()
 	view := s.members.View()
 	if !view.Isolated {
 		s.cutOffSince = time.Time{}
@@ -547,7 +535,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 	s.mu.Unlock()
 	renewAt, err := s.leases.keep(ctx, info, heartbeats, now)
 	if err != nil {
-		// The fallback and the interface info of this node suffer; the
+		// The fallback and this node's interface info suffer; the
 		// heartbeats go on.
 		s.logger.Error(err, "Cannot keep this speaker's Lease")
 	}
@@ -557,15 +545,21 @@ func (s *Speaker) sync(ctx context.Context) error {
 		}
 	}
 	setMode(md)
+	return view, md, leases
+}
 
+// sync recomputes the plans and hands them to the announcers: the L2
+// responders answer what this node owns, BGP advertises, and the condition
+// writer queues the conditions this node writes.
+func (s *Speaker) sync(ctx context.Context) error {
+	now := time.Now()
+	view, md, leases := s.membership(ctx, now)
 	alive := aliveNodes(s.cfg.Node, view, leases)
 	in := s.inputs(alive)
 	plan, notAnnounced := l2Plan(in)
 
+	answering := s.l2.answering()
 	want := map[string][]netip.Addr{}
-	s.mu.Lock()
-	answering := maps.Clone(s.owned)
-	s.mu.Unlock()
 	for addr, a := range plan {
 		if !mayAnswer(md, a.owner == s.cfg.Node, answering[addr]) {
 			continue
@@ -577,18 +571,26 @@ func (s *Speaker) sync(ctx context.Context) error {
 	if md == modeCutOff && len(answering) > 0 {
 		s.logger.Info("Cut off from the other speakers: answering for no address until the heartbeats or the fallback say who owns what")
 	}
-	s.answer(ctx, want, plan)
-	s.warnMissing(plan, in)
-
 	peers := s.peerList()
-	bplan := bgpPlan(in, peers)
-	if err := s.advertise(ctx, bplan, peers, in.nodes[s.cfg.Node]); err != nil {
-		return err
+	p := &plans{
+		in: in, l2: plan, notAnnounced: notAnnounced, answer: want,
+		bgp: bgpPlan(in, peers), peers: peers, node: in.nodes[s.cfg.Node],
+		conditions: md == modeHeartbeats || md == modeFallback,
+		candidates: s.writers(view, alive),
+		degraded:   degradedNote(s.cfg.Node, md, view, leases, s.port()),
 	}
-	if md == modeHeartbeats || md == modeFallback {
-		s.queueConditions(in, plan, bplan, notAnnounced, s.writers(view, alive), degradedNote(s.cfg.Node, md, view, leases, s.port()))
+	var errs []error
+	for _, a := range s.announcers() {
+		if err := a.Apply(ctx, p); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	return nil
+	// An interface that could not be opened is no longer offered to the
+	// others: its addresses go to another node.
+	if s.refreshInfo() {
+		s.queue.Add(syncKey)
+	}
+	return errors.Join(errs...)
 }
 
 func (s *Speaker) port() uint16 { return cmp.Or(s.cfg.PeerPort, member.DefaultPort) }
@@ -620,110 +622,4 @@ func (s *Speaker) l2Members() map[string]netip.AddrPort {
 		}
 	}
 	return members
-}
-
-// answer makes the responders answer exactly want, opening them as needed.
-func (s *Speaker) answer(ctx context.Context, want map[string][]netip.Addr, plan map[netip.Addr]*announcement) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for ifc := range want {
-		if _, ok := s.responders[ifc]; ok {
-			continue
-		}
-		r, err := l2.New(ifc, s.logger.WithName("l2"))
-		if err != nil {
-			s.logger.Error(err, "Cannot answer on interface; its addresses go to another node", "interface", ifc)
-			s.failed[ifc] = true
-			delete(want, ifc)
-			go func() {
-				if s.refreshInfo() {
-					s.queue.Add(syncKey)
-				}
-			}()
-			continue
-		}
-		delete(s.failed, ifc)
-		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		run := &running{r: r, cancel: cancel, done: make(chan struct{})}
-		go func() {
-			defer close(run.done)
-			if err := r.Run(rctx); err != nil {
-				s.logger.Error(err, "Responder stopped", "interface", ifc)
-			}
-		}()
-		s.responders[ifc] = run
-	}
-	owned := map[netip.Addr]bool{}
-	for ifc, run := range s.responders {
-		addrs := want[ifc]
-		slices.SortFunc(addrs, netip.Addr.Compare)
-		run.r.SetAddresses(addrs)
-		for _, a := range addrs {
-			owned[a] = true
-		}
-	}
-	var v4, v6 float64
-	for a := range owned {
-		if a.Is4() {
-			v4++
-		} else {
-			v6++
-		}
-		if !s.owned[a] {
-			if ann := plan[a]; ann != nil {
-				for _, svc := range ann.services {
-					s.events.normal(svc, EventAnnouncing, fmt.Sprintf("Announcing %s from %s on %s (%s)",
-						a, s.cfg.Node, strings.Join(ann.interfaces, ","), ann.protocol()))
-				}
-				s.logger.Info("Announcing", "address", a, "interfaces", ann.interfaces, "protocol", ann.protocol(), "services", ann.services)
-			}
-		}
-	}
-	for a := range s.owned {
-		if !owned[a] {
-			s.logger.Info("Stopped announcing", "address", a)
-		}
-	}
-	s.owned = owned
-	addressesOwned.WithLabelValues("arp").Set(v4)
-	addressesOwned.WithLabelValues("ndp").Set(v6)
-}
-
-// warnMissing sends AnnounceFailed once per Service and problem when this
-// node is selected by a pool but lacks its interfaces.
-func (s *Speaker) warnMissing(plan map[netip.Addr]*announcement, in inputs) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, a := range plan {
-		msg, ok := a.missing[s.cfg.Node]
-		if !ok {
-			continue
-		}
-		for _, svc := range a.services {
-			key := svc.String() + "|" + msg
-			if s.warned[key] {
-				continue
-			}
-			s.warned[key] = true
-			s.events.warning(svc, EventAnnounceFailed, fmt.Sprintf("Cannot announce %s from IPPool %s on %s", a.addr, a.pool, msg))
-		}
-	}
-}
-
-// stopAnswering silences every responder at once and closes them.
-func (s *Speaker) stopAnswering() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, run := range s.responders {
-		run.r.SetAddresses(nil)
-	}
-	for ifc, run := range s.responders {
-		run.cancel()
-		select {
-		case <-run.done:
-		case <-time.After(5 * time.Second):
-			s.logger.Info("Responder did not stop in time", "interface", ifc)
-		}
-	}
-	s.responders = map[string]*running{}
 }

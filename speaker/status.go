@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -17,7 +18,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/speaker/member"
@@ -145,36 +149,80 @@ func degradedNote(self string, md mode, view member.View, leases map[string]leas
 		strings.Join(through, ", "), more, port)
 }
 
+// conditionWriter writes the Announced condition of the Services this node
+// is the writer of. It owns what it wants them to say.
+type conditionWriter struct {
+	node     string
+	client   kubernetes.Interface
+	services cache.Store
+	events   *eventSink
+	logger   klog.Logger
+	queue    workqueue.TypedRateLimitingInterface[types.NamespacedName]
+
+	mu      sync.Mutex
+	desired map[types.NamespacedName]metav1.Condition // conditions this speaker writes
+	// degraded is, per Service, the HeartbeatsBroken warning already sent.
+	degraded map[types.NamespacedName]string
+}
+
+func newConditionWriter(cfg Config, services cache.Store, events *eventSink) *conditionWriter {
+	return &conditionWriter{
+		node: cfg.Node, client: cfg.Client, services: services, events: events, logger: cfg.Logger,
+		queue:    workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
+		desired:  map[types.NamespacedName]metav1.Condition{},
+		degraded: map[types.NamespacedName]string{},
+	}
+}
+
+// Apply queues the conditions p gives this node to write, when its mode
+// lets it speak for the others (p.conditions).
+func (w *conditionWriter) Apply(_ context.Context, p *plans) error {
+	if p.conditions {
+		w.queueConditions(p.in, p.l2, p.bgp, p.notAnnounced, p.candidates, p.degraded)
+	}
+	return nil
+}
+
+// Stop ends the workers.
+func (w *conditionWriter) Stop(context.Context) { w.queue.ShutDown() }
+
+// run writes conditions with n workers until Stop.
+func (w *conditionWriter) run(ctx context.Context, n int) {
+	for range n {
+		go w.worker(ctx)
+	}
+}
+
 // queueConditions records the conditions this speaker writes and queues
 // those that differ from what the Service shows.
-func (s *Speaker) queueConditions(in inputs, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced map[types.NamespacedName]string, candidates map[string]bool, degraded string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func (w *conditionWriter) queueConditions(in inputs, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced map[types.NamespacedName]string, candidates map[string]bool, degraded string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	mine := map[types.NamespacedName]bool{}
 	for _, svc := range in.services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 		c := announcedCondition(svc, plan, bplan, notAnnounced[key], degraded)
-		if c == nil || writer(svc, plan, candidates) != s.cfg.Node {
+		if c == nil || writer(svc, plan, candidates) != w.node {
 			continue
 		}
 		mine[key] = true
-		s.desired[key] = *c
-		if c.Reason == ReasonHeartbeatsBroken && s.degraded[key] != degraded {
-			s.events.warning(key, EventHeartbeatsBroken, degraded)
+		w.desired[key] = *c
+		if c.Reason == ReasonHeartbeatsBroken && w.degraded[key] != degraded {
+			w.events.warning(key, EventHeartbeatsBroken, degraded)
 		}
 		if c.Reason == ReasonHeartbeatsBroken {
-			s.degraded[key] = degraded
+			w.degraded[key] = degraded
 		} else {
-			delete(s.degraded, key)
+			delete(w.degraded, key)
 		}
 		if !sameCondition(findCondition(svc, v1alpha1.ConditionAnnounced), c) {
-			s.status.Add(key)
+			w.queue.Add(key)
 		}
 	}
-	for key := range s.desired {
+	for key := range w.desired {
 		if !mine[key] {
-			delete(s.desired, key)
-			delete(s.degraded, key)
+			delete(w.desired, key)
+			delete(w.degraded, key)
 		}
 	}
 }
@@ -192,33 +240,33 @@ func sameCondition(a, b *metav1.Condition) bool {
 	return a != nil && b != nil && a.Status == b.Status && a.Reason == b.Reason && a.Message == b.Message && a.ObservedGeneration == b.ObservedGeneration
 }
 
-func (s *Speaker) statusWorker(ctx context.Context) {
+func (w *conditionWriter) worker(ctx context.Context) {
 	for {
-		key, quit := s.status.Get()
+		key, quit := w.queue.Get()
 		if quit {
 			return
 		}
-		if err := s.writeCondition(ctx, key); err != nil {
-			s.logger.Error(err, "Cannot write the Announced condition; retrying", "service", key)
-			s.status.AddRateLimited(key)
+		if err := w.write(ctx, key); err != nil {
+			w.logger.Error(err, "Cannot write the Announced condition; retrying", "service", key)
+			w.queue.AddRateLimited(key)
 		} else {
-			s.status.Forget(key)
+			w.queue.Forget(key)
 		}
-		s.status.Done(key)
+		w.queue.Done(key)
 	}
 }
 
 // writeCondition applies this speaker's condition with server-side apply:
 // only the Announced condition, under the speakers' field manager, so
 // ironlb-ccm's condition and everything else stay as they are.
-func (s *Speaker) writeCondition(ctx context.Context, key types.NamespacedName) error {
-	s.mu.Lock()
-	c, ok := s.desired[key]
-	s.mu.Unlock()
+func (w *conditionWriter) write(ctx context.Context, key types.NamespacedName) error {
+	w.mu.Lock()
+	c, ok := w.desired[key]
+	w.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	obj, exists, err := s.services.GetStore().GetByKey(key.String())
+	obj, exists, err := w.services.GetByKey(key.String())
 	if err != nil || !exists {
 		return err
 	}
@@ -234,7 +282,7 @@ func (s *Speaker) writeCondition(ctx context.Context, key types.NamespacedName) 
 	ac := corev1ac.Service(key.Name, key.Namespace).WithStatus(corev1ac.ServiceStatus().WithConditions(
 		metav1ac.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).WithMessage(c.Message).
 			WithObservedGeneration(c.ObservedGeneration).WithLastTransitionTime(since)))
-	_, err = s.cfg.Client.CoreV1().Services(key.Namespace).ApplyStatus(ctx, ac, metav1.ApplyOptions{FieldManager: v1alpha1.FieldManagerSpeaker, Force: true})
+	_, err = w.client.CoreV1().Services(key.Namespace).ApplyStatus(ctx, ac, metav1.ApplyOptions{FieldManager: v1alpha1.FieldManagerSpeaker, Force: true})
 	if err != nil {
 		return fmt.Errorf("apply the %s condition of %s: %w", c.Type, key, err)
 	}

@@ -1,0 +1,170 @@
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/ironlb/ironlb/speaker/l2"
+)
+
+// l2Announcer answers ARP and NDP for the addresses this node owns, as the
+// L2 plan says. It owns the responders and what they answer.
+type l2Announcer struct {
+	node   string
+	logger klog.Logger
+	events *eventSink
+
+	mu         sync.Mutex
+	responders map[string]*running // by interface
+	owned      map[netip.Addr]bool // addresses answered here, for events
+	failed     map[string]bool     // interfaces that could not be opened
+	warned     map[string]bool     // AnnounceFailed events already sent
+}
+
+type running struct {
+	r      *l2.Responder
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newL2Announcer(node string, logger klog.Logger, events *eventSink) *l2Announcer {
+	return &l2Announcer{node: node, logger: logger, events: events,
+		responders: map[string]*running{}, owned: map[netip.Addr]bool{}, failed: map[string]bool{}, warned: map[string]bool{}}
+}
+
+// Apply answers exactly p.answer, and warns about nodes that lack a pool's
+// interfaces.
+func (l *l2Announcer) Apply(ctx context.Context, p *plans) error {
+	l.answer(ctx, p.answer, p.l2)
+	l.warnMissing(p.l2)
+	return nil
+}
+
+// Stop silences every responder at once and closes them.
+func (l *l2Announcer) Stop(context.Context) { l.stopAnswering() }
+
+// answering is what this node answers for now.
+func (l *l2Announcer) answering() map[netip.Addr]bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[netip.Addr]bool, len(l.owned))
+	for a := range l.owned {
+		out[a] = true
+	}
+	return out
+}
+
+// usable reports whether the interface could be opened the last time it was tried.
+func (l *l2Announcer) usable(ifc string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.failed[ifc]
+}
+
+// answer makes the responders answer exactly want, opening them as needed.
+func (l *l2Announcer) answer(ctx context.Context, want map[string][]netip.Addr, plan map[netip.Addr]*announcement) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for ifc := range want {
+		if _, ok := l.responders[ifc]; ok {
+			continue
+		}
+		r, err := l2.New(ifc, l.logger.WithName("l2"))
+		if err != nil {
+			l.logger.Error(err, "Cannot answer on interface; its addresses go to another node", "interface", ifc)
+			l.failed[ifc] = true
+			delete(want, ifc)
+			continue
+		}
+		delete(l.failed, ifc)
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		run := &running{r: r, cancel: cancel, done: make(chan struct{})}
+		go func() {
+			defer close(run.done)
+			if err := r.Run(rctx); err != nil {
+				l.logger.Error(err, "Responder stopped", "interface", ifc)
+			}
+		}()
+		l.responders[ifc] = run
+	}
+	owned := map[netip.Addr]bool{}
+	for ifc, run := range l.responders {
+		addrs := want[ifc]
+		slices.SortFunc(addrs, netip.Addr.Compare)
+		run.r.SetAddresses(addrs)
+		for _, a := range addrs {
+			owned[a] = true
+		}
+	}
+	var v4, v6 float64
+	for a := range owned {
+		if a.Is4() {
+			v4++
+		} else {
+			v6++
+		}
+		if !l.owned[a] {
+			if ann := plan[a]; ann != nil {
+				for _, svc := range ann.services {
+					l.events.normal(svc, EventAnnouncing, fmt.Sprintf("Announcing %s from %s on %s (%s)",
+						a, l.node, strings.Join(ann.interfaces, ","), ann.protocol()))
+				}
+				l.logger.Info("Announcing", "address", a, "interfaces", ann.interfaces, "protocol", ann.protocol(), "services", ann.services)
+			}
+		}
+	}
+	for a := range l.owned {
+		if !owned[a] {
+			l.logger.Info("Stopped announcing", "address", a)
+		}
+	}
+	l.owned = owned
+	addressesOwned.WithLabelValues("arp").Set(v4)
+	addressesOwned.WithLabelValues("ndp").Set(v6)
+}
+
+// warnMissing sends AnnounceFailed once per Service and problem when this
+// node is selected by a pool but lacks its interfaces.
+func (l *l2Announcer) warnMissing(plan map[netip.Addr]*announcement) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, a := range plan {
+		msg, ok := a.missing[l.node]
+		if !ok {
+			continue
+		}
+		for _, svc := range a.services {
+			key := svc.String() + "|" + msg
+			if l.warned[key] {
+				continue
+			}
+			l.warned[key] = true
+			l.events.warning(svc, EventAnnounceFailed, fmt.Sprintf("Cannot announce %s from IPPool %s on %s", a.addr, a.pool, msg))
+		}
+	}
+}
+
+// stopAnswering silences every responder at once and closes them.
+func (l *l2Announcer) stopAnswering() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, run := range l.responders {
+		run.r.SetAddresses(nil)
+	}
+	for ifc, run := range l.responders {
+		run.cancel()
+		select {
+		case <-run.done:
+		case <-time.After(5 * time.Second):
+			l.logger.Info("Responder did not stop in time", "interface", ifc)
+		}
+	}
+	l.responders = map[string]*running{}
+}
