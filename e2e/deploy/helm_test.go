@@ -55,7 +55,10 @@ func TestHelmDryRun(t *testing.T) {
 		"serviceaccount/ironlb-ccm", "serviceaccount/ironlb-speaker",
 		"clusterrole.rbac.authorization.k8s.io/ironlb-ccm", "clusterrole.rbac.authorization.k8s.io/ironlb-speaker",
 		"role.rbac.authorization.k8s.io/ironlb-speaker-bgp-passwords", "role.rbac.authorization.k8s.io/ironlb-ccm-leader-election",
+		"role.rbac.authorization.k8s.io/ironlb-speaker-heartbeat-key", "role.rbac.authorization.k8s.io/ironlb-ccm-heartbeat-key",
 		"validatingadmissionpolicy.admissionregistration.k8s.io/ironlb-speaker-service-status",
+		"validatingadmissionpolicy.admissionregistration.k8s.io/ironlb-ccm-secrets",
+		"role.rbac.authorization.k8s.io/ironlb-speaker-leases", "validatingadmissionpolicy.admissionregistration.k8s.io/ironlb-speaker-leases",
 		"deployment.apps/ironlb-ccm", "poddisruptionbudget.policy/ironlb-ccm", "daemonset.apps/ironlb-speaker",
 	}
 	for _, tc := range []struct {
@@ -216,6 +219,31 @@ func TestHelmPasswordSecretsRole(t *testing.T) {
 	}
 }
 
+// TestHelmClusterKeyBroughtByOperator: with clusterKey.createMissing=false
+// ironlb-ccm runs without its controller cluster-key-controller and may neither create
+// nor read Secrets (no Role, no admission policy for it), while the speaker
+// still watches the key; the objects pass a server-side dry run.
+func TestHelmClusterKeyBroughtByOperator(t *testing.T) {
+	f := framework.New(t)
+	rendered := helmTemplate(f, "--set", "clusterKey.createMissing=false")
+	objs := helmParse(t, rendered)
+	for _, o := range objs {
+		switch helmKey(o) {
+		case "Role " + lab.Namespace + "/ironlb-ccm-heartbeat-key", "RoleBinding " + lab.Namespace + "/ironlb-ccm-heartbeat-key",
+			"ValidatingAdmissionPolicy ironlb-ccm-secrets", "ValidatingAdmissionPolicyBinding ironlb-ccm-secrets":
+			t.Errorf("clusterKey.createMissing=false still renders %s", helmKey(o))
+		}
+	}
+	helmFind(t, objs, "Role", lab.Namespace, "ironlb-speaker-heartbeat-key")
+	ccm := helmFind(t, objs, "Deployment", lab.Namespace, "ironlb-ccm")
+	containers, _, _ := unstructured.NestedSlice(ccm.Object, "spec", "template", "spec", "containers")
+	args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+	if !slices.Contains(args, "--controllers=*,-cluster-key-controller") {
+		t.Errorf("clusterKey.createMissing=false: ironlb-ccm runs with %q, want --controllers=*,-cluster-key-controller", args)
+	}
+	dryRun(f, objs, rendered, "-f", "-")
+}
+
 // TestHelmSchemaRejects: values.schema.json (and the chart's own checks)
 // reject bad values, and helm's message names the value.
 func TestHelmSchemaRejects(t *testing.T) {
@@ -234,6 +262,8 @@ func TestHelmSchemaRejects(t *testing.T) {
 		{"speaker.metricsPort=0", []string{"/speaker/metricsPort"}},
 		{"pools[0].name=p", []string{"/pools/0", "spec"}},
 		{"handleClassless=maybe", []string{"/handleClassless"}},
+		{"clusterKey.createMissing=later", []string{"/clusterKey/createMissing"}},
+		{"clusterKey.name=mine", []string{"/clusterKey", "name"}},
 		// The chart's checks beyond the schema.
 		{"speaker.heartbeatTimeout=100ms", []string{"speaker.heartbeatTimeout (100ms) must be longer than speaker.heartbeatInterval (100ms)"}},
 		{"ccm.replicas=1", []string{"ccm.pdb.minAvailable (1) must be less than ccm.replicas (1)"}},
