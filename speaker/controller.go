@@ -1,6 +1,7 @@
 package speaker
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -28,6 +29,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/clusterkey"
 	"github.com/ironlb/ironlb/internal/lbclass"
 	"github.com/ironlb/ironlb/speaker/bgp"
 	"github.com/ironlb/ironlb/speaker/member"
@@ -231,7 +233,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	membersDone := make(chan error, 1)
 	go func() { membersDone <- s.members.Run(memberCtx) }()
 	go s.watchMembers(ctx)
-	go s.watchKeys(ctx)
+	go s.watchKeys(ctx, keys.Sign)
 	go s.watchLinks(ctx)
 	go s.bgp.run(ctx)
 	s.conditions.run(ctx, 4)
@@ -333,18 +335,47 @@ func (s *Speaker) watchMembers(ctx context.Context) {
 	}
 }
 
-// watchKeys hands a rotated cluster key to the heartbeats.
-func (s *Speaker) watchKeys(ctx context.Context) {
+// keyGrace is how long a signing key that was replaced without a rotation
+// (the Secret deleted and created again with a new key) is still accepted:
+// the speakers see the new key one by one, and would refuse each other's
+// heartbeats meanwhile.
+const keyGrace = 2 * time.Minute
+
+// watchKeys hands a changed cluster key to the heartbeats.
+func (s *Speaker) watchKeys(ctx context.Context, initial []byte) {
+	prev := initial
+	var grace <-chan time.Time
+	apply := func(keys clusterkey.Keys, extra []byte) {
+		accept := keys.Accept
+		if extra != nil {
+			accept = append(slices.Clone(accept), extra)
+		}
+		if err := s.members.SetKeys(keys.Sign, accept); err == nil {
+			s.logger.Info("Cluster key changed", "accepted", len(accept))
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.keys.changed:
+		case <-grace:
+			grace = nil
 			if keys, err := s.keys.current(); err == nil {
-				if err := s.members.SetKeys(keys.Sign, keys.Accept); err == nil {
-					s.logger.Info("Cluster key changed", "accepted", len(keys.Accept))
-				}
+				apply(keys, nil)
 			}
+		case <-s.keys.changed:
+			keys, err := s.keys.current()
+			if err != nil {
+				continue
+			}
+			var extra []byte
+			if prev != nil && !slices.ContainsFunc(keys.Accept, func(k []byte) bool { return bytes.Equal(k, prev) }) {
+				extra = prev
+				grace = time.After(keyGrace)
+				s.logger.Info("Cluster key replaced without a rotation: the old key stays accepted for a while", "for", keyGrace)
+			}
+			apply(keys, extra)
+			prev = keys.Sign
 		}
 	}
 }
