@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/ironlb/ironlb/internal/testenv"
+	"github.com/ironlb/ironlb/internal/upstream"
 )
 
 const (
@@ -40,22 +42,51 @@ func (l *Lab) buildBinaries(ctx context.Context) error {
 		return err
 	}
 	l.bins.CCM, l.bins.Speaker, l.bins.Echo = filepath.Join(bin, "ironlb-ccm"), filepath.Join(bin, "ironlb-speaker"), filepath.Join(bin, "echo")
-	errs := make(chan error, 4)
+	errs := make(chan error, 2)
 	go func() {
-		want := []string{"kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager"}
+		want := slices.Clone(upstream.Lab)
+		kubectl := ""
 		if l.cfg.Kubectl {
-			want = append(want, "kubectl")
+			if kubectl = kubectlFor(ctx); kubectl == "" {
+				want = append(want, "kubectl")
+			}
 		}
 		var err error
-		if l.bins.Bins, err = testenv.Binaries(ctx, want...); err == nil && l.cfg.Kubectl {
-			err = os.Symlink(l.bins.Kubectl, filepath.Join(bin, "kubectl"))
+		if l.bins.Bins, err = testenv.Binaries(ctx, want...); err != nil {
+			errs <- err
+			return
+		}
+		if note := l.bins.Reused(want); note != "" {
+			l.progress("lab %s: %s", l.cfg.Name, note)
+		}
+		if l.cfg.Kubectl {
+			if kubectl == "" {
+				kubectl = l.bins.Kubectl
+			}
+			err = os.Symlink(kubectl, filepath.Join(bin, "kubectl"))
 		}
 		errs <- err
 	}()
-	go func() { errs <- testenv.GoBuild(ctx, repo, "./cmd/ironlb-ccm", l.bins.CCM) }()
-	go func() { errs <- testenv.GoBuild(ctx, repo, "./cmd/ironlb-speaker", l.bins.Speaker) }()
-	go func() { errs <- testenv.GoBuild(ctx, filepath.Join(repo, "e2e"), "./cmd/echo", l.bins.Echo) }()
-	for range 4 {
+	// With a cold Go build cache these take minutes as well: say so.
+	began := time.Now()
+	l.progress("lab %s: building ironlb-ccm, ironlb-speaker and the echo backend (seconds, or minutes with a cold Go build cache)", l.cfg.Name)
+	products := make(chan error, 3)
+	go func() { products <- testenv.GoBuild(ctx, repo, "./cmd/ironlb-ccm", l.bins.CCM) }()
+	go func() { products <- testenv.GoBuild(ctx, repo, "./cmd/ironlb-speaker", l.bins.Speaker) }()
+	go func() { products <- testenv.GoBuild(ctx, filepath.Join(repo, "e2e"), "./cmd/echo", l.bins.Echo) }()
+	go func() {
+		var err error
+		for range 3 {
+			if e := <-products; e != nil && err == nil {
+				err = e
+			}
+		}
+		if err == nil {
+			l.progress("lab %s: ironlb-ccm, ironlb-speaker and echo built in %s", l.cfg.Name, time.Since(began).Round(100*time.Millisecond))
+		}
+		errs <- err
+	}()
+	for range 2 {
 		if e := <-errs; e != nil && err == nil {
 			err = e
 		}

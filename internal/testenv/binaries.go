@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ironlb/ironlb/internal/upstream"
 )
 
 // Bins holds the paths of the upstream binaries built from the e2e module.
@@ -23,28 +25,44 @@ type Bins struct {
 	KubeControllerManager string
 	Kubectl               string
 	Helm                  string
+
+	// Dir is the cache directory that holds them.
+	Dir string
+	// Built names the binaries this call built; none when the cache had
+	// every binary asked for.
+	Built []string
 }
 
-// upstream names the binaries and the packages they are built from, in the
-// e2e module's tool directives.
-var upstream = []struct {
-	name string
-	pkg  string
-	path func(*Bins) *string
-}{
-	{"kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", func(b *Bins) *string { return &b.KubeAPIServer }},
-	{"etcd", "go.etcd.io/etcd/server/v3", func(b *Bins) *string { return &b.Etcd }},
-	{"kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy", func(b *Bins) *string { return &b.KubeProxy }},
-	{"kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", func(b *Bins) *string { return &b.KubeControllerManager }},
-	{"kubectl", "k8s.io/kubernetes/cmd/kubectl", func(b *Bins) *string { return &b.Kubectl }},
-	{"helm", "helm.sh/helm/v4/cmd/helm", func(b *Bins) *string { return &b.Helm }},
+// Reused is the one line to print when Binaries found every binary of
+// names in the cache, and "" when it built any.
+func (b Bins) Reused(names []string) string {
+	if len(b.Built) > 0 {
+		return ""
+	}
+	return fmt.Sprintf("upstream: reusing the cached %s from %s (no build)", strings.Join(names, ", "), b.Dir)
+}
+
+// path is where b keeps the path of the binary called name.
+func (b *Bins) path(name string) *string {
+	switch name {
+	case "kube-apiserver":
+		return &b.KubeAPIServer
+	case "etcd":
+		return &b.Etcd
+	case "kube-proxy":
+		return &b.KubeProxy
+	case "kube-controller-manager":
+		return &b.KubeControllerManager
+	case "kubectl":
+		return &b.Kubectl
+	case "helm":
+		return &b.Helm
+	}
+	panic("testenv: no upstream binary " + name)
 }
 
 const (
-	kubernetesModule = "k8s.io/kubernetes"
-	etcdModule       = "go.etcd.io/etcd/server/v3"
-	helmModule       = "helm.sh/helm/v4"
-	versionPkg       = "k8s.io/component-base/version"
+	versionPkg = "k8s.io/component-base/version"
 
 	// lockWait bounds how long Binaries waits for another process that is
 	// building the same binaries; a cold build takes minutes on 2 cores.
@@ -57,38 +75,26 @@ const (
 // if missing; with no want, kube-apiserver and etcd, which is all a control
 // plane for integration tests needs.
 //
-// They are cached in $IRONLB_CACHE_DIR/<key>/ or, without that variable, in
-// os.UserCacheDir()/ironlb/upstream/<key>/, where the key names the
-// Kubernetes, etcd and Go versions. A cache hit costs a few stat calls and one
-// `go env`. A miss builds what is missing under an exclusive lock on the cache
-// directory, so test packages running in parallel build them once.
+// They are cached in upstream.CacheDir: $IRONLB_CACHE_DIR/<key>/ or, without
+// that variable, os.UserCacheDir()/ironlb/upstream/<key>/, where the key names
+// the Kubernetes, etcd, Helm and Go versions. A cache hit costs a few stat
+// calls and one `go env`. A miss builds what is missing under an exclusive
+// lock on the cache directory, so test packages running in parallel build
+// them once, and reports its progress on stderr.
 func Binaries(ctx context.Context, want ...string) (Bins, error) {
 	if len(want) == 0 {
 		want = []string{"kube-apiserver", "etcd"}
 	}
-	e2eDir, err := findE2EModule()
-	if err != nil {
-		return Bins{}, err
-	}
-	pinned, err := pinnedVersions(filepath.Join(e2eDir, "go.mod"))
-	if err != nil {
-		return Bins{}, err
-	}
-	goVersion, err := goEnv(ctx, e2eDir, "GOVERSION")
-	if err != nil {
-		return Bins{}, err
-	}
-	kubeVersion := pinned[kubernetesModule]
-	dir, err := cacheDir(fmt.Sprintf("kubernetes-%s_etcd-%s_helm-%s_%s", kubeVersion, pinned[etcdModule], pinned[helmModule], goVersion))
+	e2eDir, pinned, dir, err := cache(ctx)
 	if err != nil {
 		return Bins{}, err
 	}
 
-	var bins Bins
-	for _, u := range upstream {
-		*u.path(&bins) = filepath.Join(dir, u.name)
+	bins := Bins{Dir: dir}
+	for _, u := range upstream.Binaries {
+		*bins.path(u.Name) = filepath.Join(dir, u.Name)
 	}
-	if missing := missingBinaries(bins, want); len(missing) == 0 {
+	if len(upstream.Missing(dir, want)) == 0 {
 		return bins, nil
 	}
 
@@ -102,14 +108,38 @@ func Binaries(ctx context.Context, want ...string) (Bins, error) {
 	defer unlock()
 
 	// Another process may have built them while this one waited for the lock.
-	missing := missingBinaries(bins, want)
+	missing := upstream.Missing(dir, want)
 	if len(missing) == 0 {
 		return bins, nil
 	}
-	if err := build(ctx, e2eDir, dir, kubeVersion, missing); err != nil {
+	if err := build(ctx, e2eDir, dir, pinned, missing); err != nil {
 		return Bins{}, err
 	}
+	bins.Built = missing
 	return bins, nil
+}
+
+// CacheDir is the directory that holds, or will hold, the upstream binaries
+// of the pinned versions.
+func CacheDir(ctx context.Context) (string, error) {
+	_, _, dir, err := cache(ctx)
+	return dir, err
+}
+
+// cache finds the e2e module, its pinned versions and their cache directory.
+func cache(ctx context.Context) (e2eDir string, pinned map[string]string, dir string, err error) {
+	if e2eDir, err = findE2EModule(); err != nil {
+		return "", nil, "", err
+	}
+	if pinned, err = upstream.Pinned(filepath.Join(e2eDir, "go.mod")); err != nil {
+		return "", nil, "", err
+	}
+	goVersion, err := goEnv(ctx, e2eDir, "GOVERSION")
+	if err != nil {
+		return "", nil, "", err
+	}
+	dir, err = upstream.CacheDir(pinned, goVersion)
+	return e2eDir, pinned, dir, err
 }
 
 // findE2EModule walks up from the working directory to the checkout's e2e
@@ -131,37 +161,6 @@ func findE2EModule() (string, error) {
 	return "", fmt.Errorf("no e2e/go.mod in %s or its parents", wd)
 }
 
-// pinnedVersions reads the Kubernetes, etcd and Helm versions that e2e/go.mod
-// requires, so each version is written down once.
-func pinnedVersions(goMod string) (map[string]string, error) {
-	data, err := os.ReadFile(goMod)
-	if err != nil {
-		return nil, fmt.Errorf("read pinned versions: %w", err)
-	}
-	pinned := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.Contains(line, "=>") {
-			continue
-		}
-		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
-		if len(f) < 2 || !strings.HasPrefix(f[1], "v") {
-			continue
-		}
-		switch f[0] {
-		case kubernetesModule, etcdModule, helmModule:
-			pinned[f[0]] = f[1]
-		}
-	}
-	for _, m := range []string{kubernetesModule, etcdModule, helmModule} {
-		if pinned[m] == "" {
-			return nil, fmt.Errorf("%s requires no %s", goMod, m)
-		}
-	}
-	return pinned, nil
-}
-
 // goEnv asks the go command that will build the binaries, which may differ
 // from the one that built this test when GOTOOLCHAIN selects another.
 func goEnv(ctx context.Context, dir, name string) (string, error) {
@@ -175,34 +174,8 @@ func goEnv(ctx context.Context, dir, name string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-func cacheDir(key string) (string, error) {
-	if dir := os.Getenv("IRONLB_CACHE_DIR"); dir != "" {
-		return filepath.Join(dir, key), nil
-	}
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("binary cache: %w", err)
-	}
-	return filepath.Join(dir, "ironlb", "upstream", key), nil
-}
-
-// missingBinaries lists the packages of want whose binary is not in the cache yet.
-// Binaries are renamed into place whole, so existing means complete.
-func missingBinaries(bins Bins, want []string) []string {
-	var missing []string
-	for _, u := range upstream {
-		if !slices.Contains(want, u.name) {
-			continue
-		}
-		if fi, err := os.Stat(*u.path(&bins)); err != nil || !fi.Mode().IsRegular() {
-			missing = append(missing, u.pkg)
-		}
-	}
-	return missing
-}
-
 // lockDir takes an exclusive flock on dir/.lock. It polls instead of blocking
-// so that ctx can end the wait.
+// so that ctx can end the wait, and says once that it waits.
 func lockDir(ctx context.Context, dir string) (unlock func(), err error) {
 	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
@@ -218,6 +191,9 @@ func lockDir(ctx context.Context, dir string) (unlock func(), err error) {
 		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
 			break
 		}
+		if i == 0 {
+			fmt.Fprintf(os.Stderr, "upstream: another process is building into %s; waiting for it (at most %s)\n", dir, lockWait)
+		}
 		select {
 		case <-ctx.Done():
 			f.Close()
@@ -229,9 +205,11 @@ func lockDir(ctx context.Context, dir string) (unlock func(), err error) {
 	return nil, fmt.Errorf("lock %s (held by another build for over %s?): %w", dir, lockWait, err)
 }
 
-// build compiles pkgs from the e2e module into a scratch directory beside the
-// cache and renames each binary into place.
-func build(ctx context.Context, e2eDir, dir, kubeVersion string, pkgs []string) error {
+// build compiles the binaries called names from the e2e module into a
+// scratch directory beside the cache and renames each into place. A cold
+// build compiles thousands of packages for many minutes, so it counts them
+// on stderr as go build -v names them, against the total from go list -deps.
+func build(ctx context.Context, e2eDir, dir string, pinned map[string]string, names []string) error {
 	// Holding the lock, any scratch directory left is from a build that died.
 	if old, _ := filepath.Glob(filepath.Join(dir, ".build-*")); len(old) > 0 {
 		for _, o := range old {
@@ -244,37 +222,118 @@ func build(ctx context.Context, e2eDir, dir, kubeVersion string, pkgs []string) 
 	}
 	defer os.RemoveAll(tmp)
 
+	kubeVersion := pinned[upstream.KubernetesModule]
 	major, minor, err := majorMinor(kubeVersion)
 	if err != nil {
 		return err
 	}
+	var bins []upstream.Binary
+	var pkgs []string
+	for _, u := range upstream.Binaries {
+		if slices.Contains(names, u.Name) {
+			bins = append(bins, u)
+			pkgs = append(pkgs, u.Pkg)
+		}
+	}
+
+	p := newBuildProgress(os.Stderr, isTerminal(os.Stderr), bins)
+	fmt.Fprintf(os.Stderr, "upstream: building %s (Kubernetes %s, etcd %s, helm %s) into %s; from a cold cache this takes about %s on 2 cores\n",
+		strings.Join(names, ", "), kubeVersion, pinned[upstream.EtcdModule], pinned[upstream.HelmModule], dir, coldBuildTime)
+	stopTicker := p.run(tmp)
+	defer stopTicker()
+
+	deps, err := listDeps(ctx, e2eDir, pkgs, p)
+	if err != nil {
+		return err
+	}
+	p.setDeps(deps)
+
 	args := append([]string{
-		"build", "-C", e2eDir, "-trimpath", "-o", tmp + string(filepath.Separator),
+		"build", "-C", e2eDir, "-v", "-trimpath", "-o", tmp + string(filepath.Separator),
 		"-ldflags", buildLDFlags(kubeVersion, major, minor),
 	}, pkgs...)
-	// A cold build takes minutes; say why nothing seems to happen.
-	fmt.Fprintf(os.Stderr, "testenv: building %s into %s\n", strings.Join(pkgs, " "), dir)
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Env = append(os.Environ(), "GOWORK=off", "CGO_ENABLED=0")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, lastLines(out.Bytes(), 30))
+	// go build -v names each package on stderr as it compiles it; every
+	// other line (errors, downloads) is kept for the error message.
+	var other bytes.Buffer
+	cmd.Stdout = &other
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("go build: %w", err)
+	}
+	sc := bufio.NewScanner(stderr)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		if !p.compiled(sc.Text()) {
+			other.WriteString(sc.Text() + "\n")
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		stopTicker()
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, lastLines(other.Bytes(), 30))
 	}
 
-	for _, u := range upstream {
-		if !slices.Contains(pkgs, u.pkg) {
-			continue
-		}
+	for _, u := range bins {
 		// go build names a binary after its package path, less a major
 		// version suffix: go.etcd.io/etcd/server/v3 becomes "server".
-		built := filepath.Join(tmp, binaryName(u.pkg))
-		if err := os.Rename(built, filepath.Join(dir, u.name)); err != nil {
-			return fmt.Errorf("install %s: %w", u.name, err)
+		built := filepath.Join(tmp, binaryName(u.Pkg))
+		if err := os.Rename(built, filepath.Join(dir, u.Name)); err != nil {
+			return fmt.Errorf("install %s: %w", u.Name, err)
 		}
 	}
+	stopTicker()
+	goCache, _ := goEnv(ctx, e2eDir, "GOCACHE")
+	fmt.Fprint(os.Stderr, p.summary(dir, goCache))
 	return nil
+}
+
+// coldBuildTime is what a cold build took on 2 cores: idle, and shared with
+// other builds (see the README).
+const coldBuildTime = "20 to 40 minutes"
+
+// listDeps returns, for each package, the packages it is built from
+// (itself included), as go list -deps sees them with the build's settings.
+// On a cold module cache go list downloads every module first; the progress
+// counts them.
+func listDeps(ctx context.Context, e2eDir string, pkgs []string, p *buildProgress) (map[string][]string, error) {
+	args := append([]string{"list", "-f", "{{.ImportPath}}{{range .Deps}} {{.}}{{end}}"}, pkgs...)
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = e2eDir
+	cmd.Env = append(os.Environ(), "GOWORK=off", "CGO_ENABLED=0")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var out, other bytes.Buffer
+	cmd.Stdout = &out
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("go list: %w", err)
+	}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "go: downloading ") {
+			p.downloaded()
+			continue
+		}
+		other.WriteString(sc.Text() + "\n")
+	}
+	if err := cmd.Wait(); err != nil {
+		return nil, fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, lastLines(other.Bytes(), 30))
+	}
+	deps := map[string][]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 {
+			deps[f[0]] = f
+		}
+	}
+	return deps, nil
 }
 
 func buildLDFlags(version, major, minor string) string {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ironlb/ironlb/e2e/lab"
 	"github.com/ironlb/ironlb/internal/testenv"
+	"github.com/ironlb/ironlb/internal/upstream"
 )
 
 func main() {
@@ -48,7 +49,7 @@ func main() {
 		err = status(*name)
 	case "build":
 		fs.Parse(args)
-		_, err = testenv.Binaries(ctx, "kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager", "kubectl", "helm")
+		err = build(ctx)
 	default:
 		usage()
 	}
@@ -63,7 +64,52 @@ func usage() {
 	os.Exit(2)
 }
 
+// build builds every upstream binary the lab and the tests run, or says
+// that the cache has them all.
+func build(ctx context.Context) error {
+	var names []string
+	for _, b := range upstream.Binaries {
+		names = append(names, b.Name)
+	}
+	bins, err := testenv.Binaries(ctx, names...)
+	if err == nil {
+		if note := bins.Reused(names); note != "" {
+			fmt.Fprintln(os.Stderr, note)
+		}
+	}
+	return err
+}
+
+// sayWhatUpDoes tells, before anything is built, what up does to the labs
+// already there: a lab of the same name is replaced, every other lab (the
+// test suites' e2e-* labs) is left alone and keeps its slot.
+func sayWhatUpDoes(name string) {
+	states, err := lab.List("")
+	if err != nil {
+		return
+	}
+	var others []string
+	for _, s := range states {
+		if s.Name != name {
+			others = append(others, fmt.Sprintf("%s (slot %d)", s.Name, s.Index))
+			continue
+		}
+		running := 0
+		for _, p := range s.Processes {
+			if p.Alive() {
+				running++
+			}
+		}
+		fmt.Printf("lab %s: a lab called %s is already there (slot %d, up since %s, %d of %d processes running): taking it down and bringing up a new one\n",
+			name, name, s.Index, s.Created.Local().Format("15:04:05"), running, len(s.Processes))
+	}
+	if len(others) > 0 {
+		fmt.Printf("lab %s: leaving the other labs alone: %s; this one takes a free slot of its own\n", name, strings.Join(others, ", "))
+	}
+}
+
 func up(ctx context.Context, name string, nodes int, sample bool) error {
+	sayWhatUpDoes(name)
 	l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: nodes, CCM: true, Speakers: true, Kubectl: true, Progress: os.Stdout})
 	if err != nil {
 		return err
@@ -72,7 +118,10 @@ func up(ctx context.Context, name string, nodes int, sample bool) error {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
 		if err := l.Sample(sctx, os.Stdout); err != nil {
-			return fmt.Errorf("%w\n(the lab is still up: lab status --name %s; lab down --name %s)", err, name, name)
+			if name == "lab" {
+				return fmt.Errorf("%w\n(the lab is still up: make lab-status; make lab-down)", err)
+			}
+			return fmt.Errorf("%w\n(the lab is still up: go run ./cmd/lab status --name %s; go run ./cmd/lab down --name %s)", err, name, name)
 		}
 	}
 	fmt.Printf(`
@@ -81,8 +130,9 @@ The lab is up. Look around:
   kubectl get nodes,services,ippools -o wide
   ip netns exec %[2]s bash          # a shell on the LAN client; nodes are %[3]s-node1..%[4]d
   ip netns exec %[5]s vtysh --vty_socket %[1]s/frr -c 'show ip route'
-  go run ./cmd/lab status           # every namespace and process, with its log
-Take it down with: make lab-down
+
+  make lab-status                   # every namespace and process, with its log
+  make lab-down                     # take it down
 `, l.Dir(), l.ClientNS(), l.Prefix(), l.Nodes, l.RouterNS())
 	return nil
 }
