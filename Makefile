@@ -9,7 +9,7 @@ TEST_TIMEOUT ?= 40m
 export CGO_ENABLED := 0
 export GOFLAGS := -trimpath $(GOFLAGS)
 
-.PHONY: all build images test-images generate verify-generate vet test test-unit test-integration test-e2e upstream lab lab-down lab-status lab-down-tests bench clean
+.PHONY: all build images test-images generate verify-generate vet prereq test test-unit test-integration test-e2e upstream lab lab-down lab-status lab-down-tests bench clean
 
 # What the binaries (--version) and images say they are. PLATFORMS empty: the host's
 # architecture only; e.g. PLATFORMS=linux/amd64,linux/arm64 for one image of both.
@@ -60,22 +60,31 @@ vet:
 	$(GO) vet ./...
 	cd e2e && if [ -n "$$($(GO) list ./... 2>/dev/null)" ]; then $(GO) vet ./...; fi
 
+# Everything make lab, make test and make bench need, checked in a second before any build:
+# the Debian packages of hack/prereq/packages.txt (the only list; as root on Debian or Ubuntu
+# the check installs what is missing with apt-get, IRONLB_PREREQ_INSTALL=no only reports),
+# root, the kernel features of the lab, free disk where the build caches live, and Go.
+prereq:
+	@$(GO) run ./hack/prereq -for "make $(or $(MAKECMDGOALS),prereq)"
+
 # Every test: unit tests, integration tests that run ironlb-ccm against a real
 # kube-apiserver and etcd, and end-to-end tests in the lab (root needed).
-test: verify-generate vet upstream test-unit test-images test-integration test-e2e
+test: prereq verify-generate vet upstream test-unit test-images test-integration test-e2e
 
-# The pinned upstream binaries, built once into a cache keyed by version (minutes cold,
-# nothing warm), all in one go build so that they share its work.
+# The pinned upstream binaries, kubectl and helm included, built once into a cache keyed by
+# version (minutes cold, with progress; nothing warm), all in one go build so that they share
+# its work.
 upstream:
 	cd e2e && $(GO) run ./cmd/lab build
 
 # The end-to-end suites; each brings up a lab of its own and takes it down. After an
 # interrupted run, the next run (or make lab-down-tests) removes what was left.
-test-e2e:
+test-e2e: prereq
 	cd e2e && { $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./... ; rc=$$?; $(GO) run ./cmd/lab down --tests; exit $$rc; }
 
-# A lab with a sample pool and Service, and the curl that reaches it.
-lab:
+# A lab with a sample pool and Service, and the curl that reaches it. It replaces a lab of
+# its own (name "lab") and leaves the test suites' labs alone.
+lab: prereq
 	cd e2e && $(GO) run ./cmd/lab up
 
 lab-down:
@@ -95,7 +104,7 @@ test-integration:
 
 # Allocator micro-benchmarks and Services per second on a real API server, as one table; then
 # L2 failover, creation-to-traffic and the speakers' API requests at rest in a lab (root).
-bench:
+bench: prereq
 	$(GO) run ./test/bench
 	cd e2e && $(GO) run ./cmd/bench
 
