@@ -15,8 +15,8 @@ import (
 
 // TestLabLifecycle: a second lab beside the package's one; after a crash
 // (its processes killed, nothing cleaned up) up removes the leftovers and
-// starts again; down then leaves no namespace, link, process or state, and
-// the other lab is untouched.
+// starts again; down then leaves no namespace, link, process or state, a
+// second down finds nothing to complain about, and the other lab is untouched.
 func TestLabLifecycle(t *testing.T) {
 	f := framework.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -74,6 +74,13 @@ func TestLabLifecycle(t *testing.T) {
 	}
 	if _, err := os.Stat(second.Dir()); !os.IsNotExist(err) {
 		t.Errorf("state directory %s left: %v", second.Dir(), err)
+	}
+	// Down is idempotent: what is gone already is no error.
+	if err := second.Down(ctx); err != nil {
+		t.Errorf("a second down of the same lab: %v", err)
+	}
+	if err := lab.Down(ctx, cfg.Name, ""); err != nil {
+		t.Errorf("down by name of a lab that is gone: %v", err)
 	}
 
 	// The package's lab still works, and so do the root namespace's

@@ -225,6 +225,37 @@ func (f *F) Curl(ns string, addr netip.Addr, want string, attempts int) string {
 	return body
 }
 
+// CurlSteady curls http://addr/ from namespace ns until run answers in a row
+// contain want, at most attempts times, and fails the test otherwise. A
+// change (an endpoint made unready, moved) reaches kube-proxy on the node
+// that carries the route a moment later, and until then the right endpoint
+// can answer by chance: only a run of answers says that the change took
+// effect, and that no other endpoint answers any more.
+func (f *F) CurlSteady(ns string, addr netip.Addr, want string, run, attempts int) {
+	f.T.Helper()
+	seen := map[string]int{}
+	streak := 0
+	for i := 0; i < attempts && f.Ctx.Err() == nil; i++ {
+		body, err := lab.Curl(f.Ctx, ns, addr, 80, "/")
+		if err == nil && strings.Contains(body, want) {
+			seen[strings.TrimSpace(body)]++
+			if streak++; streak == run {
+				return
+			}
+			continue
+		}
+		if err != nil {
+			msg := err.Error()
+			seen["error: "+msg[strings.LastIndex(msg, ": ")+2:]]++
+		} else {
+			seen[strings.TrimSpace(body)]++
+		}
+		streak = 0
+		time.Sleep(100 * time.Millisecond)
+	}
+	f.T.Fatalf("%s from %s: never %d answers in a row containing %q in %d tries; answers seen: %v", addr, ns, run, want, attempts, seen)
+}
+
 // Host is the host part of an address as a prefix of one address.
 func Host(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 

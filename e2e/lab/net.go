@@ -253,7 +253,7 @@ func removeNetwork(ctx context.Context, p Plan) error {
 				}
 			}
 		}
-		if _, err := run(ctx, "ip", "netns", "del", ns); err != nil {
+		if _, err := run(ctx, "ip", "netns", "del", ns); err != nil && !alreadyGone(err) {
 			errs = append(errs, err.Error())
 		}
 	}
@@ -265,7 +265,9 @@ func removeNetwork(ctx context.Context, p Plan) error {
 			}
 			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
 			if strings.HasPrefix(name, p.Prefix()+"-") {
-				if _, err := run(ctx, "ip", "link", "del", name); err != nil {
+				// A root link whose peer was in a namespace just deleted
+				// goes away with it, maybe between listing and deleting.
+				if _, err := run(ctx, "ip", "link", "del", name); err != nil && !alreadyGone(err) {
 					errs = append(errs, err.Error())
 				}
 			}
@@ -275,6 +277,13 @@ func removeNetwork(ctx context.Context, p Plan) error {
 		return fmt.Errorf("remove lab network: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// alreadyGone says whether an ip command failed only because what it was to
+// delete is not there (any more): for teardown, that is success.
+func alreadyGone(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "Cannot find device") || strings.Contains(msg, "No such file or directory")
 }
 
 // ExistingNamespaces lists the namespaces named with the plan's prefix.
