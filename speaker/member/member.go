@@ -77,9 +77,8 @@ type Config struct {
 	Accept [][]byte
 	// Interval is the heartbeat period; DefaultInterval if zero.
 	Interval time.Duration
-	// Timeout is how old the freshest word of a member may be before it is
-	// dead; DefaultTimeout if zero. It must exceed Interval several times,
-	// since word of a distant member arrives a few hops late.
+	// Timeout is how long a member's beat may stay without rising here
+	// before it is dead; DefaultTimeout if zero. At least 3 Intervals.
 	Timeout time.Duration
 	// Fanout bounds the peers each heartbeat goes to; DefaultFanout if zero.
 	Fanout int
@@ -115,8 +114,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Interval <= beatUnit {
 		return c, fmt.Errorf("member: Interval %v must exceed %v", c.Interval, beatUnit)
 	}
-	if c.Timeout < 2*c.Interval {
-		return c, fmt.Errorf("member: Timeout %v must be at least twice Interval %v", c.Timeout, c.Interval)
+	if c.Timeout < 3*c.Interval {
+		return c, fmt.Errorf("member: Timeout %v must be at least 3 times Interval %v", c.Timeout, c.Interval)
 	}
 	if c.Timeout > maxTimeout {
 		return c, fmt.Errorf("member: Timeout %v exceeds %v", c.Timeout, maxTimeout)
@@ -205,11 +204,13 @@ type Members struct {
 	words   []word // by member index
 	senders map[string]sender
 	// reported is the latest beat of this node's that a peer's vector
-	// carried (heardOf: any at all): how recently some peer heard it.
-	reported uint16
-	heardOf  bool
-	states   []memberState // by member index, as the view last said
-	view     View          // last computed; never mutated, only replaced
+	// carried (heardOf: any at all), and reportedRose when that last rose
+	// here: while the peers hear this node, it rises every Interval or so.
+	reported     uint16
+	reportedRose time.Time
+	heardOf      bool
+	states       []memberState // by member index, as the view last said
+	view         View          // last computed; never mutated, only replaced
 }
 
 // New binds the heartbeat socket, so a busy or foreign address fails here,

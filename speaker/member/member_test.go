@@ -181,7 +181,7 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		"no node":            func(c *Config) { c.Node = "" },
 		"no address":         func(c *Config) { c.Bind = netip.AddrPort{} },
 		"no key":             func(c *Config) { c.Key = nil },
-		"timeout < 2 ticks":  func(c *Config) { c.Interval, c.Timeout = time.Second, time.Second },
+		"timeout < 3 ticks":  func(c *Config) { c.Interval, c.Timeout = time.Second, time.Second },
 		"timeout too long":   func(c *Config) { c.Timeout = 20 * time.Second },
 		"fanout below ring":  func(c *Config) { c.Fanout = 2 },
 		"interval below 1ms": func(c *Config) { c.Interval = time.Microsecond },

@@ -93,7 +93,7 @@ func (m *Members) recordLocked(msg *message, now time.Time) {
 		}
 		if j == t.self {
 			if !m.heardOf || newer(e.Beat, m.reported) {
-				m.reported, m.heardOf = e.Beat, true
+				m.reported, m.reportedRose, m.heardOf = e.Beat, now, true
 			}
 			continue
 		}
@@ -171,8 +171,12 @@ func (m *Members) selfLocked(now time.Time) (isolated, hearsSenders, heardOf boo
 	// Hearing others is half of it: a node whose own heartbeats are lost
 	// (one-way loss) hears everyone, but the others count it dead and take
 	// its addresses. It learns so from their vectors, which carry the
-	// latest beat of its own that they know.
-	heardOf = m.heardOf && beatsBetween(beatAt(now), m.reported) < m.timeout
+	// latest beat of its own that they know: that stops rising. Like the
+	// others' liveness, this is judged on when news arrived here, not by
+	// comparing clocks or round trips, so delays do not cut a node off. An
+	// Interval early, since the news arrives up to an Interval after the
+	// peers heard it: this node stops answering before they take over.
+	heardOf = m.heardOf && now.Sub(m.reportedRose) < m.timeout-m.interval
 	return !(hearsSenders && heardOf), hearsSenders, heardOf
 }
 
