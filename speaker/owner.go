@@ -1,9 +1,9 @@
 package speaker
 
 import (
-	"hash/fnv"
 	"time"
 
+	"github.com/ironlb/ironlb/internal/rendezvous"
 	"github.com/ironlb/ironlb/speaker/member"
 )
 
@@ -146,17 +146,4 @@ func rank(key string, nodes map[string]bool) string {
 	return best
 }
 
-func score(node, key string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(node))
-	h.Write([]byte{0})
-	h.Write([]byte(key))
-	// FNV alone clusters on similar inputs; a final mix (splitmix64) spreads it.
-	x := h.Sum64()
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
-}
+func score(node, key string) uint64 { return rendezvous.Score(node, key) }

@@ -7,6 +7,8 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"slices"
+
+	"github.com/ironlb/ironlb/internal/rendezvous"
 )
 
 // DefaultFanout is how many peers a member sends each heartbeat to: 16 at
@@ -123,23 +125,7 @@ func targetsOf(names []string, fanout int) [][]int {
 func nameHash(s string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(s))
-	return mix(h.Sum64())
+	return rendezvous.Mix(h.Sum64())
 }
 
-func pairScore(from, to string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(from))
-	h.Write([]byte{0})
-	h.Write([]byte(to))
-	return mix(h.Sum64())
-}
-
-// mix is splitmix64's finalizer: FNV alone clusters on similar names.
-func mix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
-}
+func pairScore(from, to string) uint64 { return rendezvous.Score(from, to) }
