@@ -19,7 +19,9 @@ import (
 // second down finds nothing to complain about, and the other lab is untouched.
 func TestLabLifecycle(t *testing.T) {
 	f := framework.New(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// Two ups, each building ironlb's binaries: on 2 busy cores each link
+	// alone can take minutes.
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	cfg := lab.Config{Name: "e2e-lifecycle", Nodes: 1, Attached: true}
 	first, err := lab.Up(ctx, cfg)
