@@ -107,6 +107,7 @@ test-integration:
 bench: prereq
 	$(GO) run ./test/bench
 	cd e2e && $(GO) run ./cmd/bench
+	cd e2e && $(GO) run ./cmd/membench
 
 clean:
 	rm -rf bin
