@@ -240,7 +240,7 @@ func New(cfg Config) (*Members, error) {
 	}
 	m.keys.Store(newKeyring(cfg.Key, cfg.Accept))
 	m.topo = newTopology(m.node, nil, m.fanout)
-	m.refreshLocked(time.Now())
+	m.refreshLocked(time.Now(), false)
 	m.log.Info("Heartbeat socket bound", "node", m.node, "address", cfg.Bind, "incarnation", m.incarnation,
 		"interval", m.interval, "timeout", m.timeout, "fanout", m.fanout)
 	return m, nil
@@ -282,7 +282,7 @@ func (m *Members) SetPeers(peers map[string]netip.AddrPort) {
 		}
 	}
 	m.log.V(1).Info("Member list changed", "node", m.node, "members", len(m.topo.names), "sendTo", len(m.topo.send), "hearFrom", len(m.topo.hear))
-	m.refreshLocked(time.Now())
+	m.refreshLocked(time.Now(), false)
 }
 
 // same reports whether peers is the member list t was built from.
@@ -303,7 +303,7 @@ func same(t *topology, peers map[string]netip.AddrPort) bool {
 func (m *Members) View() View {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.refreshLocked(time.Now())
+	m.refreshLocked(time.Now(), false)
 	return cloneView(m.view)
 }
 
@@ -338,6 +338,7 @@ func (m *Members) Run(ctx context.Context) error {
 	defer check.Stop()
 
 	m.sendHeartbeats(time.Now(), false)
+	skipped := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -353,9 +354,16 @@ func (m *Members) Run(ctx context.Context) error {
 			return nil
 		case now := <-send.C:
 			m.sendHeartbeats(now, false)
-		case now := <-check.C:
+		case tick := <-check.C:
+			// A tick that comes late means this process was paused: the
+			// datagrams that arrived meanwhile are read first, once.
+			if late := time.Since(tick) > m.interval/2; late && !skipped {
+				skipped = true
+				continue
+			}
+			skipped = false
 			m.mu.Lock()
-			m.refreshLocked(now)
+			m.refreshLocked(time.Now(), true)
 			m.mu.Unlock()
 		}
 	}

@@ -44,7 +44,7 @@ func (m *Members) handle(from netip.AddrPort, data []byte, now time.Time) {
 	}
 	heartbeatsReceived.Inc()
 	m.recordLocked(msg, now)
-	m.refreshLocked(now)
+	m.refreshLocked(now, false)
 }
 
 // checkLocked returns why an authentic msg must still be ignored, or "".
@@ -139,11 +139,15 @@ const (
 	stateAlive memberState = 1 << iota
 	stateIsolated
 	stateDirect
+	stateLeft // said it is leaving: dead, and known for sure
 )
 
 // stateOf is what the word w says of its member at now.
 func (m *Members) stateOf(w *word, now time.Time) memberState {
-	if w.seen.IsZero() || w.leaving || now.Sub(w.seen) >= m.timeout {
+	if w.leaving && !w.seen.IsZero() {
+		return stateLeft
+	}
+	if w.seen.IsZero() || now.Sub(w.seen) >= m.timeout {
 		return 0
 	}
 	st := stateAlive
@@ -183,14 +187,27 @@ func (m *Members) selfLocked(now time.Time) (isolated, hearsSenders, heardOf boo
 // refreshLocked recomputes the view at now and signals Changes if it
 // differs from the last one. Direct changes with every relay path and is
 // not compared, so it never wakes a caller by itself.
-func (m *Members) refreshLocked(now time.Time) {
+//
+// Good news (a member alive, this node connected) is taken at once. Bad
+// news (a member dead or isolated, this node cut off) only when confirm is
+// set, on the check timer: after this process was paused (CPU starvation, a
+// long GC pause), datagrams wait unread in the socket, and the first of
+// them read would make every other member look dead for a moment.
+func (m *Members) refreshLocked(now time.Time, confirm bool) {
 	iso, hearsSenders, heardOf := m.selfLocked(now)
-	changed := iso != m.view.Isolated || len(m.states) != len(m.words) || m.view.Members != len(m.topo.names)
-	if len(m.states) != len(m.words) {
+	rebuilt := len(m.states) != len(m.words)
+	if rebuilt {
 		m.states = make([]memberState, len(m.words))
 	}
+	if iso && !m.view.Isolated && !confirm && !rebuilt {
+		iso = false
+	}
+	changed := iso != m.view.Isolated || rebuilt || m.view.Members != len(m.topo.names)
 	for j := range m.words {
 		st := m.stateOf(&m.words[j], now)
+		if !confirm && !rebuilt && worse(m.states[j], st) {
+			st = m.states[j]
+		}
 		if st&^stateDirect != m.states[j]&^stateDirect {
 			changed = true
 		}
@@ -210,6 +227,12 @@ func (m *Members) refreshLocked(now time.Time) {
 	case m.changes <- struct{}{}:
 	default:
 	}
+}
+
+// worse reports whether a member's state went from alive to dead (not by
+// leaving, which a datagram says for sure), or to isolated.
+func worse(old, cur memberState) bool {
+	return old&stateAlive != 0 && cur&stateLeft == 0 && (cur&stateAlive == 0 || cur&stateIsolated != 0 && old&stateIsolated == 0)
 }
 
 // buildView makes the View of the member states.
