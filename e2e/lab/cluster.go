@@ -364,8 +364,10 @@ func (l *Lab) SpeakerMetrics(n int) (string, error) {
 	return string(b), err
 }
 
-// WaitSpeakersConverged waits until every running speaker hears all the
-// others (its ironlb_speaker_peers_alive metric).
+// WaitSpeakersConverged waits until every running speaker that takes part
+// in the heartbeats counts every other member alive (its
+// ironlb_speaker_peers_alive and ironlb_speaker_members metrics), and answers
+// from the heartbeats (ironlb_speaker_membership_mode).
 func (l *Lab) WaitSpeakersConverged(ctx context.Context) error {
 	var running []int
 	for n := 1; n <= l.Nodes; n++ {
@@ -373,13 +375,15 @@ func (l *Lab) WaitSpeakersConverged(ctx context.Context) error {
 			running = append(running, n)
 		}
 	}
-	want := fmt.Sprintf("ironlb_speaker_peers_alive %d\n", len(running)-1)
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		for _, n := range running {
 			m, err := l.SpeakerMetrics(n)
-			if err != nil || !strings.Contains(m, want) {
-				last = fmt.Sprintf("%s does not report %q yet (%v)", l.SpeakerName(n), strings.TrimSpace(want), err)
+			members, _ := MetricValue(m, "ironlb_speaker_members")
+			alive, _ := MetricValue(m, "ironlb_speaker_peers_alive")
+			mode, _ := MetricValue(m, `ironlb_speaker_membership_mode{mode="heartbeats"}`)
+			if err != nil || members > 0 && (alive != members-1 || mode != 1) {
+				last = fmt.Sprintf("%s: %v alive of %v members, heartbeats mode %v (%v)", l.SpeakerName(n), alive, members, mode, err)
 				return false, nil
 			}
 		}
@@ -389,6 +393,18 @@ func (l *Lab) WaitSpeakersConverged(ctx context.Context) error {
 		return fmt.Errorf("speakers do not hear each other: %s: %w", last, err)
 	}
 	return nil
+}
+
+// MetricValue is the value of the sample named name (with its labels, as
+// exposed) in a /metrics text.
+func MetricValue(metrics, name string) (float64, bool) {
+	for _, line := range strings.Split(metrics, "\n") {
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			return v, err == nil
+		}
+	}
+	return 0, false
 }
 
 // waitHealthy waits until url answers 200, failing at once if the process exits.
