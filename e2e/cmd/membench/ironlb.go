@@ -67,9 +67,14 @@ func startIronlb(subnet byte, size int, interval, timeout time.Duration, det *de
 		next <- i
 	}
 	close(next)
+	deadline := time.Now().Add(buildLimit)
 	for range runtime.GOMAXPROCS(0) {
 		go func() {
 			for i := range next {
+				if time.Now().After(deadline) {
+					errs <- fmt.Errorf("building %d members took longer than %v", size, buildLimit)
+					continue
+				}
 				m, err := c.build(i)
 				built[i] = m
 				errs <- err
@@ -91,6 +96,10 @@ func startIronlb(subnet byte, size int, interval, timeout time.Duration, det *de
 	}
 	return c, nil
 }
+
+// buildLimit bounds the building of a cluster: on a machine loaded by
+// others, 1,000 members can take many minutes.
+const buildLimit = 3 * time.Minute
 
 // quiet is a log sink that drops everything: a thousand members' logs
 // would cost more than their heartbeats. (logr.Discard has no sink, which

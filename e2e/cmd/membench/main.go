@@ -25,6 +25,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -91,12 +92,23 @@ func main() {
 	}
 
 	began := time.Now()
+	load0 := loadavg()
+	var (
+		mu      sync.Mutex
+		results []result
+	)
+	tuned, lan := tunedSWIM(), memberlist.DefaultLANConfig()
+	printReport := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		report(os.Stdout, results, [3]int{*kills, *bigKills, *refKills}, tuned, lan, load0, loadavg(), time.Since(began))
+	}
 	watchdog := time.AfterFunc(*total, func() {
-		fmt.Fprintf(os.Stderr, "membench: did not finish within %v\n", *total)
+		fmt.Fprintf(os.Stderr, "membench: did not finish within %v; the clusters measured so far:\n", *total)
+		printReport()
 		os.Exit(1)
 	})
 	defer watchdog.Stop()
-	load0 := loadavg()
 
 	interval, timeout := member.DefaultInterval, member.DefaultTimeout
 	ours := func(subnet byte, size, slow int) func(*detector) (cluster, error) {
@@ -104,7 +116,6 @@ func main() {
 			return startIronlb(subnet, size, time.Duration(slow)*interval, time.Duration(slow)*timeout, d)
 		}
 	}
-	tuned, lan := tunedSWIM(), memberlist.DefaultLANConfig()
 	swim := func(subnet byte, size int, cfg *memberlist.Config) func(*detector) (cluster, error) {
 		return func(d *detector) (cluster, error) { return startSWIM(subnet, size, cfg, d) }
 	}
@@ -124,7 +135,6 @@ func main() {
 		}
 	}
 
-	var results []result
 	for _, p := range phases {
 		if !match.MatchString(fmt.Sprintf("%s %d", p.column, p.size)) {
 			continue
@@ -134,11 +144,14 @@ func main() {
 		if r.err != nil {
 			fmt.Fprintf(os.Stderr, "membench: %s, %d members: %v\n", p.column, p.size, r.err)
 		}
+		mu.Lock()
 		results = append(results, r)
+		mu.Unlock()
 		runtime.GC()
 	}
 
-	report(os.Stdout, results, [3]int{*kills, *bigKills, *refKills}, tuned, lan, load0, loadavg(), time.Since(began))
+	watchdog.Stop()
+	printReport()
 	// memberlist failing to converge is a result; ironlb failing is a bug.
 	for _, r := range results {
 		if r.column == colIronlb && (r.err != nil || r.unconverged != "" || r.failover.unconverged > 0) {
@@ -244,8 +257,8 @@ func report(w io.Writer, results []result, kills [3]int, tuned, lan *memberlist.
 		} else {
 			fmt.Fprintf(w, "converged in %v; ", r.converged.Round(time.Millisecond))
 		}
-		fmt.Fprintf(w, "%d kills timed; %d survivor-kills not seen within %v; %d survivors already counted the victim dead; %d restarts not converged within %v; %d false deaths in %.0f s",
-			len(r.failover.kills), r.undetected, r.limit, r.failover.deadAlready, r.failover.unconverged, r.reconverge, r.falseDeaths, r.seconds)
+		fmt.Fprintf(w, "timers late by %v (p99) at rest; %d kills timed; %d survivor-kills not seen within %v; %d survivors already counted the victim dead; %d restarts not converged within %v; %d false deaths in %.0f s",
+			r.rest.late.Round(time.Millisecond), len(r.failover.kills), r.undetected, r.limit, r.failover.deadAlready, r.failover.unconverged, r.reconverge, r.falseDeaths, r.seconds)
 		if r.err != nil {
 			fmt.Fprintf(w, "; ERROR: %v", r.err)
 		}

@@ -210,8 +210,8 @@ func killAll(c cluster, d *detector, kills int, limit, converge, settle, budget 
 			conv = err.Error()
 		}
 		if len(times) > 0 {
-			progress("kill %d: %s seen dead by the median survivor after %v, by all %d after %v; restarted, %s after %v",
-				k+1, c.Name(i), times.median().Round(time.Millisecond), len(times), times.every().Round(time.Millisecond), conv, time.Since(restarted).Round(time.Millisecond))
+			progress("kill %d: %s seen dead by the median survivor after %s ms, by all %d after %s ms; restarted, %s after %v",
+				k+1, c.Name(i), msString(times.median(), 1), len(times), msString(times.every(), 1), conv, time.Since(restarted).Round(time.Millisecond))
 		}
 		time.Sleep(settle)
 	}
@@ -223,14 +223,24 @@ type rest struct {
 	seconds float64
 	sent    traffic
 	cpu     time.Duration // of the whole process
+	// late is the p99 of how late a 10 ms timer fired in this process
+	// meanwhile: how starved of CPU the members were, by the machine's
+	// other work or their own.
+	late time.Duration
 }
 
 // atRest measures c over window.
 func atRest(c cluster, window time.Duration) rest {
 	t0, cpu0, tr0 := time.Now(), processCPU(), c.Traffic()
-	time.Sleep(window)
+	var lateness []time.Duration
+	for time.Since(t0) < window {
+		at := time.Now()
+		time.Sleep(10 * time.Millisecond)
+		lateness = append(lateness, time.Since(at)-10*time.Millisecond)
+	}
 	t1, cpu1, tr1 := time.Now(), processCPU(), c.Traffic()
-	return rest{seconds: t1.Sub(t0).Seconds(), sent: tr1.sub(tr0), cpu: cpu1 - cpu0}
+	slices.Sort(lateness)
+	return rest{seconds: t1.Sub(t0).Seconds(), sent: tr1.sub(tr0), cpu: cpu1 - cpu0, late: percentile(lateness, 0.99)}
 }
 
 // processCPU is the user and system CPU time of this process so far.
