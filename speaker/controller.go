@@ -196,6 +196,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	s.dynamic.Start(ctx.Done())
 	go s.keys.informer.Run(ctx.Done())
 	go s.leases.informer.Run(ctx.Done())
+	go s.leases.run(ctx, s.logger)
 	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools, s.bgpPeers, s.keys.informer, s.leases.informer} {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			return ctx.Err()
@@ -503,7 +504,9 @@ func (s *Speaker) inputs(alive map[string]bool) inputs {
 		pools:   s.poolList(),
 		nodes:   map[string]*v1.Node{},
 		alive:   map[string]map[string]string{},
-		current: map[netip.Addr]string{},
+		recorded:  map[netip.Addr]string{},
+		answering: s.l2.answering(),
+		self:      s.cfg.Node,
 	}
 	for _, obj := range s.services.GetStore().List() {
 		svc := obj.(*v1.Service)
@@ -516,7 +519,7 @@ func (s *Speaker) inputs(alive map[string]bool) inputs {
 		for _, o := range objs {
 			in.slices[key] = append(in.slices[key], o.(*discoveryv1.EndpointSlice))
 		}
-		maps.Copy(in.current, announcedOwners(svc))
+		maps.Copy(in.recorded, announcedOwners(svc))
 	}
 	for _, obj := range s.nodes.GetStore().List() {
 		n := obj.(*v1.Node)
@@ -526,19 +529,17 @@ func (s *Speaker) inputs(alive map[string]bool) inputs {
 	s.mu.Lock()
 	info[s.cfg.Node] = s.info
 	s.mu.Unlock()
-	for addr := range s.l2.answering() {
-		in.current[addr] = s.cfg.Node
-	}
 	for name := range alive {
 		in.alive[name] = info[name]
 	}
 	return in
 }
 
-// membership reads the heartbeats and the Leases at now, keeps this node's
-// Lease as the fallback needs, and returns the view, this node's mode
-// (owner.go) and the other nodes' Leases.
-func (s *Speaker) membership(ctx context.Context, now time.Time) (member.View, mode, map[string]leaseState) {
+// membership reads the heartbeats and the Leases at now, says what this
+// node's Lease should say (leases.run writes it; nothing waits for the API
+// server), and returns the view, this node's mode (owner.go) and the other
+// nodes' Leases.
+func (s *Speaker) membership(now time.Time) (member.View, mode, map[string]leaseState) {
 	s.members.SetPeers(s.l2Members())
 	// Pools may name interfaces not looked at yet.
 	s.refreshInfo()
@@ -564,16 +565,16 @@ func (s *Speaker) membership(ctx context.Context, now time.Time) (member.View, m
 	s.mu.Lock()
 	info := s.info
 	s.mu.Unlock()
-	renewAt, err := s.leases.keep(ctx, info, heartbeats, now)
-	if err != nil {
-		// The fallback and this node's interface info suffer; the
-		// heartbeats go on.
-		s.logger.Error(err, "Cannot keep this speaker's Lease")
+	s.leases.set(info, heartbeats)
+	renewFrom := time.Time{} // a node cut off renews its Lease from then on
+	if view.Isolated {
+		renewFrom = s.cutOffSince.Add(s.timing.FallbackAfter)
 	}
-	for _, at := range []time.Time{wake, renewAt} {
-		if !at.IsZero() {
-			s.queue.AddAfter(syncKey, at.Sub(now))
+	for _, at := range []time.Time{wake, s.leases.staleAt(now), renewFrom} {
+		if at.Before(now) {
+			continue
 		}
+		s.queue.AddAfter(syncKey, at.Sub(now)+time.Millisecond)
 	}
 	setMode(md)
 	return view, md, leases
@@ -584,7 +585,7 @@ func (s *Speaker) membership(ctx context.Context, now time.Time) (member.View, m
 // writer queues the conditions this node writes.
 func (s *Speaker) sync(ctx context.Context) error {
 	now := time.Now()
-	view, md, leases := s.membership(ctx, now)
+	view, md, leases := s.membership(now)
 	alive := aliveNodes(s.cfg.Node, view, leases)
 	in := s.inputs(alive)
 	plan, notAnnounced := l2Plan(in)
@@ -607,7 +608,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 		in: in, l2: plan, notAnnounced: notAnnounced, answer: want,
 		bgp: bgpPlan(in, peers), peers: peers, node: in.nodes[s.cfg.Node],
 		conditions: md == modeHeartbeats || md == modeFallback,
-		candidates: s.writers(view, alive),
+		candidates: conditionWriters(s.cfg.Node, view, alive, s.leases.nodes()),
 		degraded:   degradedNote(s.cfg.Node, md, view, leases, s.port()),
 	}
 	var errs []error
@@ -625,18 +626,6 @@ func (s *Speaker) sync(ctx context.Context) error {
 }
 
 func (s *Speaker) port() uint16 { return cmp.Or(s.cfg.PeerPort, member.DefaultPort) }
-
-// writers are the nodes among which the writer of a Service's condition is
-// ranked when no node owns its addresses: the live members, or, on a node
-// that takes no part in L2, every node with a speaker.
-func (s *Speaker) writers(view member.View, alive map[string]bool) map[string]bool {
-	if view.Members > 0 {
-		return alive
-	}
-	nodes := s.leases.nodes()
-	nodes[s.cfg.Node] = true
-	return nodes
-}
 
 // l2Members are the nodes that take part in the heartbeats, with the
 // address their speaker listens on: those that may announce for some L2

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 	utilptr "k8s.io/utils/ptr"
 )
 
@@ -53,6 +54,13 @@ type leases struct {
 	observed map[string]observedLease // by node
 	written  *coordinationv1.Lease    // this node's, as last written
 	renewed  time.Time                // when this node last renewed its Lease
+
+	// What this node's Lease should say (set); run writes it, so that
+	// no decision waits for the API server: a node whose link is down
+	// must stop answering at once, not after a write times out.
+	wantInfo       map[string]string
+	wantHeartbeats string
+	kick           chan struct{}
 }
 
 // observedLease is a Lease as this node saw it change.
@@ -64,7 +72,8 @@ type observedLease struct {
 }
 
 func newLeases(client kubernetes.Interface, namespace, node string, duration time.Duration) *leases {
-	l := &leases{client: client, namespace: namespace, node: node, duration: duration, observed: map[string]observedLease{}}
+	l := &leases{client: client, namespace: namespace, node: node, duration: duration, observed: map[string]observedLease{},
+		wantHeartbeats: heartbeatsOK, kick: make(chan struct{}, 1)}
 	l.informer = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = LabelLeaseComponent + "=" + leaseComponent }),
 	).Coordination().V1().Leases().Informer()
@@ -129,6 +138,24 @@ func (l *leases) states(now time.Time) map[string]leaseState {
 	return out
 }
 
+// staleAt is when the first of the other nodes' fresh Leases goes stale
+// (zero: none is fresh): who is alive changes then without any event.
+func (l *leases) staleAt(now time.Time) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var first time.Time
+	for node, o := range l.observed {
+		renewing := o.heartbeats == heartbeatsCutOff || o.heartbeats == heartbeatsStandby
+		if node == l.node || !renewing || o.seen.IsZero() {
+			continue
+		}
+		if at := o.seen.Add(l.duration); at.After(now) && (first.IsZero() || at.Before(first)) {
+			first = at
+		}
+	}
+	return first
+}
+
 // info is every node's interface info, by node.
 func (l *leases) info() map[string]map[string]string {
 	l.mu.Lock()
@@ -149,6 +176,65 @@ func (l *leases) nodes() map[string]bool {
 		out[node] = true
 	}
 	return out
+}
+
+// set records what this node's Lease should say; run writes it soon.
+func (l *leases) set(info map[string]string, heartbeats string) {
+	l.mu.Lock()
+	changed := heartbeats != l.wantHeartbeats || !maps.Equal(info, l.wantInfo)
+	l.wantInfo, l.wantHeartbeats = maps.Clone(info), heartbeats
+	l.mu.Unlock()
+	if changed {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// leaseWriteTimeout bounds one write of this node's Lease.
+const leaseWriteTimeout = 5 * time.Second
+
+// run keeps this node's Lease as set asks, renewing it while it must, and
+// retries failed writes every second, until ctx ends.
+func (l *leases) run(ctx context.Context, logger klog.Logger) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.kick:
+		case <-timer.C:
+		}
+		l.mu.Lock()
+		info, heartbeats := l.wantInfo, l.wantHeartbeats
+		l.mu.Unlock()
+		if info == nil {
+			continue // set not called yet
+		}
+		wctx, cancel := context.WithTimeout(ctx, leaseWriteTimeout)
+		next, err := l.keep(wctx, info, heartbeats, time.Now())
+		cancel()
+		switch {
+		case err != nil:
+			// The fallback and this node's interface info suffer; the
+			// heartbeats go on.
+			if !failing {
+				logger.Error(err, "Cannot keep this speaker's Lease; retrying every second")
+			}
+			failing = true
+			timer.Reset(time.Second)
+			continue
+		case failing:
+			logger.Info("Keeping this speaker's Lease works again")
+			failing = false
+		}
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+		}
+	}
 }
 
 // keep writes this node's Lease when its info or heartbeats state changed,

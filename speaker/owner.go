@@ -1,6 +1,7 @@
 package speaker
 
 import (
+	"maps"
 	"time"
 
 	"github.com/ironlb/ironlb/internal/rendezvous"
@@ -14,7 +15,7 @@ import (
 //     not isolated, and the nodes that are cut off from the heartbeats but
 //     keep their Lease fresh (the fallback).
 //  2. Who owns an address (ownerOf): among the eligible live nodes, the one
-//     that answers it now keeps it (no needless moves); otherwise the
+//     recorded as answering it keeps it (no needless moves); otherwise the
 //     rendezvous ranking picks one.
 //  3. Whether this node may answer now (mayAnswer): only when its mode
 //     allows it (membershipMode).
@@ -105,12 +106,39 @@ func aliveNodes(self string, view member.View, leases map[string]leaseState) map
 	return alive
 }
 
-// ownerOf picks the owner of key among the eligible nodes: current, the node
-// that answers it now, keeps it while it is eligible, so a node that comes
-// back takes nothing back; otherwise the ranking decides.
-func ownerOf(key string, eligible map[string]bool, current string) string {
-	if current != "" && eligible[current] {
-		return current
+// conditionWriters are the nodes among which the writer of a Service's
+// condition is ranked when no node owns its addresses. While there are L2
+// members they decide, among those alive: a speaker outside the membership
+// hears no heartbeats, cannot tell who is alive, and never writes (it would
+// write "no live speaker" over the members' condition). With no member at
+// all, every node with a speaker (speakers) may write.
+func conditionWriters(self string, view member.View, alive, speakers map[string]bool) map[string]bool {
+	if view.Members == 0 {
+		out := maps.Clone(speakers)
+		if out == nil {
+			out = map[string]bool{}
+		}
+		out[self] = true
+		return out
+	}
+	if _, member := view.Alive[self]; !member {
+		return map[string]bool{}
+	}
+	return alive
+}
+
+// ownerOf picks the owner of key among the eligible nodes. The nodes that
+// claim it, in order of trust, keep it while eligible, so a node that comes
+// back takes nothing back: first the owner the Announced condition records
+// (every speaker reads the same), then this node if it answers the address
+// now (the condition not written yet). Only a claim the condition does not
+// contradict counts, so two nodes that both answered (a partition healing)
+// agree on one. Otherwise the ranking decides.
+func ownerOf(key string, eligible map[string]bool, claims ...string) string {
+	for _, c := range claims {
+		if c != "" && eligible[c] {
+			return c
+		}
 	}
 	return rank(key, eligible)
 }

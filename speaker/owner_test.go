@@ -91,26 +91,63 @@ func TestAliveNodes(t *testing.T) {
 	}
 }
 
-// An address stays with the node that answers it while that node is
-// eligible; only then does the ranking decide.
+// The writer of a Service's condition is ranked among the live members; a
+// speaker outside the membership never writes while there are members (it
+// sees nobody alive); with no members every speaker may.
+func TestConditionWriters(t *testing.T) {
+	speakers := map[string]bool{"a": true, "b": true, "outside": true}
+	alive := map[string]bool{"a": true, "b": true}
+	members := member.View{Members: 2, Alive: map[string]member.Peer{"a": {Direct: true}, "b": {Direct: true}}}
+	for _, tc := range []struct {
+		name string
+		self string
+		view member.View
+		want map[string]bool
+	}{
+		{"a member: the live members", "a", members, alive},
+		{"outside the membership: none", "outside", members, map[string]bool{}},
+		{"a member cut off still counts itself", "a", member.View{Members: 2, Alive: map[string]member.Peer{"a": {Isolated: true}}}, alive},
+		{"no members: every speaker", "outside", member.View{}, speakers},
+		{"no members, no Lease seen yet: itself", "new", member.View{}, map[string]bool{"a": true, "b": true, "outside": true, "new": true}},
+	} {
+		if got := conditionWriters(tc.self, tc.view, alive, speakers); !maps.Equal(got, tc.want) {
+			t.Errorf("%s: writers = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if speakers["new"] {
+		t.Error("conditionWriters changed the speakers it was given")
+	}
+}
+
+// An address stays with the node recorded as answering it while that node
+// is eligible, then with this node if it answers it; only then does the
+// ranking decide.
 func TestOwnerOfIsSticky(t *testing.T) {
 	eligible := map[string]bool{"n1": true, "n2": true, "n3": true}
 	ranked := rank("10.0.0.1", eligible)
-	other := "n1"
+	other, third := "n1", "n3"
 	if other == ranked {
 		other = "n2"
 	}
+	if third == ranked || third == other {
+		third = "n2"
+	}
 	for _, tc := range []struct {
-		name, current, want string
-		eligible            map[string]bool
+		name            string
+		recorded, claim string
+		want            string
+		eligible        map[string]bool
 	}{
-		{"nobody answers: ranking", "", ranked, eligible},
-		{"another eligible node answers: it keeps it", other, other, eligible},
-		{"the node that answers is no longer eligible: ranking", other, rank("10.0.0.1", without(eligible, other)), without(eligible, other)},
-		{"the one that answers is unknown: ranking", "gone", ranked, eligible},
-		{"no eligible node", other, "", map[string]bool{}},
+		{"nobody answers: ranking", "", "", ranked, eligible},
+		{"the recorded node keeps it", other, "", other, eligible},
+		{"this node answers, nothing recorded: it keeps it", "", other, other, eligible},
+		{"this node answers, another recorded: the record wins (two answered)", other, third, other, eligible},
+		{"the recorded node is no longer eligible: this node's claim", other, third, third, without(eligible, other)},
+		{"the recorded node is no longer eligible: ranking", other, "", rank("10.0.0.1", without(eligible, other)), without(eligible, other)},
+		{"the recorded node is unknown: ranking", "gone", "", ranked, eligible},
+		{"no eligible node", other, third, "", map[string]bool{}},
 	} {
-		if got := ownerOf("10.0.0.1", tc.eligible, tc.current); got != tc.want {
+		if got := ownerOf("10.0.0.1", tc.eligible, tc.recorded, tc.claim); got != tc.want {
 			t.Errorf("%s: owner %q, want %q", tc.name, got, tc.want)
 		}
 	}
@@ -163,9 +200,9 @@ func TestPlanReturningNodeTakesNothingBack(t *testing.T) {
 	}
 
 	back := world(nodes, pools, svcs...)
-	back.current = map[netip.Addr]string{}
+	back.recorded = map[netip.Addr]string{}
 	for _, svc := range svcs {
-		maps.Copy(back.current, announcedOwners(svc))
+		maps.Copy(back.recorded, announcedOwners(svc))
 	}
 	after, _ := l2Plan(back)
 	for addr, a := range after {
@@ -246,5 +283,25 @@ func TestL2Candidates(t *testing.T) {
 	}
 	if got := names(l2Candidates(nodes, []*v1alpha1.IPPool{l2Pool("all", nil, nil, "10.0.0.0/24")})); fmt.Sprint(got) != "[edge1 worker]" {
 		t.Errorf("candidates of a pool for every node = %v", got)
+	}
+}
+
+// Two nodes answer one address (a partition healed, or one was cut off and
+// could not stop at once): each computes the plan with its own claim, and
+// both pick the node the condition records, so one of them stops.
+func TestPlanTwoAnsweringAgreeOnOne(t *testing.T) {
+	svc := service("web", "p", "10.0.0.1")
+	pools := []*v1alpha1.IPPool{l2Pool("p", nil, nil, "10.0.0.0/24")}
+	addr := netip.MustParseAddr("10.0.0.1")
+	owners := map[string]string{}
+	for _, self := range []string{"n1", "n3"} {
+		in := world([]string{"n1", "n2", "n3"}, pools, svc)
+		in.self, in.answering = self, map[netip.Addr]bool{addr: true}
+		in.recorded = map[netip.Addr]string{addr: "n1"}
+		plan, _ := l2Plan(in)
+		owners[self] = plan[addr].owner
+	}
+	if owners["n1"] != "n1" || owners["n3"] != "n1" {
+		t.Errorf("owners as n1 and n3 see them: %v, want n1 for both", owners)
 	}
 }

@@ -42,9 +42,12 @@ type inputs struct {
 	pools    []*v1alpha1.IPPool
 	nodes    map[string]*v1.Node
 	alive    map[string]map[string]string // live speakers (aliveNodes) and their interface info
-	// current is the node that answers each address now, where known: it
-	// keeps the address while it is eligible (ownerOf).
-	current map[netip.Addr]string
+	// recorded is the node each Service's Announced condition names as
+	// answering an address; answering are the addresses this node answers.
+	// Both keep an address where it is while eligible (ownerOf).
+	recorded  map[netip.Addr]string
+	answering map[netip.Addr]bool
+	self      string
 }
 
 // announcement is one address: who answers for it, where, and why not.
@@ -138,7 +141,7 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 		}
 	}
 	for addr, a := range plan {
-		a.owner = ownerOf(addr.String(), eligible[addr], in.current[addr])
+		a.owner = ownerOf(addr.String(), eligible[addr], in.recorded[addr], in.claim(addr))
 		if a.owner != "" {
 			a.reason = ""
 			a.interfaces = answeringInterfaces(a.poolObj, in.alive[a.owner])
@@ -281,6 +284,14 @@ func poolContains(p *v1alpha1.IPPool, addr netip.Addr) bool {
 	}
 	return false
 }
+// claim is this node, if it answers addr now.
+func (in inputs) claim(addr netip.Addr) string {
+	if in.answering[addr] {
+		return in.self
+	}
+	return ""
+}
+
 
 // localOnly reports whether svc has externalTrafficPolicy Local and, if so,
 // the nodes with a local endpoint it may use.
