@@ -500,10 +500,10 @@ func fromStore[T any, PT interface {
 // inputs reads the caches; alive and current come from the membership.
 func (s *Speaker) inputs(alive map[string]bool) inputs {
 	in := inputs{
-		slices:  map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
-		pools:   s.poolList(),
-		nodes:   map[string]*v1.Node{},
-		alive:   map[string]map[string]string{},
+		slices:    map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
+		pools:     s.poolList(),
+		nodes:     map[string]*v1.Node{},
+		alive:     map[string]map[string]string{},
 		recorded:  map[netip.Addr]string{},
 		answering: s.l2.answering(),
 		self:      s.cfg.Node,

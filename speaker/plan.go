@@ -284,6 +284,7 @@ func poolContains(p *v1alpha1.IPPool, addr netip.Addr) bool {
 	}
 	return false
 }
+
 // claim is this node, if it answers addr now.
 func (in inputs) claim(addr netip.Addr) string {
 	if in.answering[addr] {
@@ -291,7 +292,6 @@ func (in inputs) claim(addr netip.Addr) string {
 	}
 	return ""
 }
-
 
 // localOnly reports whether svc has externalTrafficPolicy Local and, if so,
 // the nodes with a local endpoint it may use.
