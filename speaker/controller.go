@@ -95,8 +95,15 @@ type Speaker struct {
 	info map[string]string
 
 	// cutOffSince is when the heartbeats last showed this node isolated;
-	// zero while they do not. Only sync uses it.
-	cutOffSince time.Time
+	// zero while they do not; returnedAt, when it last came back from
+	// answering nothing (modeCutOff, lastMode) after it had been connected
+	// once (not the first connection after start).
+	// Only sync uses them.
+	cutOffSince   time.Time
+	returnedAt    time.Time
+	returnedRV    string // the Services cache's resource version then
+	connectedOnce bool
+	lastMode      mode
 }
 
 // announcer applies what one sync decided. Each announcer owns its state;
@@ -117,6 +124,8 @@ type plans struct {
 	node         *v1.Node // this node
 	// conditions: this node's mode lets it write conditions for the others.
 	conditions bool
+	// viaLeases: this node is in the fallback (modeFallback).
+	viaLeases  bool
 	candidates map[string]bool // writers of Services without an L2 owner
 	degraded   string          // why failover is slow now, for the conditions
 }
@@ -159,7 +168,10 @@ func New(cfg Config) (*Speaker, error) {
 	}
 	s.events = newEventSink(cfg.Client, cfg.Node)
 	s.services = s.factory.Core().V1().Services().Informer()
-	s.l2 = newL2Announcer(cfg.Node, cfg.Logger, s.events)
+	// Responders open only in sync, after Run has made the membership.
+	s.l2 = newL2Announcer(cfg.Node, cfg.Logger, s.events, func() (bool, bool, bool) {
+		return s.members.Answerable(), !s.leases.fenced(time.Now()), s.members.Heard()
+	})
 	s.conditions = newConditionWriter(cfg, s.services.GetStore(), s.events)
 	s.slices = s.factory.Discovery().V1().EndpointSlices().Informer()
 	s.nodes = s.factory.Core().V1().Nodes().Informer()
@@ -497,7 +509,8 @@ func fromStore[T any, PT interface {
 	return out
 }
 
-// inputs reads the caches; alive and current come from the membership.
+// inputs reads the caches; alive comes from the membership, the records of
+// owners from the Services' conditions.
 func (s *Speaker) inputs(alive map[string]bool) inputs {
 	in := inputs{
 		slices:    map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
@@ -545,16 +558,27 @@ func (s *Speaker) membership(now time.Time) (member.View, mode, map[string]lease
 	s.refreshInfo()
 	view := s.members.View()
 	if !view.Isolated {
+		// Back from answering nothing (not from the fallback, where it
+		// kept reading and writing through the API server).
+		if !s.cutOffSince.IsZero() && s.connectedOnce && s.lastMode == modeCutOff {
+			s.returnedAt, s.returnedRV = now, s.services.LastSyncResourceVersion()
+		}
+		s.connectedOnce = true
 		s.cutOffSince = time.Time{}
 	} else if s.cutOffSince.IsZero() {
 		s.cutOffSince = now
 	}
 	leases := s.leases.states(now)
-	othersCutOff := false
+	othersCutOff, othersHeard := false, false
 	for _, l := range leases {
 		othersCutOff = othersCutOff || l.CutOff
+		othersHeard = othersHeard || l.Standby
 	}
-	md, wake := membershipMode(view, s.cutOffSince, now, s.timing)
+	md, wake := membershipMode(view, s.cutOffSince, now, s.timing, othersHeard, s.leases.live(now))
+	catchUpEnd := s.returnedAt.Add(s.timing.LeaseDuration)
+	if md == modeHeartbeats && catchingUp(s.returnedAt, now, s.timing.LeaseDuration, s.returnedRV, s.services.LastSyncResourceVersion()) {
+		md, wake = modeSettling, catchUpEnd
+	}
 	heartbeats := heartbeatsOK
 	if renewsLease(view, s.cutOffSince, now, s.timing, othersCutOff) {
 		heartbeats = heartbeatsStandby
@@ -577,6 +601,7 @@ func (s *Speaker) membership(now time.Time) (member.View, mode, map[string]lease
 		s.queue.AddAfter(syncKey, at.Sub(now)+time.Millisecond)
 	}
 	setMode(md)
+	s.lastMode = md
 	return view, md, leases
 }
 
@@ -586,7 +611,7 @@ func (s *Speaker) membership(now time.Time) (member.View, mode, map[string]lease
 func (s *Speaker) sync(ctx context.Context) error {
 	now := time.Now()
 	view, md, leases := s.membership(now)
-	alive := aliveNodes(s.cfg.Node, view, leases)
+	alive := aliveNodes(s.cfg.Node, md, view, leases)
 	in := s.inputs(alive)
 	plan, notAnnounced := l2Plan(in)
 
@@ -608,6 +633,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 		in: in, l2: plan, notAnnounced: notAnnounced, answer: want,
 		bgp: bgpPlan(in, peers), peers: peers, node: in.nodes[s.cfg.Node],
 		conditions: md == modeHeartbeats || md == modeFallback,
+		viaLeases:  md == modeFallback,
 		candidates: conditionWriters(s.cfg.Node, view, alive, s.leases.nodes()),
 		degraded:   degradedNote(s.cfg.Node, md, view, leases, s.port()),
 	}

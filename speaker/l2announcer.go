@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -20,6 +21,14 @@ type l2Announcer struct {
 	node   string
 	logger klog.Logger
 	events *eventSink
+	// fence says, at the instant of a reply, what mayReply needs but
+	// viaLeases: whether this node's process kept running, whether its Lease
+	// is renewed as the fallback needs, and whether the peers surely count
+	// it alive.
+	fence func() (answerable, leaseOK, heard bool)
+	// viaLeases: the fallback decides who owns what, not the heartbeats,
+	// so a reply does not wait for the heartbeats to show this node heard.
+	viaLeases atomic.Bool
 
 	mu         sync.Mutex
 	responders map[string]*running // by interface
@@ -34,14 +43,15 @@ type running struct {
 	done   chan struct{}
 }
 
-func newL2Announcer(node string, logger klog.Logger, events *eventSink) *l2Announcer {
-	return &l2Announcer{node: node, logger: logger, events: events,
+func newL2Announcer(node string, logger klog.Logger, events *eventSink, fence func() (answerable, leaseOK, heard bool)) *l2Announcer {
+	return &l2Announcer{node: node, logger: logger, events: events, fence: fence,
 		responders: map[string]*running{}, owned: map[netip.Addr]bool{}, failed: map[string]bool{}, warned: map[string]bool{}}
 }
 
 // Apply answers exactly p.answer, and warns about nodes that lack a pool's
 // interfaces.
 func (l *l2Announcer) Apply(ctx context.Context, p *plans) error {
+	l.viaLeases.Store(p.viaLeases)
 	l.answer(ctx, p.answer, p.l2)
 	l.warnMissing(p.l2)
 	return nil
@@ -61,6 +71,14 @@ func (l *l2Announcer) answering() map[netip.Addr]bool {
 	return out
 }
 
+// open is the responders' gate (mayReply). The plan said what to answer
+// when it was made; the gate holds between plans, when the heartbeats stop,
+// the process was paused or the Lease cannot be renewed.
+func (l *l2Announcer) open() bool {
+	answerable, leaseOK, heard := l.fence()
+	return mayReply(answerable, leaseOK, heard, l.viaLeases.Load())
+}
+
 // usable reports whether the interface could be opened the last time it was tried.
 func (l *l2Announcer) usable(ifc string) bool {
 	l.mu.Lock()
@@ -76,7 +94,7 @@ func (l *l2Announcer) answer(ctx context.Context, want map[string][]netip.Addr, 
 		if _, ok := l.responders[ifc]; ok {
 			continue
 		}
-		r, err := l2.New(ifc, l.logger.WithName("l2"))
+		r, err := l2.New(ifc, l.logger.WithName("l2"), l2.WithGate(l.open))
 		if err != nil {
 			l.logger.Error(err, "Cannot answer on interface; its addresses go to another node", "interface", ifc)
 			l.failed[ifc] = true

@@ -61,6 +61,9 @@ type leases struct {
 	wantInfo       map[string]string
 	wantHeartbeats string
 	kick           chan struct{}
+	// renewFrom is when this node last began to renew its Lease (set
+	// asked for it after not renewing): see fenced.
+	renewFrom time.Time
 }
 
 // observedLease is a Lease as this node saw it change.
@@ -133,7 +136,7 @@ func (l *leases) states(now time.Time) map[string]leaseState {
 		}
 		renewing := o.heartbeats == heartbeatsCutOff || o.heartbeats == heartbeatsStandby
 		fresh := renewing && !o.seen.IsZero() && now.Sub(o.seen) < l.duration
-		out[node] = leaseState{Fresh: fresh, CutOff: fresh && o.heartbeats == heartbeatsCutOff}
+		out[node] = leaseState{Fresh: fresh, CutOff: fresh && o.heartbeats == heartbeatsCutOff, Standby: fresh && o.heartbeats == heartbeatsStandby}
 	}
 	return out
 }
@@ -182,6 +185,9 @@ func (l *leases) nodes() map[string]bool {
 func (l *leases) set(info map[string]string, heartbeats string) {
 	l.mu.Lock()
 	changed := heartbeats != l.wantHeartbeats || !maps.Equal(info, l.wantInfo)
+	if heartbeats != heartbeatsOK && l.wantHeartbeats == heartbeatsOK {
+		l.renewFrom = time.Now()
+	}
 	l.wantInfo, l.wantHeartbeats = maps.Clone(info), heartbeats
 	l.mu.Unlock()
 	if changed {
@@ -190,6 +196,37 @@ func (l *leases) set(info map[string]string, heartbeats string) {
 		default:
 		}
 	}
+}
+
+// fenced reports whether this node's Lease has gone unrenewed for too long
+// while it must be renewed: for two thirds of its duration since it was last
+// renewed, or since renewing began. The other nodes count this node alive
+// through that Lease for its duration after they saw a renewal, so while it
+// is fenced they may take its addresses, and it must answer nothing (a node
+// whose writes fail on a busy or unreachable API server). Not renewing
+// (heartbeats flow everywhere), nothing depends on the Lease.
+func (l *leases) fenced(now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.wantHeartbeats == heartbeatsOK {
+		return false
+	}
+	since := l.renewFrom
+	if l.renewed.After(since) {
+		since = l.renewed
+	}
+	return now.Sub(since) >= l.duration*2/3
+}
+
+// live reports whether this node's own renewals come back to it through its
+// watch of the Leases: it saw its own Lease renewed within two thirds of the
+// duration. Then it also sees the others' renewals, and may trust what the
+// Leases say of who is alive.
+func (l *leases) live(now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	o, ok := l.observed[l.node]
+	return ok && !o.seen.IsZero() && now.Sub(o.seen) < l.duration*2/3
 }
 
 // leaseWriteTimeout bounds one write of this node's Lease.

@@ -23,7 +23,7 @@ var membershipModeGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 // their Leases: the heartbeats between them are broken.
 var peersThroughLease = prometheus.NewGauge(prometheus.GaugeOpts{
 	Namespace: "ironlb", Subsystem: "speaker", Name: "peers_through_lease",
-	Help: "Live speakers counted only through their Leases, because heartbeats from them do not arrive.",
+	Help: "In the fallback (heartbeats reach no speaker): the other speakers counted alive through their fresh Leases; 0 otherwise.",
 })
 
 func setMode(m mode) {

@@ -12,8 +12,8 @@ import (
 // is in this file, in pure functions.
 //
 //  1. Who is alive (aliveNodes): the members the heartbeats show alive and
-//     not isolated, and the nodes that are cut off from the heartbeats but
-//     keep their Lease fresh (the fallback).
+//     not isolated; in the fallback (the heartbeats reach nobody), the nodes
+//     whose Lease is fresh.
 //  2. Who owns an address (ownerOf): among the eligible live nodes, the one
 //     recorded as answering it keeps it (no needless moves); otherwise the
 //     rendezvous ranking picks one.
@@ -55,10 +55,20 @@ type timing struct {
 }
 
 // membershipMode is this node's mode at now, given its membership view, when
-// it last became cut off (zero: it is not), and its timing. It also returns
-// when the mode changes next without any event, so the caller can look again
-// then (zero: not on its own).
-func membershipMode(view member.View, cutOffSince, now time.Time, t timing) (mode, time.Time) {
+// it last became cut off (zero: it is not), whether any other node's Lease
+// says that it hears the heartbeats (othersHeard: a fresh standby Lease), and
+// its timing. It also returns when the mode changes next without any event,
+// so the caller can look again then (zero: not on its own).
+//
+// A cut-off node answers nothing for as long as any node hears the
+// heartbeats: those nodes own every address among themselves, and took this
+// node's within the timeout. Only when the heartbeats reach nobody (a
+// firewall everywhere) do the Leases decide, after FallbackAfter and a Lease
+// duration, time for every node to renew its Lease and see the others', and
+// only while this node's own renewals come back to it through its watch of
+// the Leases (leasesLive): a node cut off from the API server too cannot
+// know who else is alive, and answers nothing.
+func membershipMode(view member.View, cutOffSince, now time.Time, t timing, othersHeard, leasesLive bool) (mode, time.Time) {
 	if !view.Isolated {
 		if end := view.ConnectedSince.Add(t.Settle); now.Before(end) {
 			return modeSettling, end
@@ -68,7 +78,21 @@ func membershipMode(view member.View, cutOffSince, now time.Time, t timing) (mod
 	if end := cutOffSince.Add(t.FallbackAfter + t.LeaseDuration); now.Before(end) {
 		return modeCutOff, end
 	}
+	if othersHeard || !leasesLive {
+		return modeCutOff, time.Time{}
+	}
 	return modeFallback, time.Time{}
+}
+
+// catchingUp reports whether this node, back at returned from answering
+// nothing, still waits for its Services cache to catch up with the API
+// server: it was cut off from the heartbeats, maybe from the API server too
+// (a link down), and the records of owners in the conditions it holds may
+// predate its return, naming it for addresses the others took meanwhile. It
+// waits, settling (taking nothing new), until the cache moved past the
+// resource version it had then (returnedRV, now rv), at most maxWait.
+func catchingUp(returned, now time.Time, maxWait time.Duration, returnedRV, rv string) bool {
+	return !returned.IsZero() && now.Before(returned.Add(maxWait)) && rv == returnedRV
 }
 
 // renewsLease reports whether this node keeps its Lease fresh: while it is
@@ -82,24 +106,28 @@ type leaseState struct {
 	// Fresh: renewed within its duration, as seen on this node.
 	Fresh bool
 	// CutOff: the node said, when it renewed, that it is cut off from the
-	// heartbeats.
-	CutOff bool
+	// heartbeats; Standby, that it hears them (and renews because another
+	// node is cut off).
+	CutOff, Standby bool
 }
 
-// aliveNodes are the nodes that may own addresses, as this node sees them.
-// A member the heartbeats show isolated is cut off: it answers nothing until
-// it is in fallback, and then only through its Lease, so it counts through
-// its Lease only. A node the heartbeats do not show counts while its Lease is
-// fresh: it is cut off but keeps to the fallback.
-func aliveNodes(self string, view member.View, leases map[string]leaseState) map[string]bool {
+// aliveNodes are the nodes that may own addresses, as this node sees them in
+// mode md. While the heartbeats decide, the members they show alive and not
+// isolated: a member that says it is cut off answers nothing, so its
+// addresses go to the others. In the fallback (the heartbeats reach nobody)
+// the nodes whose Lease is fresh.
+func aliveNodes(self string, md mode, view member.View, leases map[string]leaseState) map[string]bool {
 	alive := map[string]bool{self: true}
+	if md == modeFallback {
+		for name, l := range leases {
+			if l.Fresh {
+				alive[name] = true
+			}
+		}
+		return alive
+	}
 	for name, p := range view.Alive {
 		if !p.Isolated {
-			alive[name] = true
-		}
-	}
-	for name, l := range leases {
-		if l.Fresh {
 			alive[name] = true
 		}
 	}
@@ -154,6 +182,15 @@ func mayAnswer(m mode, owned, answering bool) bool {
 	default:
 		return false
 	}
+}
+
+// mayReply is the gate before every ARP or NDP reply, between plans: the
+// process kept running (answerable: member.Members.Answerable); its Lease is
+// not overdue while the fallback needs it (leaseOK: leases.fenced); and
+// either the peers surely count it alive (heard: member.Members.Heard) or
+// the Leases decide who owns what (viaLeases: modeFallback).
+func mayReply(answerable, leaseOK, heard, viaLeases bool) bool {
+	return answerable && leaseOK && (heard || viaLeases)
 }
 
 // rank picks the owner of key among nodes by rendezvous hashing: each node

@@ -17,8 +17,9 @@ import (
 
 var testTiming = timing{Settle: 600 * time.Millisecond, FallbackAfter: time.Second, LeaseDuration: 6 * time.Second}
 
-// When may this node answer: the mode follows from the membership view and
-// how long it has been cut off, and says when it changes next.
+// When may this node answer: the mode follows from the membership view, how
+// long it has been cut off and whether another node hears the heartbeats,
+// and says when it changes next.
 func TestMembershipMode(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	connected := func(since time.Duration) member.View { return member.View{ConnectedSince: t0.Add(-since)} }
@@ -27,18 +28,23 @@ func TestMembershipMode(t *testing.T) {
 		name        string
 		view        member.View
 		cutOffSince time.Time
+		othersHeard bool
 		want        mode
 		wake        time.Time
+		leasesDead  bool
 	}{
-		{"connected long ago", connected(time.Minute), time.Time{}, modeHeartbeats, time.Time{}},
-		{"just connected: settling", connected(100 * time.Millisecond), time.Time{}, modeSettling, t0.Add(500 * time.Millisecond)},
-		{"settled exactly", connected(600 * time.Millisecond), time.Time{}, modeHeartbeats, time.Time{}},
-		{"just cut off", cut, t0, modeCutOff, t0.Add(7 * time.Second)},
-		{"cut off, renewing, waiting for the others' Leases", cut, t0.Add(-3 * time.Second), modeCutOff, t0.Add(4 * time.Second)},
-		{"cut off long enough: fallback", cut, t0.Add(-7 * time.Second), modeFallback, time.Time{}},
-		{"cut off for an hour: still fallback", cut, t0.Add(-time.Hour), modeFallback, time.Time{}},
+		{"connected long ago", connected(time.Minute), time.Time{}, false, modeHeartbeats, time.Time{}, false},
+		{"just connected: settling", connected(100 * time.Millisecond), time.Time{}, false, modeSettling, t0.Add(500 * time.Millisecond), false},
+		{"settled exactly", connected(600 * time.Millisecond), time.Time{}, false, modeHeartbeats, time.Time{}, false},
+		{"just cut off", cut, t0, false, modeCutOff, t0.Add(7 * time.Second), false},
+		{"cut off, renewing, waiting for the others' Leases", cut, t0.Add(-3 * time.Second), false, modeCutOff, t0.Add(4 * time.Second), false},
+		{"cut off long enough, nobody hears the heartbeats: fallback", cut, t0.Add(-7 * time.Second), false, modeFallback, time.Time{}, false},
+		{"cut off for an hour: still fallback", cut, t0.Add(-time.Hour), false, modeFallback, time.Time{}, false},
+		{"cut off long enough, others hear the heartbeats: silent", cut, t0.Add(-7 * time.Second), true, modeCutOff, time.Time{}, false},
+		{"connected, others standing by: heartbeats", connected(time.Minute), time.Time{}, true, modeHeartbeats, time.Time{}, false},
+		{"cut off long enough, but its own Lease does not come back: silent", cut, t0.Add(-7 * time.Second), false, modeCutOff, time.Time{}, true},
 	} {
-		got, wake := membershipMode(tc.view, tc.cutOffSince, t0, testTiming)
+		got, wake := membershipMode(tc.view, tc.cutOffSince, t0, testTiming, tc.othersHeard, !tc.leasesDead)
 		if got != tc.want || !wake.Equal(tc.wake) {
 			t.Errorf("%s: mode %s wake %v, want %s wake %v", tc.name, got, wake, tc.want, tc.wake)
 		}
@@ -67,8 +73,9 @@ func TestRenewsLease(t *testing.T) {
 	}
 }
 
-// Who may own addresses: members the heartbeats show, unless they say they
-// are isolated; and nodes the heartbeats miss whose Lease is fresh.
+// Who may own addresses: while the heartbeats decide, the members they show
+// alive and not isolated, whatever the Leases say; in the fallback, the
+// nodes with fresh Leases.
 func TestAliveNodes(t *testing.T) {
 	view := member.View{Alive: map[string]member.Peer{
 		"a": {Direct: true}, "b": {}, "deaf": {Isolated: true},
@@ -77,16 +84,15 @@ func TestAliveNodes(t *testing.T) {
 		"cut":   {Fresh: true, CutOff: true},
 		"stale": {},
 		"deaf":  {Fresh: true, CutOff: true},
+		"b":     {Fresh: true, Standby: true},
 	}
-	got := aliveNodes("a", view, leases)
-	want := map[string]bool{"a": true, "b": true, "cut": true, "deaf": true}
-	if !maps.Equal(got, want) {
-		t.Errorf("alive = %v, want %v", got, want)
+	if got, want := aliveNodes("a", modeHeartbeats, view, leases), map[string]bool{"a": true, "b": true}; !maps.Equal(got, want) {
+		t.Errorf("heartbeats: alive = %v, want %v", got, want)
 	}
-	if got := aliveNodes("a", view, map[string]leaseState{}); got["deaf"] {
-		t.Errorf("an isolated member without a fresh Lease counts alive: %v", got)
+	if got, want := aliveNodes("cut", modeFallback, member.View{Isolated: true}, leases), map[string]bool{"cut": true, "deaf": true, "b": true}; !maps.Equal(got, want) {
+		t.Errorf("fallback: alive = %v, want %v", got, want)
 	}
-	if got := aliveNodes("alone", member.View{}, nil); !maps.Equal(got, map[string]bool{"alone": true}) {
+	if got := aliveNodes("alone", modeHeartbeats, member.View{}, nil); !maps.Equal(got, map[string]bool{"alone": true}) {
 		t.Errorf("a node alone = %v", got)
 	}
 }
@@ -243,19 +249,19 @@ func TestAnnouncedOwners(t *testing.T) {
 	}
 }
 
-// The condition names the nodes the heartbeats miss, or this node when it
-// is in the fallback itself.
+// The condition names the nodes cut off from the heartbeats, or says that
+// they reach nobody when this node is in the fallback.
 func TestDegradedNote(t *testing.T) {
 	view := member.View{Alive: map[string]member.Peer{"a": {}, "deaf": {Isolated: true}}}
-	leases := map[string]leaseState{"cut": {Fresh: true, CutOff: true}, "deaf": {Fresh: true}, "a": {Fresh: true}, "old": {}}
+	leases := map[string]leaseState{"cut": {Fresh: true, CutOff: true}, "deaf": {Fresh: true, CutOff: true}, "a": {Fresh: true, Standby: true}, "old": {}}
 	got := degradedNote("a", modeHeartbeats, view, leases, 7947)
-	if !strings.Contains(got, "between cut, deaf and the other speakers (UDP 7947)") {
+	if !strings.Contains(got, "between cut, deaf and the other speakers (UDP 7947): those answer nothing") {
 		t.Errorf("note = %q", got)
 	}
 	if got := degradedNote("a", modeHeartbeats, view, map[string]leaseState{"old": {}}, 7947); got != "" {
 		t.Errorf("note with heartbeats flowing = %q", got)
 	}
-	if got := degradedNote("a", modeFallback, view, nil, 7947); !strings.Contains(got, "do not reach a (UDP 7947)") {
+	if got := degradedNote("a", modeFallback, view, nil, 7947); !strings.Contains(got, "reach no speaker (UDP 7947), a included") {
 		t.Errorf("note in fallback = %q", got)
 	}
 }
@@ -303,5 +309,74 @@ func TestPlanTwoAnsweringAgreeOnOne(t *testing.T) {
 	}
 	if owners["n1"] != "n1" || owners["n3"] != "n1" {
 		t.Errorf("owners as n1 and n3 see them: %v, want n1 for both", owners)
+	}
+}
+
+// The gate before every reply: the process kept running, the Lease is not
+// overdue, and the peers hear this node or the Leases decide.
+func TestMayReply(t *testing.T) {
+	for _, tc := range []struct {
+		name                                  string
+		answerable, leaseOK, heard, viaLeases bool
+		want                                  bool
+	}{
+		{"heartbeats flow", true, true, true, false, true},
+		{"not heard (heartbeats stopped): silent before the peers take over", true, true, false, false, false},
+		{"fallback: the Leases decide", true, true, false, true, true},
+		{"fallback with its Lease overdue (writes fail)", true, false, false, true, false},
+		{"heard, but a Lease the fallback node relies on is overdue", true, false, true, false, false},
+		{"paused for a lapse", false, true, true, false, false},
+		{"paused in the fallback", false, true, false, true, false},
+	} {
+		if got := mayReply(tc.answerable, tc.leaseOK, tc.heard, tc.viaLeases); got != tc.want {
+			t.Errorf("%s: mayReply = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// A Lease is overdue while it must be renewed and was not for two thirds of
+// its duration, counted from the last renewal or from when renewing began.
+func TestLeaseFenced(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	d := 6 * time.Second
+	for _, tc := range []struct {
+		name               string
+		heartbeats         string
+		renewFrom, renewed time.Time
+		now                time.Time
+		want               bool
+	}{
+		{"not renewing: never", heartbeatsOK, time.Time{}, time.Time{}, t0, false},
+		{"renewing just began", heartbeatsCutOff, t0, time.Time{}, t0.Add(time.Second), false},
+		{"renewing began 4 s ago, never renewed", heartbeatsStandby, t0, time.Time{}, t0.Add(4 * time.Second), true},
+		{"renewed 2 s ago", heartbeatsCutOff, t0, t0.Add(3 * time.Second), t0.Add(5 * time.Second), false},
+		{"last renewed 4 s ago", heartbeatsCutOff, t0, t0.Add(time.Second), t0.Add(5 * time.Second), true},
+	} {
+		l := &leases{duration: d, wantHeartbeats: tc.heartbeats, renewFrom: tc.renewFrom, renewed: tc.renewed}
+		if got := l.fenced(tc.now); got != tc.want {
+			t.Errorf("%s: fenced = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// Back from being cut off, a node settles until its Services cache has moved
+// on, at most a while.
+func TestCatchingUp(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		name     string
+		returned time.Time
+		now      time.Time
+		rv       string
+		want     bool
+	}{
+		{"never cut off", time.Time{}, t0, "5", false},
+		{"just back, cache unchanged", t0, t0.Add(time.Second), "5", true},
+		{"back, cache moved on", t0, t0.Add(time.Second), "9", false},
+		{"back long ago, cache unchanged (a quiet cluster)", t0, t0.Add(6 * time.Second), "5", false},
+	} {
+		if got := catchingUp(tc.returned, tc.now, 6*time.Second, "5", tc.rv); got != tc.want {
+			t.Errorf("%s: catchingUp = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

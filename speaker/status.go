@@ -123,30 +123,37 @@ func announcedOwners(svc *v1.Service) map[netip.Addr]string {
 }
 
 // degradedNote says, for the conditions this node writes, that heartbeats
-// do not flow and failover goes through the Leases: "" when they flow.
+// do not flow: which nodes are cut off (answering nothing), or that they reach
+// nobody and the Leases decide; "" when they flow.
 func degradedNote(self string, md mode, view member.View, leases map[string]leaseState, port uint16) string {
 	if md == modeFallback {
-		peersThroughLease.Set(0)
-		return fmt.Sprintf("heartbeats do not reach %s (UDP %d): owners come from the speakers' Leases and failover takes seconds", self, port)
+		through := 0
+		for _, l := range leases {
+			if l.Fresh {
+				through++
+			}
+		}
+		peersThroughLease.Set(float64(through))
+		return fmt.Sprintf("heartbeats reach no speaker (UDP %d), %s included: owners come from the speakers' Leases and failover takes seconds", port, self)
 	}
-	var through []string
+	peersThroughLease.Set(0)
+	var cut []string
 	for name, l := range leases {
-		if p, heard := view.Alive[name]; l.Fresh && (!heard || p.Isolated) {
-			through = append(through, name)
+		if p, heard := view.Alive[name]; l.CutOff && (!heard || p.Isolated) {
+			cut = append(cut, name)
 		}
 	}
-	peersThroughLease.Set(float64(len(through)))
-	if len(through) == 0 {
+	if len(cut) == 0 {
 		return ""
 	}
-	slices.Sort(through)
+	slices.Sort(cut)
 	more := ""
-	if len(through) > 5 {
-		more = fmt.Sprintf(" and %d more", len(through)-5)
-		through = through[:5]
+	if len(cut) > 5 {
+		more = fmt.Sprintf(" and %d more", len(cut)-5)
+		cut = cut[:5]
 	}
-	return fmt.Sprintf("heartbeats do not flow between %s%s and the other speakers (UDP %d): they count through their Leases and failover takes seconds",
-		strings.Join(through, ", "), more, port)
+	return fmt.Sprintf("heartbeats do not flow between %s%s and the other speakers (UDP %d): those answer nothing, and the others answer their addresses",
+		strings.Join(cut, ", "), more, port)
 }
 
 // conditionWriter writes the Announced condition of the Services this node

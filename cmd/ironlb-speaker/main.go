@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -42,6 +43,7 @@ func main() {
 	interval := fs.Duration("heartbeat-interval", member.DefaultInterval, "How often a speaker tells the others it is alive.")
 	timeout := fs.Duration("heartbeat-timeout", member.DefaultTimeout, "How long a silent speaker counts as alive; its addresses move after that.")
 	leaseDuration := fs.Duration("lease-duration", speaker.DefaultLeaseDuration, "How long a speaker's Lease stays fresh in the fallback, when heartbeats cannot flow; failover then takes about this long.")
+	profiling := fs.Bool("profiling", false, "Serve Go's profiles (/debug/pprof/) on the metrics address.")
 	qps := fs.Float32("kube-api-qps", 20, "Requests per second to the API server.")
 	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "ironlb-system"), "The speakers' namespace: their Leases, the cluster key Secret, and BGPPeer password Secrets that name none (default $POD_NAMESPACE).")
 	showVersion := fs.String("version", "false", "Print the version and quit; --version=raw prints it as JSON.")
@@ -65,7 +67,7 @@ func main() {
 		LeaseDuration:     *leaseDuration,
 		Namespace:         *namespace,
 		Logger:            klog.Background().WithName("speaker"),
-	}, *qps, *metricsAddr, *healthAddr); err != nil {
+	}, *qps, *metricsAddr, *healthAddr, *profiling); err != nil {
 		klog.ErrorS(err, "ironlb-speaker failed")
 		klog.Flush()
 		os.Exit(1)
@@ -73,7 +75,7 @@ func main() {
 	klog.Flush()
 }
 
-func run(kubeconfig string, cfg speaker.Config, qps float32, metricsAddr, healthAddr string) error {
+func run(kubeconfig string, cfg speaker.Config, qps float32, metricsAddr, healthAddr string, profiling bool) error {
 	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
@@ -96,11 +98,16 @@ func run(kubeconfig string, cfg speaker.Config, qps float32, metricsAddr, health
 	if err := speaker.RegisterMetrics(reg); err != nil {
 		return err
 	}
-	if err := serve("metrics", metricsAddr, "/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})); err != nil {
+	metrics := map[string]http.Handler{"/metrics": promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}
+	if profiling {
+		metrics["/debug/pprof/"] = http.HandlerFunc(pprof.Index)
+		metrics["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)
+	}
+	if err := serve("metrics", metricsAddr, metrics); err != nil {
 		return err
 	}
 	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-	if err := serve("health", healthAddr, "/healthz", ok); err != nil {
+	if err := serve("health", healthAddr, map[string]http.Handler{"/healthz": ok}); err != nil {
 		return err
 	}
 
@@ -115,7 +122,7 @@ func run(kubeconfig string, cfg speaker.Config, qps float32, metricsAddr, health
 	return err
 }
 
-func serve(what, addr, path string, h http.Handler) error {
+func serve(what, addr string, handlers map[string]http.Handler) error {
 	if addr == "" || addr == "0" {
 		return nil
 	}
@@ -124,7 +131,9 @@ func serve(what, addr, path string, h http.Handler) error {
 		return fmt.Errorf("listen for %s on %s: %w", what, addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(path, h)
+	for path, h := range handlers {
+		mux.Handle(path, h)
+	}
 	klog.InfoS("Serving", "what", what, "address", ln.Addr().String())
 	go func() { _ = http.Serve(ln, mux) }()
 	return nil

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -258,7 +259,10 @@ func (l *Lab) createNode(ctx context.Context, n int) error {
 			Name:   name,
 			Labels: map[string]string{"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": runtime.GOARCH},
 		},
-		Spec: corev1.NodeSpec{PodCIDR: podCIDRs[0], PodCIDRs: podCIDRs},
+		Spec: corev1.NodeSpec{PodCIDRs: podCIDRs},
+	}
+	if len(podCIDRs) > 0 {
+		node.Spec.PodCIDR = podCIDRs[0]
 	}
 	created, err := l.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil {
@@ -289,7 +293,20 @@ func (l *Lab) createNode(ctx context.Context, n int) error {
 			{Type: corev1.NodeHostName, Address: name},
 		},
 	}
-	if _, err := l.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+	status := created.Status
+	// A controller may change the new Node first (labels, taints): then
+	// the status goes onto its latest version.
+	for try := 0; ; try++ {
+		_, err = l.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
+		if !apierrors.IsConflict(err) || try == 4 {
+			break
+		}
+		if created, err = l.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); err != nil {
+			break
+		}
+		created.Status = status
+	}
+	if err != nil {
 		return fmt.Errorf("set Node %s Ready: %w", name, err)
 	}
 	return nil
@@ -370,7 +387,7 @@ func (l *Lab) SpeakerMetrics(n int) (string, error) {
 // from the heartbeats (ironlb_speaker_membership_mode).
 func (l *Lab) WaitSpeakersConverged(ctx context.Context) error {
 	var running []int
-	for n := 1; n <= l.Nodes; n++ {
+	for n := 1; n <= l.AllNodes(); n++ {
 		if l.Alive(l.SpeakerName(n)) {
 			running = append(running, n)
 		}

@@ -34,6 +34,9 @@ type Config struct {
 	Name string
 	// Nodes is the number of nodes (default 3).
 	Nodes int
+	// SpeakerOnlyNodes are nodes after those that run only ironlb-speaker
+	// (with Speakers): no kube-proxy, no endpoints (see scale.go).
+	SpeakerOnlyNodes int
 	// CCM runs ironlb-ccm against the lab's API server.
 	CCM bool
 	// CCMArgs are extra flags for ironlb-ccm.
@@ -128,7 +131,13 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err := buildNetwork(ctx, l.Plan); err != nil {
 		return l, err
 	}
+	if err := buildScaleNetwork(ctx, l.Plan); err != nil {
+		return l, err
+	}
 	l.progress("lab %s: network up (%d nodes, router, LAN client, external client)", cfg.Name, cfg.Nodes)
+	if l.SpeakerOnly > 0 {
+		l.progress("lab %s: and %d speaker-only nodes on the LAN", cfg.Name, l.SpeakerOnly)
+	}
 	if err := l.startControlPlane(ctx); err != nil {
 		return l, err
 	}
@@ -141,17 +150,23 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		return l, err
 	}
 	l.progress("lab %s: %d nodes Ready, kube-proxy (nftables) synced on each", cfg.Name, cfg.Nodes)
+	if err := l.createSpeakerOnlyNodes(ctx); err != nil {
+		return l, err
+	}
 	if cfg.CCM {
 		if err := l.StartCCM(ctx, cfg.CCMArgs...); err != nil {
 			return l, err
 		}
 		l.progress("lab %s: ironlb-ccm running", cfg.Name)
 	}
+	if l.SpeakerOnly > 0 {
+		if err := l.favorControlPlane(); err != nil {
+			return l, err
+		}
+	}
 	if cfg.Speakers {
-		for n := 1; n <= l.Nodes; n++ {
-			if err := l.StartSpeaker(ctx, n, cfg.SpeakerArgs...); err != nil {
-				return l, err
-			}
+		if err := l.startSpeakers(ctx, cfg.SpeakerArgs...); err != nil {
+			return l, err
 		}
 		if err := l.WaitSpeakersConverged(ctx); err != nil {
 			return l, err
@@ -192,6 +207,9 @@ func claim(ctx context.Context, root string, cfg Config) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
+	if plan, err = plan.WithSpeakerOnly(cfg.SpeakerOnlyNodes); err != nil {
+		return nil, err
+	}
 	if err := removeNetwork(ctx, plan); err != nil {
 		return nil, err
 	}
@@ -205,7 +223,7 @@ func claim(ctx context.Context, root string, cfg Config) (*Lab, error) {
 		Plan:  plan,
 		cfg:   cfg,
 		dir:   dir,
-		state: &State{Name: cfg.Name, Index: index, Nodes: cfg.Nodes, Created: time.Now().UTC()},
+		state: &State{Name: cfg.Name, Index: index, Nodes: cfg.Nodes, SpeakerOnlyNodes: cfg.SpeakerOnlyNodes, Created: time.Now().UTC()},
 	}
 	return l, writeState(dir, l.state)
 }
@@ -222,6 +240,9 @@ func Open(name, stateRootDir string) (*Lab, error) {
 	}
 	plan, err := NewPlan(s.Index, s.Nodes)
 	if err != nil {
+		return nil, err
+	}
+	if plan, err = plan.WithSpeakerOnly(s.SpeakerOnlyNodes); err != nil {
 		return nil, err
 	}
 	l := &Lab{Plan: plan, cfg: Config{Name: name, StateRoot: stateRootDir}, dir: dir, state: s}

@@ -158,12 +158,7 @@ func buildNetwork(ctx context.Context, p Plan) error {
 
 	lan := p.LAN()
 	for n := 1; n <= p.Nodes; n++ {
-		lines := []string{
-			fmt.Sprintf("link set eth0 address %s", p.NodeMAC(n)),
-			"link set eth0 up",
-		}
-		lines = append(lines, addrLines("eth0", p.NodeAddrs(n), lan)...)
-		lines = append(lines, nodeRoutes(p, n)...)
+		lines := nodeLinkLines(p, n, lan)
 		if err := ipBatch(ctx, p.NodeNS(n), lines...); err != nil {
 			return err
 		}
@@ -306,4 +301,15 @@ func ExistingNamespaces(ctx context.Context, p Plan) []string {
 // RootExec runs a command in the root namespace and returns its combined output.
 func RootExec(ctx context.Context, name string, args ...string) (string, error) {
 	return run(ctx, name, args...)
+}
+
+// nodeLinkLines set up node n's eth0 on the LAN: its MAC, its addresses and
+// its routes.
+func nodeLinkLines(p Plan, n int, lan []netip.Prefix) []string {
+	lines := []string{
+		fmt.Sprintf("link set eth0 address %s", p.NodeMAC(n)),
+		"link set eth0 up",
+	}
+	lines = append(lines, addrLines("eth0", p.NodeAddrs(n), lan)...)
+	return append(lines, nodeRoutes(p, n)...)
 }

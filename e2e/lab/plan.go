@@ -17,15 +17,22 @@ const MaxIndex = 14
 // Lab k (1..MaxIndex) uses 172.31.16k.0/20 and fd31:0:0:k00::/56:
 //
 //	LAN (bridge)        172.31.16k.0/24        fd31:0:0:k00::/64
-//	  router .1, node n .(10+n), client .100, API server (root namespace) .254
+//	  router .1, client .100, API server (root namespace) .254
+//	  node n .(10+n) for n up to 89, then .117-.191 and .224-.253 (nodeHost)
+//	  ARP probe senders .101-.116 (see ARPProbe; no host holds them)
 //	  L2 pool           172.31.16k.192/27      fd31:0:0:k00::1:0/112
 //	external network    172.31.(16k+1).0/24    fd31:0:0:k01::/64   router .1, client .100
 //	pods of node n      172.31.(16k+2).16n/28  fd31:0:0:k02:n::/80
+//	wide L2 range       172.31.(16k+3).0/24    fd31:0:0:k03::/64   on-link on the LAN (see L2ScalePool)
 //	routed pool         172.31.(16k+4).0/24    fd31:0:0:k04::/64
 //	Service ClusterIPs  172.31.(16k+12).0/22   fd31:0:0:k0c::/108
 type Plan struct {
 	Index int
+	// Nodes are the full nodes (1..Nodes): kube-proxy, endpoints, pod routes.
 	Nodes int
+	// SpeakerOnly nodes follow them (Nodes+1..AllNodes()): a namespace on
+	// the LAN, a Node object and an ironlb-speaker, nothing else (scale.go).
+	SpeakerOnly int
 }
 
 // NewPlan checks the index and node count.
@@ -49,12 +56,12 @@ func (p Plan) ClientNS() string      { return p.Prefix() + "-client" }
 func (p Plan) ExternalNS() string    { return p.Prefix() + "-external" }
 func (p Plan) NodeNS(n int) string   { return fmt.Sprintf("%s-node%d", p.Prefix(), n) }
 func (p Plan) RootLink() string      { return p.Prefix() + "-api" }
-func (p Plan) NodeName(n int) string { return fmt.Sprintf("node%d", n) }
+func (p Plan) NodeName(n int) string { return nodeName(p, n) }
 
 // Namespaces lists every namespace of the lab.
 func (p Plan) Namespaces() []string {
 	ns := []string{p.SwitchNS(), p.RouterNS(), p.ClientNS(), p.ExternalNS()}
-	for n := 1; n <= p.Nodes; n++ {
+	for n := 1; n <= p.AllNodes(); n++ {
 		ns = append(ns, p.NodeNS(n))
 	}
 	return ns
@@ -102,8 +109,11 @@ func (p Plan) PodCIDRs() []netip.Prefix {
 	return []netip.Prefix{prefix(p.v4(2, 0), 24), prefix(p.v6(2, ""), 64)}
 }
 
-// NodePodCIDRs are node n's pod ranges.
+// NodePodCIDRs are node n's pod ranges; a speaker-only node has none.
 func (p Plan) NodePodCIDRs(n int) []netip.Prefix {
+	if p.SpeakerOnlyNode(n) {
+		return nil
+	}
 	return []netip.Prefix{prefix(p.v4(2, 16*n), 28), prefix(netip.MustParseAddr(fmt.Sprintf("fd31:0:0:%x02:%x::", p.Index, n)), 80)}
 }
 
@@ -117,7 +127,23 @@ func (p Plan) RouterLAN() []netip.Addr   { return []netip.Addr{p.v4(0, 1), p.v6(
 func (p Plan) ClientAddrs() []netip.Addr { return []netip.Addr{p.v4(0, 100), p.v6(0, "100")} }
 func (p Plan) APIAddrs() []netip.Addr    { return []netip.Addr{p.v4(0, 254), p.v6(0, "254")} }
 func (p Plan) NodeAddrs(n int) []netip.Addr {
-	return []netip.Addr{p.v4(0, 10+n), p.v6(0, fmt.Sprint(10+n))}
+	h := nodeHost(n)
+	return []netip.Addr{p.v4(0, h), p.v6(0, fmt.Sprint(h))}
+}
+
+// nodeHost is node n's host number on the LAN: 10+n up to node 89, below
+// the client's .100; then the numbers the client, the ARP probe senders
+// (.101-.116), the L2 pool (.192-.223) and the API server (.254) leave
+// free, up to MaxNodes.
+func nodeHost(n int) int {
+	switch {
+	case n <= 89:
+		return 10 + n
+	case n <= 164:
+		return 117 + (n - 90)
+	default:
+		return 224 + (n - 165)
+	}
 }
 
 // Addresses on the external network.
@@ -127,12 +153,12 @@ func (p Plan) ExternalAddrs() []netip.Addr  { return []netip.Addr{p.v4(1, 100), 
 // NodeMAC is node n's LAN address, chosen so that it names the node: the last
 // byte is its IPv4 host number.
 func (p Plan) NodeMAC(n int) net.HardwareAddr {
-	return net.HardwareAddr{0x02, 0x31, byte(p.Index), 0, 0, byte(10 + n)}
+	return net.HardwareAddr{0x02, 0x31, byte(p.Index), 0, 0, byte(nodeHost(n))}
 }
 
 // NodeByMAC is the node whose LAN address mac is, 0 if none.
 func (p Plan) NodeByMAC(mac net.HardwareAddr) int {
-	for n := 1; n <= p.Nodes; n++ {
+	for n := 1; n <= p.AllNodes(); n++ {
 		if p.NodeMAC(n).String() == mac.String() {
 			return n
 		}

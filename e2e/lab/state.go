@@ -37,6 +37,9 @@ type State struct {
 	APIServer string      `json:"apiServer,omitempty"`
 	Processes []Proc      `json:"processes,omitempty"`
 	Endpoints []*Endpoint `json:"endpoints,omitempty"`
+
+	// SpeakerOnlyNodes follow the Nodes full ones (scale.go).
+	SpeakerOnlyNodes int `json:"speakerOnlyNodes,omitempty"`
 }
 
 // Proc is one process the lab started, identified by pid and start time so

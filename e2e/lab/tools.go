@@ -172,7 +172,7 @@ func (l *Lab) SetLink(ctx context.Context, n int, up bool) error {
 	if up {
 		state = "up"
 	}
-	return ipBatch(ctx, l.SwitchNS(), fmt.Sprintf("link set %s %s", l.NodeName(n), state))
+	return ipBatch(ctx, l.SwitchNS(), fmt.Sprintf("link set %s %s", l.PortName(n), state))
 }
 
 // SetNodeInterface sets node n's own eth0 up or down (the node stays up).

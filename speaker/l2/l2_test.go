@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -582,5 +583,26 @@ func TestRegisterMetrics(t *testing.T) {
 	}
 	if err := RegisterMetrics(other); err == nil {
 		t.Error("RegisterMetrics over a different collector of the same name: no error")
+	}
+}
+
+// A shut gate stops every reply and announcement, whatever the set says;
+// open again, the same set is answered.
+func TestGateShutAnswersNothing(t *testing.T) {
+	logger, _ := ktesting.NewTestContext(t)
+	var open atomic.Bool
+	schedule := []time.Duration{0, 10 * time.Millisecond}
+	r := newResponder(&net.Interface{Name: "test0", HardwareAddr: ourMAC}, logger, config{schedule: schedule, gate: open.Load})
+	rec := &announcements{counts: map[netip.Addr]int{}}
+	r.announce = rec.record
+	a := netip.MustParseAddr("172.31.248.10")
+	r.SetAddresses([]netip.Addr{a, vip6})
+	waitAnnouncers(t, r)
+	if r.owns(a) || r.owns(vip6) || rec.count(a) != 0 || rec.count(vip6) != 0 {
+		t.Fatalf("gate shut: answers %v/%v, announced %v", r.owns(a), r.owns(vip6), rec.counts)
+	}
+	open.Store(true)
+	if !r.owns(a) || !r.owns(vip6) {
+		t.Fatal("gate open: the set is not answered")
 	}
 }

@@ -36,6 +36,15 @@ type Option func(*config)
 
 type config struct {
 	schedule []time.Duration
+	gate     func() bool
+}
+
+// WithGate makes every reply and announcement wait for gate to return true
+// at that moment: a fence that the membership holds shut while this node
+// may be counted dead by the others (after its process was paused), whatever
+// the set of addresses says.
+func WithGate(gate func() bool) Option {
+	return func(c *config) { c.gate = gate }
 }
 
 // WithGratuitousSchedule sets when an address new to the set is announced
@@ -58,6 +67,7 @@ type Responder struct {
 	ifi      *net.Interface
 	logger   klog.Logger
 	schedule []time.Duration
+	gate     func() bool // nil: always open
 
 	// IPv4; arp is nil when the interface has no IPv4 address.
 	arp        *arp.Client
@@ -131,6 +141,7 @@ func newResponder(ifi *net.Interface, logger klog.Logger, cfg config) *Responder
 		ifi:               ifi,
 		logger:            logger.WithValues("interface", ifi.Name),
 		schedule:          cfg.schedule,
+		gate:              cfg.gate,
 		announceCtx:       ctx,
 		stopAnnouncements: cancel,
 		owned:             map[netip.Addr]context.CancelFunc{},
@@ -208,8 +219,12 @@ func (r *Responder) isClosed() bool {
 	return r.closed
 }
 
-// owns reports whether addr is in the set answered for.
+// owns reports whether addr is in the set answered for, and the gate is
+// open.
 func (r *Responder) owns(addr netip.Addr) bool {
+	if r.gate != nil && !r.gate() {
+		return false
+	}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	_, ok := r.owned[addr]
@@ -283,7 +298,9 @@ func (r *Responder) startAnnouncements(addr netip.Addr) context.CancelFunc {
 			if !sleepUntil(ctx, start.Add(offset)) {
 				return
 			}
-			r.announce(addr)
+			if r.gate == nil || r.gate() {
+				r.announce(addr)
+			}
 		}
 	})
 	return cancel

@@ -41,6 +41,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -190,6 +191,15 @@ type Members struct {
 	killOnce    sync.Once
 	running     atomic.Bool
 	sent        atomic.Uint64 // datagrams sent, for tests and benchmarks
+	// lastRound is when Run last went to send heartbeats (unix ns), and
+	// heldUntil the end of the hold after a lapse (unix ns): see Answerable.
+	lastRound atomic.Int64
+	heldUntil atomic.Int64
+	// heardUntil is when word of this node may go stale at the peers
+	// (unix ns): a lapse after its beat last rose in their vectors. See
+	// Heard.
+	heardUntil atomic.Int64
+	alone      atomic.Bool // a member with no peers
 	// drop, a test hook, returns true to lose a datagram from one node to
 	// another. It is checked on send and on receive, so a hook on one
 	// member cuts both directions of its traffic.
@@ -209,8 +219,13 @@ type Members struct {
 	reported     uint16
 	reportedRose time.Time
 	heardOf      bool
-	states       []memberState // by member index, as the view last said
-	view         View          // last computed; never mutated, only replaced
+	// lapsed: this node went silent for longer than a lapse (see
+	// Answerable); only a beat of its own from lapseBeat on, relayed back,
+	// shows that the others hear it again.
+	lapsed    bool
+	lapseBeat uint16
+	states    []memberState // by member index, as the view last said
+	view      View          // last computed; never mutated, only replaced
 }
 
 // New binds the heartbeat socket, so a busy or foreign address fails here,
@@ -224,6 +239,7 @@ func New(cfg Config) (*Members, error) {
 	if err != nil {
 		return nil, fmt.Errorf("member: node %s: listen for heartbeats on UDP %s: %w", cfg.Node, cfg.Bind, err)
 	}
+	setReceiveBuffer(conn, cfg.Logger)
 	m := &Members{
 		node:        cfg.Node,
 		incarnation: nextIncarnation(),
@@ -268,6 +284,7 @@ func (m *Members) SetPeers(peers map[string]netip.AddrPort) {
 	}
 	old := m.topo
 	m.topo = newTopology(m.node, peers, m.fanout)
+	m.alone.Store(m.topo.self >= 0 && len(m.topo.hear) == 0)
 	words := make([]word, len(m.topo.names))
 	for i, name := range m.topo.names {
 		if j, ok := old.index[name]; ok {
@@ -337,6 +354,7 @@ func (m *Members) Run(ctx context.Context) error {
 	check := time.NewTicker(m.interval / 2)
 	defer check.Stop()
 
+	m.lastRound.Store(time.Now().UnixNano())
 	m.sendHeartbeats(time.Now(), false)
 	skipped := false
 	for {
@@ -352,8 +370,9 @@ func (m *Members) Run(ctx context.Context) error {
 			return nil
 		case <-m.killed:
 			return nil
-		case now := <-send.C:
-			m.sendHeartbeats(now, false)
+		case <-send.C:
+			m.noteRound()
+			m.sendHeartbeats(time.Now(), false)
 		case tick := <-check.C:
 			// A tick that comes late means this process was paused: the
 			// datagrams that arrived meanwhile are read first, once.
@@ -367,6 +386,69 @@ func (m *Members) Run(ctx context.Context) error {
 			m.mu.Unlock()
 		}
 	}
+}
+
+// Answerable reports whether this node may answer for addresses at all at
+// this moment, whatever it owns: its process has kept sending heartbeats,
+// never silent for a lapse (a Timeout, after which the peers count it dead),
+// and it is not in the hold that follows a lapse. A process that was
+// paused (SIGSTOP, CPU starvation, a long GC pause) wakes up with a set of
+// addresses that others may have taken over meanwhile: until its heartbeat
+// loop has run again, noticed the lapse, held this node cut off for a
+// Timeout and heard its own beat relayed back, it answers nothing. The L2
+// responders ask before every reply (l2.WithGate); it is a few atomic loads.
+func (m *Members) Answerable() bool {
+	now := time.Now().UnixNano()
+	last := m.lastRound.Load()
+	return last != 0 && now-last <= int64(m.lapse()) && now >= m.heldUntil.Load()
+}
+
+// Heard reports whether, at this instant, the peers surely still count this
+// node alive: its own beat rose in their vectors less than Timeout −
+// Interval ago (or it has no peers). Judged at the moment of asking, not on a timer: when the
+// heartbeats stop both ways (a firewall, a cable), the owner stops answering
+// before any peer can count it dead, however late its own timers run. The
+// speaker asks it before every reply while the heartbeats decide who owns
+// what (not in the fallback, where the Leases do).
+func (m *Members) Heard() bool {
+	return m.alone.Load() || time.Now().UnixNano() < m.heardUntil.Load()
+}
+
+// lapse is a silence of this node's after which the peers have probably
+// counted it dead: they wait a Timeout from the last beat they got. A shorter
+// silence (a busy machine) shuts the gate through Heard for a moment but
+// moves nothing.
+func (m *Members) lapse() time.Duration { return m.timeout }
+
+// heardWindow is how long after its own beat last rose in a peer's vector
+// this node surely counts as alive to every peer: they wait a Timeout from
+// the beat they got, and an Interval is left for the network and the
+// scheduler.
+func (m *Members) heardWindow() time.Duration { return m.timeout - m.interval }
+
+// noteRound records that Run goes to send heartbeats; after a lapse it cuts
+// this node off at once, holds it so for a Timeout (long enough for the
+// speaker to drop what it answers), and waits for a fresh beat of its own
+// to come back.
+func (m *Members) noteRound() {
+	now := time.Now()
+	last := m.lastRound.Swap(now.UnixNano())
+	if last == 0 {
+		return
+	}
+	silent := now.Sub(time.Unix(0, last))
+	if silent <= m.lapse() {
+		return
+	}
+	m.heldUntil.Store(now.Add(m.timeout).UnixNano())
+	lapses.Inc()
+	m.log.Info("Silent for longer than the others wait: they may count this node dead, so it answers nothing until they hear it again",
+		"node", m.node, "silent", silent.Round(time.Millisecond), "lapse", m.lapse())
+	m.mu.Lock()
+	m.lapsed, m.lapseBeat, m.heardOf = true, beatAt(now), false
+	m.heardUntil.Store(0)
+	m.refreshLocked(now, true)
+	m.mu.Unlock()
 }
 
 // Crash stops Run without the leaving heartbeat, as a crash would: for tests
@@ -479,4 +561,27 @@ func cloneView(v View) View {
 	}
 	v.Alive = alive
 	return v
+}
+
+// receiveBuffer is the heartbeat socket's receive buffer: a burst of
+// datagrams that arrives while the reader waits for a core (a flood of
+// forgeries, or many heartbeats at once on a busy node) waits there to be
+// checked and counted instead of being dropped by the kernel, real
+// heartbeats with it. The default (about 200 KiB) holds a few hundred.
+const receiveBuffer = 4 << 20
+
+// setReceiveBuffer sets receiveBuffer past the system's limit where this
+// process may (CAP_NET_ADMIN, which the speaker has), else up to the limit.
+func setReceiveBuffer(conn *net.UDPConn, log klog.Logger) {
+	var forced error
+	if raw, err := conn.SyscallConn(); err == nil {
+		_ = raw.Control(func(fd uintptr) {
+			forced = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, receiveBuffer)
+		})
+	}
+	if forced != nil {
+		if err := conn.SetReadBuffer(receiveBuffer); err != nil {
+			log.V(2).Info("Cannot enlarge the heartbeat socket's receive buffer", "err", err)
+		}
+	}
 }

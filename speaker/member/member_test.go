@@ -199,3 +199,96 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	}
 	m.conn.Close()
 }
+
+// A member whose process stops for longer than the others wait (here its
+// lock is held, so it neither sends nor reads, as under SIGSTOP or CPU
+// starvation) may be counted dead and have its addresses taken. Its gate
+// shuts by itself while it is silent; when it runs again it cuts itself
+// off, holds for a Timeout so that the speaker drops what it answers, and
+// answers again only once it is heard.
+func TestPausedMemberAnswersNothingUntilHeardAgain(t *testing.T) {
+	t.Parallel()
+	for _, size := range []int{3, 30} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			names := nodeNames(size)
+			c := newCluster(t, byte(70+size%10), Config{}, names...)
+			c.waitAllAlive(names...)
+			paused := c.nodes[names[1]].m
+			if !paused.Answerable() {
+				t.Fatal("a connected member is not answerable")
+			}
+			paused.mu.Lock()
+			time.Sleep(paused.lapse() + 20*time.Millisecond)
+			shutWhilePaused := !paused.Answerable()
+			time.Sleep(2*paused.timeout - paused.lapse())
+			paused.mu.Unlock()
+			resumed := time.Now()
+			if !shutWhilePaused {
+				t.Error("the gate stayed open while the member was silent for longer than a lapse")
+			}
+			var sawIsolated bool
+			var openedAfter time.Duration
+			for d := time.Duration(0); d < 5*time.Second; d = time.Since(resumed) {
+				v := paused.View()
+				sawIsolated = sawIsolated || v.Isolated
+				if paused.Answerable() {
+					if v.Isolated {
+						t.Fatalf("answerable %v after resuming while still cut off", d)
+					}
+					openedAfter = d
+					break
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			if !sawIsolated {
+				t.Error("the member never cut itself off after the pause")
+			}
+			if openedAfter < paused.timeout-paused.interval {
+				t.Errorf("answerable again %v after resuming, before its hold (a Timeout, %v) could have ended", openedAfter, paused.timeout)
+			}
+			c.waitAllAlive(names...)
+		})
+	}
+}
+
+// When a member's heartbeats stop both ways, it stops counting itself
+// heard (Heard, asked before every reply) before any peer counts it dead:
+// the owner goes silent before another node takes over, however its timers
+// run.
+func TestCutOffMemberStopsBeingHeardBeforeAnyPeerCountsItDead(t *testing.T) {
+	t.Parallel()
+	for _, size := range []int{3, 30} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			names := nodeNames(size)
+			c := newCluster(t, byte(80+size%10), Config{}, names...)
+			c.waitAllAlive(names...)
+			cut := c.nodes[names[2]].m
+			if !cut.Heard() {
+				t.Fatal("a connected member does not count itself heard")
+			}
+			cut.setDrop(func(string, string) bool { return true })
+			began := time.Now()
+			var unheard, dead time.Duration
+			for d := time.Duration(0); d < 3*time.Second && dead == 0; d = time.Since(began) {
+				if unheard == 0 && !cut.Heard() {
+					unheard = d
+				}
+				for _, name := range names {
+					if _, ok := c.view(name).Alive[names[2]]; name != names[2] && !ok && dead == 0 {
+						dead = d
+					}
+				}
+				time.Sleep(time.Millisecond)
+			}
+			switch {
+			case dead == 0:
+				t.Fatal("no peer counted the cut-off member dead")
+			case unheard == 0 || unheard >= dead:
+				t.Errorf("the cut-off member counted itself heard until %v, but a peer counted it dead at %v", unheard, dead)
+			}
+			cut.setDrop(nil)
+			c.waitAllAlive(names...)
+			waitFor(t, "heard again", func() (bool, string) { return cut.Heard(), "" })
+		})
+	}
+}

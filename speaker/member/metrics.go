@@ -59,6 +59,10 @@ var (
 		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeats_other_member_list_total",
 		Help: "Accepted heartbeats whose sender indexes another member list (its vector is not used), as happens briefly while nodes join or leave.",
 	})
+	lapses = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeat_lapses_total",
+		Help: "Times this speaker went silent for longer than the others wait (its process paused or starved), and so answered nothing until heard again.",
+	})
 	heartbeatsRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeats_rejected_total",
 		Help: "Datagrams dropped, by reason: malformed, unknown_key, bad_mac, replay, clock, self, unknown_peer, wrong_address.",
@@ -76,7 +80,7 @@ func init() {
 // are shared by every Members in the process.
 func RegisterMetrics(reg prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{peersAlive, members, isolated, heartbeatsSent, heartbeatsReceived, heartbeatsOtherList, heartbeatsRejected} {
+	for _, c := range []prometheus.Collector{peersAlive, members, isolated, heartbeatsSent, heartbeatsReceived, heartbeatsOtherList, heartbeatsRejected, lapses} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, fmt.Errorf("register speaker membership metrics: %w", err))
 		}

@@ -92,8 +92,12 @@ func (m *Members) recordLocked(msg *message, now time.Time) {
 			continue
 		}
 		if j == t.self {
+			if m.lapsed && e.Beat != m.lapseBeat && !newer(e.Beat, m.lapseBeat) {
+				continue // from before the lapse
+			}
 			if !m.heardOf || newer(e.Beat, m.reported) {
-				m.reported, m.reportedRose, m.heardOf = e.Beat, now, true
+				m.reported, m.reportedRose, m.heardOf, m.lapsed = e.Beat, now, true, false
+				m.heardUntil.Store(now.Add(m.heardWindow()).UnixNano())
 			}
 			continue
 		}
@@ -181,6 +185,9 @@ func (m *Members) selfLocked(now time.Time) (isolated, hearsSenders, heardOf boo
 	// Interval early, since the news arrives up to an Interval after the
 	// peers heard it: this node stops answering before they take over.
 	heardOf = m.heardOf && now.Sub(m.reportedRose) < m.timeout-m.interval
+	if now.UnixNano() < m.heldUntil.Load() {
+		return true, hearsSenders, false // held after a lapse (noteRound)
+	}
 	return !(hearsSenders && heardOf), hearsSenders, heardOf
 }
 

@@ -2,9 +2,10 @@
 // how long traffic to an L2 address stops when its node dies or its speaker
 // stops (probing from the LAN client every 50 ms), how long a new Service
 // takes to answer, and how many API requests the speakers make at rest with
-// many Services. It needs root.
+// many Services; then L2 mode at several cluster sizes with the default
+// heartbeat timers (l2scale.go). It needs root.
 //
-//	go run ./cmd/bench [-runs 10] [-services 1000]
+//	go run ./cmd/bench [-runs 10] [-services 1000] [-l2-sizes 3,30,100] [-l2-budget 0] [-l2-only]
 package main
 
 import (
@@ -15,11 +16,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -40,10 +43,37 @@ const probeEvery = 50 * time.Millisecond
 func main() {
 	runs := flag.Int("runs", 10, "failovers to measure per kind")
 	services := flag.Int("services", 1000, "Services for the API-requests-at-rest measure")
+	l2Sizes := flag.String("l2-sizes", "3,30,100", "node counts for the L2 scale measures, comma-separated (none: skip them)")
+	l2Only := flag.Bool("l2-only", false, "only the L2 scale measures")
+	l2Each := flag.Duration("l2-budget", 0, "time for each L2 size, lab up and down included (0: by size, about 10 minutes for 3,30,100)")
 	flag.Parse()
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-	defer cancel()
+	sizes, err := parseSizes(*l2Sizes)
+	if err != nil {
+		fail(err)
+	}
+	// Interrupted, the labs still come down.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 
+	var rows []row
+	if !*l2Only {
+		rows = classic(ctx, *runs, *services)
+	}
+	rows = append(rows, l2Scale(ctx, sizes, *l2Each)...)
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "MEASURE\tVALUE\tNOTE")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", r.what, r.value, r.note)
+	}
+	w.Flush()
+}
+
+// classic measures failover, creation, BGP and API requests at rest in a
+// lab of three full nodes.
+func classic(parent context.Context, runs, services int) []row {
+	ctx, cancel := context.WithTimeout(parent, 40*time.Minute)
+	defer cancel()
 	dir, err := os.MkdirTemp("", "ironlb-bench-")
 	if err != nil {
 		fail(err)
@@ -68,22 +98,16 @@ func main() {
 
 	b := &bench{l: l, ctx: ctx}
 	var rows []row
-	rows = append(rows, b.failovers("owner node dies (link down, processes killed)", *runs,
+	rows = append(rows, b.failovers("owner node dies (link down, processes killed)", runs,
 		func(n int) error { return l.NodeDown(ctx, n) },
 		func(n int) error { return l.NodeUp(ctx, n) })...)
-	rows = append(rows, b.failovers("owner's speaker stops (SIGTERM)", max(*runs/2, 3),
+	rows = append(rows, b.failovers("owner's speaker stops (SIGTERM)", max(runs/2, 3),
 		func(n int) error { return l.Stop(l.SpeakerName(n), 10*time.Second) },
 		func(n int) error { return l.Restart(l.SpeakerName(n)) })...)
 	rows = append(rows, b.creation(5)...)
-	rows = append(rows, b.bgp(3, *services)...)
-	rows = append(rows, b.restingRequests(audit, []int{100, *services})...)
-
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "MEASURE\tVALUE\tNOTE")
-	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\n", r.what, r.value, r.note)
-	}
-	w.Flush()
+	rows = append(rows, b.bgp(3, services)...)
+	rows = append(rows, b.restingRequests(audit, []int{100, services})...)
+	return rows
 }
 
 // fail stops the bench; without IRONLB_BENCH_KEEP the lab dies with it.
