@@ -574,11 +574,8 @@ func (s *Speaker) membership(now time.Time) (member.View, mode, map[string]lease
 		othersCutOff = othersCutOff || l.CutOff
 		othersHeard = othersHeard || l.Standby
 	}
-	md, wake := membershipMode(view, s.cutOffSince, now, s.timing, othersHeard, s.leases.live(now))
-	catchUpEnd := s.returnedAt.Add(s.timing.LeaseDuration)
-	if md == modeHeartbeats && catchingUp(s.returnedAt, now, s.timing.LeaseDuration, s.returnedRV, s.services.LastSyncResourceVersion()) {
-		md, wake = modeSettling, catchUpEnd
-	}
+	catchUp := catchingUp(s.returnedAt, s.timing.LeaseDuration, s.returnedRV, s.services.LastSyncResourceVersion())
+	md, wake := membershipMode(view, s.cutOffSince, now, s.timing, othersHeard, s.leases.live(now), catchUp)
 	heartbeats := heartbeatsOK
 	if renewsLease(view, s.cutOffSince, now, s.timing, othersCutOff) {
 		heartbeats = heartbeatsStandby

@@ -67,10 +67,16 @@ type timing struct {
 // duration, time for every node to renew its Lease and see the others', and
 // only while this node's own renewals come back to it through its watch of
 // the Leases (leasesLive): a node cut off from the API server too cannot
-// know who else is alive, and answers nothing.
-func membershipMode(view member.View, cutOffSince, now time.Time, t timing, othersHeard, leasesLive bool) (mode, time.Time) {
+// know who else is alive, and answers nothing. A connected node settles until
+// catchUpUntil too (catchingUp: back from answering nothing, its caches may be
+// behind).
+func membershipMode(view member.View, cutOffSince, now time.Time, t timing, othersHeard, leasesLive bool, catchUpUntil time.Time) (mode, time.Time) {
 	if !view.Isolated {
-		if end := view.ConnectedSince.Add(t.Settle); now.Before(end) {
+		end := view.ConnectedSince.Add(t.Settle)
+		if catchUpUntil.After(end) {
+			end = catchUpUntil
+		}
+		if now.Before(end) {
 			return modeSettling, end
 		}
 		return modeHeartbeats, time.Time{}
@@ -84,15 +90,18 @@ func membershipMode(view member.View, cutOffSince, now time.Time, t timing, othe
 	return modeFallback, time.Time{}
 }
 
-// catchingUp reports whether this node, back at returned from answering
-// nothing, still waits for its Services cache to catch up with the API
-// server: it was cut off from the heartbeats, maybe from the API server too
-// (a link down), and the records of owners in the conditions it holds may
-// predate its return, naming it for addresses the others took meanwhile. It
-// waits, settling (taking nothing new), until the cache moved past the
-// resource version it had then (returnedRV, now rv), at most maxWait.
-func catchingUp(returned, now time.Time, maxWait time.Duration, returnedRV, rv string) bool {
-	return !returned.IsZero() && now.Before(returned.Add(maxWait)) && rv == returnedRV
+// catchingUp is until when this node, back at returned from answering
+// nothing, settles for its Services cache to catch up with the API server
+// (zero: it does not): it was cut off from the heartbeats, maybe from the API
+// server too (a link down), and the records of owners it holds may predate
+// its return, naming it for addresses the others took meanwhile. It settles
+// until the cache moved past the resource version it had then (returnedRV,
+// now rv), at most maxWait.
+func catchingUp(returned time.Time, maxWait time.Duration, returnedRV, rv string) time.Time {
+	if returned.IsZero() || rv != returnedRV {
+		return time.Time{}
+	}
+	return returned.Add(maxWait)
 }
 
 // renewsLease reports whether this node keeps its Lease fresh: while it is

@@ -32,19 +32,22 @@ func TestMembershipMode(t *testing.T) {
 		want        mode
 		wake        time.Time
 		leasesDead  bool
+		catchUp     time.Time
 	}{
-		{"connected long ago", connected(time.Minute), time.Time{}, false, modeHeartbeats, time.Time{}, false},
-		{"just connected: settling", connected(100 * time.Millisecond), time.Time{}, false, modeSettling, t0.Add(500 * time.Millisecond), false},
-		{"settled exactly", connected(600 * time.Millisecond), time.Time{}, false, modeHeartbeats, time.Time{}, false},
-		{"just cut off", cut, t0, false, modeCutOff, t0.Add(7 * time.Second), false},
-		{"cut off, renewing, waiting for the others' Leases", cut, t0.Add(-3 * time.Second), false, modeCutOff, t0.Add(4 * time.Second), false},
-		{"cut off long enough, nobody hears the heartbeats: fallback", cut, t0.Add(-7 * time.Second), false, modeFallback, time.Time{}, false},
-		{"cut off for an hour: still fallback", cut, t0.Add(-time.Hour), false, modeFallback, time.Time{}, false},
-		{"cut off long enough, others hear the heartbeats: silent", cut, t0.Add(-7 * time.Second), true, modeCutOff, time.Time{}, false},
-		{"connected, others standing by: heartbeats", connected(time.Minute), time.Time{}, true, modeHeartbeats, time.Time{}, false},
-		{"cut off long enough, but its own Lease does not come back: silent", cut, t0.Add(-7 * time.Second), false, modeCutOff, time.Time{}, true},
+		{"connected long ago", connected(time.Minute), time.Time{}, false, modeHeartbeats, time.Time{}, false, time.Time{}},
+		{"just connected: settling", connected(100 * time.Millisecond), time.Time{}, false, modeSettling, t0.Add(500 * time.Millisecond), false, time.Time{}},
+		{"settled exactly", connected(600 * time.Millisecond), time.Time{}, false, modeHeartbeats, time.Time{}, false, time.Time{}},
+		{"just cut off", cut, t0, false, modeCutOff, t0.Add(7 * time.Second), false, time.Time{}},
+		{"cut off, renewing, waiting for the others' Leases", cut, t0.Add(-3 * time.Second), false, modeCutOff, t0.Add(4 * time.Second), false, time.Time{}},
+		{"cut off long enough, nobody hears the heartbeats: fallback", cut, t0.Add(-7 * time.Second), false, modeFallback, time.Time{}, false, time.Time{}},
+		{"cut off for an hour: still fallback", cut, t0.Add(-time.Hour), false, modeFallback, time.Time{}, false, time.Time{}},
+		{"cut off long enough, others hear the heartbeats: silent", cut, t0.Add(-7 * time.Second), true, modeCutOff, time.Time{}, false, time.Time{}},
+		{"connected, others standing by: heartbeats", connected(time.Minute), time.Time{}, true, modeHeartbeats, time.Time{}, false, time.Time{}},
+		{"cut off long enough, but its own Lease does not come back: silent", cut, t0.Add(-7 * time.Second), false, modeCutOff, time.Time{}, true, time.Time{}},
+		{"settled, but catching up: settling until then", connected(time.Minute), time.Time{}, false, modeSettling, t0.Add(2 * time.Second), false, t0.Add(2 * time.Second)},
+		{"caught up long ago: heartbeats", connected(time.Minute), time.Time{}, false, modeHeartbeats, time.Time{}, false, t0.Add(-time.Second)},
 	} {
-		got, wake := membershipMode(tc.view, tc.cutOffSince, t0, testTiming, tc.othersHeard, !tc.leasesDead)
+		got, wake := membershipMode(tc.view, tc.cutOffSince, t0, testTiming, tc.othersHeard, !tc.leasesDead, tc.catchUp)
 		if got != tc.want || !wake.Equal(tc.wake) {
 			t.Errorf("%s: mode %s wake %v, want %s wake %v", tc.name, got, wake, tc.want, tc.wake)
 		}
@@ -366,16 +369,14 @@ func TestCatchingUp(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		returned time.Time
-		now      time.Time
 		rv       string
-		want     bool
+		want     time.Time
 	}{
-		{"never cut off", time.Time{}, t0, "5", false},
-		{"just back, cache unchanged", t0, t0.Add(time.Second), "5", true},
-		{"back, cache moved on", t0, t0.Add(time.Second), "9", false},
-		{"back long ago, cache unchanged (a quiet cluster)", t0, t0.Add(6 * time.Second), "5", false},
+		{"never cut off", time.Time{}, "5", time.Time{}},
+		{"back, cache unchanged: until the bound", t0, "5", t0.Add(6 * time.Second)},
+		{"back, cache moved on", t0, "9", time.Time{}},
 	} {
-		if got := catchingUp(tc.returned, tc.now, 6*time.Second, "5", tc.rv); got != tc.want {
+		if got := catchingUp(tc.returned, 6*time.Second, "5", tc.rv); !got.Equal(tc.want) {
 			t.Errorf("%s: catchingUp = %v, want %v", tc.name, got, tc.want)
 		}
 	}
