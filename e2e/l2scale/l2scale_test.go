@@ -45,14 +45,14 @@ func TestSplitBrainIsDetected(t *testing.T) {
 		}
 	}
 	f.Cleanup(func(context.Context) { remove() })
-	var seen []split
+	var seen []lab.Split
 	for i := 0; i < 20 && len(seen) == 0; i++ {
 		w.next(f)
-		for _, s := range w.takeSplits() {
-			if s.addr == a && slices.Equal(s.nodes, sortedPair(owner, other)) {
+		for _, s := range w.TakeSplits() {
+			if s.Addr == a && slices.Equal(s.Nodes, sortedPair(owner, other)) {
 				seen = append(seen, s)
 			} else {
-				t.Errorf("split brain seen where none was made: %s answered by %v", s.addr, s.nodes)
+				t.Errorf("split brain seen where none was made: %s answered by %v", s.Addr, s.Nodes)
 			}
 		}
 	}
@@ -67,7 +67,7 @@ func TestSplitBrainIsDetected(t *testing.T) {
 	// Made on purpose, including those of a round asked before the
 	// removal; what follows must have none.
 	w.next(f)
-	w.takeSplits()
+	w.TakeSplits()
 	w.waitOwners(f, "the address answered by its owner alone again", 20, func(o map[netip.Addr]int) error {
 		if o[a] != owner {
 			return fmt.Errorf("%s answered by %s", a, node(f, o[a]))
@@ -153,11 +153,11 @@ func TestOwnerDiesAndComesBack(t *testing.T) {
 	r.checkDark(f, maxFailover, "failover after the owner died")
 	failovers := make([]time.Duration, 0, len(lost))
 	for _, a := range lost {
-		failovers = append(failovers, r.longest[a])
+		failovers = append(failovers, r.Longest[a])
 	}
 	slices.Sort(failovers)
 	t.Logf("failover of the dead owner's %d addresses (seconds dark, %v resolution): median %.2fs, max %.2fs",
-		len(lost), roundEvery, failovers[len(failovers)/2].Seconds(), failovers[len(failovers)-1].Seconds())
+		len(lost), lab.ARPRoundEvery, failovers[len(failovers)/2].Seconds(), failovers[len(failovers)-1].Seconds())
 	if t.Failed() {
 		return
 	}

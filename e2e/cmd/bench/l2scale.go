@@ -44,10 +44,6 @@ const (
 	// failoverAsk is how long a failover round waits for answers; rounds
 	// follow each other at once, so it is the failover times' resolution.
 	failoverAsk = 200 * time.Millisecond
-	// A rolling restart's watch asks every address every darkEvery and
-	// waits darkAsk for the answers, as e2e/l2scale's watch does.
-	darkEvery = 500 * time.Millisecond
-	darkAsk   = 400 * time.Millisecond
 )
 
 // parseSizes reads -l2-sizes: node counts, comma-separated; "" or "none"
@@ -288,7 +284,7 @@ func (b *l2Bench) createService(s *corev1.Service) error {
 func (b *l2Bench) owners(rounds int) (map[netip.Addr]int, error) {
 	var none, several int
 	for i := 0; i < rounds && b.ctx.Err() == nil; i++ {
-		answers, err := b.probe.Ask(b.addrs, darkAsk)
+		answers, err := b.probe.Ask(b.addrs, lab.ARPRoundWait)
 		if err != nil {
 			return nil, err
 		}
@@ -512,7 +508,7 @@ func (b *l2Bench) rollingRestart() error {
 	if _, err := b.owners(60); err != nil {
 		return fmt.Errorf("before the rolling restart: %w", err)
 	}
-	w := startDarkWatch(b.probe, b.addrs)
+	w := lab.StartARPWatch(b.probe, b.addrs)
 	began := time.Now()
 	restarted := 0
 	var stopped error
@@ -545,8 +541,11 @@ func (b *l2Bench) rollingRestart() error {
 	}
 	elapsed := time.Since(began)
 	// The last restart's stretches end within a round or two.
-	_ = sleep(b.ctx, 2*darkEvery)
-	dark, rounds, splits, werr := w.stop()
+	_ = sleep(b.ctx, 2*lab.ARPRoundEvery)
+	w.Close()
+	seen := w.Step()
+	dark, rounds, splits := seen.Total, seen.Rounds, len(seen.Splits)
+	_, _, werr := w.Rounds()
 	if werr != nil && stopped == nil {
 		stopped = werr
 	}
@@ -565,7 +564,7 @@ func (b *l2Bench) rollingRestart() error {
 			ofDark = fmt.Sprintf(" (of the dark ones %.1f s)", median(darkOnes).Seconds())
 		}
 		note := fmt.Sprintf("%d of %d speakers restarted one by one (SIGTERM, start, healthy, converged) in %.0f s; %d ARP rounds, every %v from the LAN client",
-			restarted, b.nodes, elapsed.Seconds(), rounds, darkEvery)
+			restarted, b.nodes, elapsed.Seconds(), rounds, lab.ARPRoundEvery)
 		if splits > 0 {
 			note += fmt.Sprintf("; %d answers by several nodes at once", splits)
 		}
@@ -598,78 +597,6 @@ func (b *l2Bench) waitHealthy(n int) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("%s not healthy after 30 s (%v)", b.l.SpeakerName(n), b.ctx.Err())
-}
-
-// darkWatch asks ARP for every address, round after round, and sums per
-// address the time it went unanswered: from the first round nobody
-// answered to the next round somebody did.
-type darkWatch struct {
-	probe *lab.ARPProbe
-	addrs []netip.Addr
-
-	mu        sync.Mutex
-	rounds    int
-	splits    int
-	darkSince map[netip.Addr]time.Time
-	dark      map[netip.Addr]time.Duration
-	err       error
-
-	quit, done chan struct{}
-}
-
-func startDarkWatch(probe *lab.ARPProbe, addrs []netip.Addr) *darkWatch {
-	w := &darkWatch{probe: probe, addrs: addrs, darkSince: map[netip.Addr]time.Time{}, dark: map[netip.Addr]time.Duration{},
-		quit: make(chan struct{}), done: make(chan struct{})}
-	go w.run()
-	return w
-}
-
-func (w *darkWatch) run() {
-	defer close(w.done)
-	for {
-		at := time.Now()
-		answers, err := w.probe.Ask(w.addrs, darkAsk)
-		w.mu.Lock()
-		if err != nil {
-			w.err = err
-			w.mu.Unlock()
-			return
-		}
-		w.rounds++
-		for _, a := range w.addrs {
-			switch len(answers[a]) {
-			case 0:
-				if _, open := w.darkSince[a]; !open {
-					w.darkSince[a] = at
-				}
-				continue
-			case 1:
-			default:
-				w.splits++
-			}
-			if since, open := w.darkSince[a]; open {
-				w.dark[a] += at.Sub(since)
-				delete(w.darkSince, a)
-			}
-		}
-		w.mu.Unlock()
-		select {
-		case <-w.quit:
-			return
-		case <-time.After(max(darkEvery-time.Since(at), 0)):
-		}
-	}
-}
-
-// stop ends the watch; stretches still open count to now.
-func (w *darkWatch) stop() (dark map[netip.Addr]time.Duration, rounds, splits int, err error) {
-	close(w.quit)
-	<-w.done
-	now := time.Now()
-	for a, since := range w.darkSince {
-		w.dark[a] += now.Sub(since)
-	}
-	return w.dark, w.rounds, w.splits, w.err
 }
 
 // quantiles says median and p99 of ds, or median and max when there are

@@ -1,0 +1,180 @@
+package lab
+
+import (
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// A round of an ARPWatch asks every address once and takes the answers
+// that come within ARPRoundWait of its last question (a busy node's answer
+// may take a few hundred milliseconds; a client waits a second before it
+// asks again); rounds begin ARPRoundEvery apart, which is how finely
+// darkness is measured. Every ARP request reaches every speaker's packet
+// socket: the pause between rounds keeps the watch from loading the lab.
+const (
+	ARPRoundWait  = 400 * time.Millisecond
+	ARPRoundEvery = 500 * time.Millisecond
+)
+
+// ARPWatch asks ARP for a set of addresses from the LAN client, round after
+// round in the background, and keeps what a user would notice: an address
+// answered by several nodes at once (split brain, the worst failure of L2
+// mode) and every stretch of time an address went unanswered (dark).
+// Callers read it in steps: Step returns and forgets what happened since
+// the last one.
+type ARPWatch struct {
+	probe *ARPProbe
+	addrs []netip.Addr
+
+	mu        sync.Mutex
+	rounds    int
+	owners    map[netip.Addr]int // by the last round: 0 none, -1 several
+	darkSince map[netip.Addr]time.Time
+	dark      map[netip.Addr][]time.Duration // stretches ended in this step
+	splits    []Split
+	stepBegan time.Time
+	stepRound int
+	err       error
+
+	stop, done chan struct{}
+}
+
+// Split is one question answered by several nodes (their numbers, 0 for a
+// MAC that is no node's).
+type Split struct {
+	At    time.Time
+	Addr  netip.Addr
+	Nodes []int
+}
+
+// Dark is what an ARPWatch saw during one step.
+type Dark struct {
+	Elapsed time.Duration
+	Rounds  int
+	// Longest is each address's longest dark stretch (one still open
+	// counted to the end of the step); Total the sum of its stretches.
+	Longest, Total map[netip.Addr]time.Duration
+	Splits         []Split
+}
+
+// StartARPWatch starts asking for addrs through probe. Close ends it.
+func StartARPWatch(probe *ARPProbe, addrs []netip.Addr) *ARPWatch {
+	w := &ARPWatch{
+		probe: probe, addrs: addrs,
+		owners: map[netip.Addr]int{}, darkSince: map[netip.Addr]time.Time{}, dark: map[netip.Addr][]time.Duration{},
+		stepBegan: time.Now(), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	go w.run()
+	return w
+}
+
+// Close ends the watch (the probe stays open).
+func (w *ARPWatch) Close() {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+}
+
+func (w *ARPWatch) run() {
+	defer close(w.done)
+	for {
+		select {
+		case <-w.stop:
+			return
+		default:
+		}
+		at := time.Now()
+		answers, err := w.probe.Ask(w.addrs, ARPRoundWait)
+		w.mu.Lock()
+		if err != nil {
+			w.err = err
+			w.mu.Unlock()
+			return
+		}
+		w.take(at, answers)
+		w.mu.Unlock()
+		select {
+		case <-w.stop:
+			return
+		case <-time.After(max(ARPRoundEvery-time.Since(at), 0)):
+		}
+	}
+}
+
+// take records one round asked at at; w.mu is held.
+func (w *ARPWatch) take(at time.Time, answers map[netip.Addr][]net.HardwareAddr) {
+	w.rounds++
+	for _, a := range w.addrs {
+		var nodes []int
+		for _, mac := range answers[a] {
+			nodes = append(nodes, w.probe.plan.NodeByMAC(mac)) // 0: no node's MAC
+		}
+		slices.Sort(nodes)
+		switch {
+		case len(nodes) == 0:
+			w.owners[a] = 0
+			if _, open := w.darkSince[a]; !open {
+				w.darkSince[a] = at
+			}
+			continue
+		case len(nodes) > 1:
+			w.owners[a] = -1
+			w.splits = append(w.splits, Split{At: at, Addr: a, Nodes: nodes})
+		default:
+			w.owners[a] = nodes[0]
+		}
+		if since, open := w.darkSince[a]; open {
+			w.dark[a] = append(w.dark[a], at.Sub(since))
+			delete(w.darkSince, a)
+		}
+	}
+}
+
+// Rounds is how many rounds ended so far, the owners the last one saw
+// (by address: the node's number, 0 for none, -1 for several), and the
+// error that ended the watch, if any.
+func (w *ARPWatch) Rounds() (int, map[netip.Addr]int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.rounds, maps.Clone(w.owners), w.err
+}
+
+// TakeSplits returns and forgets the split brains seen so far.
+func (w *ARPWatch) TakeSplits() []Split {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.splits
+	w.splits = nil
+	return s
+}
+
+// Step ends a step: it returns what the watch saw since the last one and
+// begins the next. An address still dark goes on counting in the next step.
+func (w *ARPWatch) Step() Dark {
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	d := Dark{Elapsed: now.Sub(w.stepBegan), Rounds: w.rounds - w.stepRound, Splits: w.splits,
+		Longest: map[netip.Addr]time.Duration{}, Total: map[netip.Addr]time.Duration{}}
+	for a, stretches := range w.dark {
+		for _, s := range stretches {
+			d.Longest[a] = max(d.Longest[a], s)
+			d.Total[a] += s
+		}
+	}
+	for a, since := range w.darkSince {
+		s := now.Sub(since)
+		d.Longest[a] = max(d.Longest[a], s)
+		d.Total[a] += s
+		w.darkSince[a] = now
+	}
+	w.splits, w.dark, w.stepBegan, w.stepRound = nil, map[netip.Addr][]time.Duration{}, now, w.rounds
+	return d
+}
