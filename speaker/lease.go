@@ -7,6 +7,7 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -64,6 +65,9 @@ type leases struct {
 	// renewFrom is when this node last began to renew its Lease (set
 	// asked for it after not renewing): see fenced.
 	renewFrom time.Time
+	// fence is fenceAt of the above, in Unix nanoseconds (0: never), read
+	// without the lock by fenced before every reply.
+	fence atomic.Int64
 }
 
 // observedLease is a Lease as this node saw it change.
@@ -189,6 +193,7 @@ func (l *leases) set(info map[string]string, heartbeats string) {
 		l.renewFrom = time.Now()
 	}
 	l.wantInfo, l.wantHeartbeats = maps.Clone(info), heartbeats
+	l.refence()
 	l.mu.Unlock()
 	if changed {
 		select {
@@ -198,24 +203,39 @@ func (l *leases) set(info map[string]string, heartbeats string) {
 	}
 }
 
-// fenced reports whether this node's Lease has gone unrenewed for too long
-// while it must be renewed: for two thirds of its duration since it was last
-// renewed, or since renewing began. The other nodes count this node alive
-// through that Lease for its duration after they saw a renewal, so while it
-// is fenced they may take its addresses, and it must answer nothing (a node
-// whose writes fail on a busy or unreachable API server). Not renewing
-// (heartbeats flow everywhere), nothing depends on the Lease.
+// fenced reports whether this node's Lease is overdue at now (fenceAt). It
+// is asked before every ARP and NDP reply, so it takes no lock.
 func (l *leases) fenced(now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.wantHeartbeats == heartbeatsOK {
-		return false
+	at := l.fence.Load()
+	return at != 0 && now.UnixNano() >= at
+}
+
+// refence sets fence from the Lease's state; l.mu is held.
+func (l *leases) refence() {
+	var at int64
+	if t := fenceAt(l.wantHeartbeats, l.renewFrom, l.renewed, l.duration); !t.IsZero() {
+		at = t.UnixNano()
 	}
-	since := l.renewFrom
-	if l.renewed.After(since) {
-		since = l.renewed
+	l.fence.Store(at)
+}
+
+// fenceAt is when this node's Lease becomes overdue while it must be
+// renewed: two thirds of its duration after it was last renewed, or after
+// renewing began (zero: never, since it need not be renewed). The other
+// nodes count this node alive through that Lease for its duration after
+// they saw a renewal, so once it is overdue they may take its addresses, and
+// it must answer nothing (a node whose writes fail on a busy or unreachable
+// API server). Not renewing (heartbeats flow everywhere), nothing depends on
+// the Lease.
+func fenceAt(heartbeats string, renewFrom, renewed time.Time, duration time.Duration) time.Time {
+	if heartbeats == heartbeatsOK {
+		return time.Time{}
 	}
-	return now.Sub(since) >= l.duration*2/3
+	since := renewFrom
+	if renewed.After(since) {
+		since = renewed
+	}
+	return since.Add(duration * 2 / 3)
 }
 
 // live reports whether this node's own renewals come back to it through its
@@ -320,6 +340,7 @@ func (l *leases) keep(ctx context.Context, info map[string]string, heartbeats st
 	l.written = got
 	if want.Spec.RenewTime != nil && want.Spec.RenewTime.Time.Equal(now) {
 		l.renewed = now
+		l.refence()
 		next = now.Add(l.duration / 3)
 	}
 	l.mu.Unlock()

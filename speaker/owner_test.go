@@ -356,6 +356,7 @@ func TestLeaseFenced(t *testing.T) {
 		{"last renewed 4 s ago", heartbeatsCutOff, t0, t0.Add(time.Second), t0.Add(5 * time.Second), true},
 	} {
 		l := &leases{duration: d, wantHeartbeats: tc.heartbeats, renewFrom: tc.renewFrom, renewed: tc.renewed}
+		l.refence()
 		if got := l.fenced(tc.now); got != tc.want {
 			t.Errorf("%s: fenced = %v, want %v", tc.name, got, tc.want)
 		}
