@@ -17,12 +17,14 @@ import (
 	"github.com/vishvananda/netlink"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
@@ -167,7 +169,10 @@ func New(cfg Config) (*Speaker, error) {
 		return nil, err
 	}
 	s.events = newEventSink(cfg.Client, cfg.Node)
-	s.services = s.factory.Core().V1().Services().Informer()
+	s.services = s.factory.InformerFor(&v1.Service{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return coreinformers.NewFilteredServiceInformer(c, metav1.NamespaceAll, resync, cache.Indexers{},
+			func(o *metav1.ListOptions) { o.FieldSelector = serviceSelector })
+	})
 	// Responders open only in sync, after Run has made the membership.
 	s.l2 = newL2Announcer(cfg.Node, cfg.Logger, s.events, func() (bool, bool, bool) {
 		return s.members.Answerable(), !s.leases.fenced(time.Now()), s.members.Heard()
@@ -177,6 +182,14 @@ func New(cfg Config) (*Speaker, error) {
 	s.nodes = s.factory.Core().V1().Nodes().Informer()
 	s.pools = s.dynamic.ForResource(IPPoolResource).Informer()
 	s.bgpPeers = s.dynamic.ForResource(BGPPeerResource).Informer()
+	for inf, slim := range map[cache.SharedIndexInformer]cache.TransformFunc{
+		s.services: slimService(cfg.Classifier), s.slices: newSliceSlimmer().transform, s.nodes: slimNode,
+		s.pools: slimUnstructured, s.bgpPeers: slimUnstructured,
+	} {
+		if err := inf.SetTransform(slim); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.slices.AddIndexers(cache.Indexers{sliceByService: func(obj any) ([]string, error) {
 		es, ok := obj.(*discoveryv1.EndpointSlice)
 		if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
@@ -186,17 +199,66 @@ func New(cfg Config) (*Speaker, error) {
 	}}); err != nil {
 		return nil, err
 	}
-	enqueue := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { s.queue.Add(syncKey) },
-		UpdateFunc: func(any, any) { s.queue.Add(syncKey) },
-		DeleteFunc: func(any) { s.queue.Add(syncKey) },
-	}
-	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools, s.bgpPeers} {
-		if _, err := inf.AddEventHandler(enqueue); err != nil {
+	// A change leads to a sync only if it can change a plan.
+	for inf, h := range map[cache.SharedIndexInformer]cache.ResourceEventHandler{
+		s.services: s.onChange("Service", func(old, cur any) bool {
+			o, _ := old.(*v1.Service)
+			c, _ := cur.(*v1.Service)
+			return serviceMatters(cfg.Classifier, o, c)
+		}),
+		s.slices: s.onChange("EndpointSlice", func(old, cur any) bool {
+			o, _ := old.(*discoveryv1.EndpointSlice)
+			c, _ := cur.(*discoveryv1.EndpointSlice)
+			return sliceMatters(cfg.Classifier, s.serviceOf(cmp.Or(c, o)), o, c)
+		}),
+		s.nodes: s.onChange("Node", func(old, cur any) bool {
+			o, _ := old.(*v1.Node)
+			c, _ := cur.(*v1.Node)
+			return nodeMatters(o, c)
+		}),
+		s.pools:    s.onChange("IPPool", nil),
+		s.bgpPeers: s.onChange("BGPPeer", nil),
+	} {
+		if _, err := inf.AddEventHandler(h); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// onChange queues a sync for a change of kind (old → cur: nil when added or
+// deleted) that matters (every change when matters is nil), and counts it.
+func (s *Speaker) onChange(kind string, matters func(old, cur any) bool) cache.ResourceEventHandler {
+	changed := func(old, cur any) {
+		if matters != nil && !matters(old, cur) {
+			syncTriggers.WithLabelValues(kind, "ignored").Inc()
+			return
+		}
+		syncTriggers.WithLabelValues(kind, "queued").Inc()
+		s.queue.Add(syncKey)
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { changed(nil, obj) },
+		UpdateFunc: changed,
+		DeleteFunc: func(obj any) { changed(unwrap(obj), nil) },
+	}
+}
+
+// serviceOf is the Service of es in the cache, nil if none.
+func (s *Speaker) serviceOf(es *discoveryv1.EndpointSlice) *v1.Service {
+	if es == nil {
+		return nil
+	}
+	key, ok := sliceService(es)
+	if !ok {
+		return nil
+	}
+	obj, exists, _ := s.services.GetStore().GetByKey(key.String())
+	if !exists {
+		return nil
+	}
+	svc, _ := obj.(*v1.Service)
+	return svc
 }
 
 // Run runs the speaker until ctx ends. On the way out it stops answering
@@ -277,6 +339,7 @@ func (s *Speaker) processNext(ctx context.Context) bool {
 		return false
 	}
 	defer s.queue.Done(key)
+	syncs.Inc()
 	if err := s.sync(ctx); err != nil {
 		s.logger.Error(err, "Sync failed; retrying")
 		s.queue.AddRateLimited(key)

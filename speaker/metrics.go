@@ -39,6 +39,21 @@ func boolFloat(b bool) float64 {
 	return 0
 }
 
+// syncs counts the recomputations of the plans; syncTriggers, the changes
+// the caches saw, by kind and by whether they led to a sync ("queued") or
+// could change no plan ("ignored"). A speaker's work should follow the
+// changes to what it announces, not to the cluster.
+var (
+	syncs = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "ironlb", Subsystem: "speaker", Name: "syncs_total",
+		Help: "Recomputations of the plans (every address's owner, BGP advertisements, conditions).",
+	})
+	syncTriggers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ironlb", Subsystem: "speaker", Name: "cache_changes_total",
+		Help: "Changes seen in the speaker's caches, by kind and result: queued (a sync follows) or ignored (no plan reads what changed).",
+	}, []string{"kind", "result"})
+)
+
 var (
 	bgpSessionUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "bgp_session_up",
@@ -55,10 +70,10 @@ var (
 )
 
 // RegisterMetrics registers every speaker metric with reg: addresses owned,
-// ARP/NDP requests, replies and gratuitous announcements, peers alive and
-// heartbeats.
+// syncs and the changes that caused them, ARP/NDP requests, replies and
+// gratuitous announcements, peers alive and heartbeats.
 func RegisterMetrics(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{addressesOwned, membershipModeGauge, peersThroughLease, bgpSessionUp, bgpPrefixes, bgpUpdates} {
+	for _, c := range []prometheus.Collector{addressesOwned, syncs, syncTriggers, membershipModeGauge, peersThroughLease, bgpSessionUp, bgpPrefixes, bgpUpdates} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

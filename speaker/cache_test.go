@@ -1,0 +1,272 @@
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/lbclass"
+)
+
+var classifier = lbclass.Classifier{Class: "ironlb.io/ironlb", HandleClassless: true}
+
+func ofClass(s *v1.Service, class string) *v1.Service {
+	s.Spec.LoadBalancerClass = &class
+	return s
+}
+
+func clusterIP(s *v1.Service) *v1.Service {
+	s.Spec.Type = v1.ServiceTypeClusterIP
+	return s
+}
+
+func TestSliceMatters_OnlyNodesOfLocalServicesOfIronlbWithAddresses(t *testing.T) {
+	before := endpointSlice("a", ep{node: "n1", ready: true})
+	moved := endpointSlice("a", ep{node: "n2", ready: true})
+	sameNodes := endpointSlice("a", ep{node: "n1", ready: true})
+	sameNodes.ResourceVersion = "7"
+	tests := []struct {
+		name     string
+		svc      *v1.Service
+		old, cur *discoveryv1.EndpointSlice
+		want     bool
+	}{
+		{"no Service in the cache", nil, before, moved, false},
+		{"ClusterIP Service", clusterIP(local(service("a", "p", "172.31.0.1"))), before, moved, false},
+		{"LoadBalancer of another class", ofClass(local(service("a", "p", "172.31.0.1")), "example.com/other"), before, moved, false},
+		{"ironlb's, externalTrafficPolicy Cluster", service("a", "p", "172.31.0.1"), before, moved, false},
+		{"ironlb's, Local, no address yet", local(service("a", "p")), before, moved, false},
+		{"ironlb's, Local, endpoints moved", local(service("a", "p", "172.31.0.1")), before, moved, true},
+		{"ironlb's, Local, slice added", local(service("a", "p", "172.31.0.1")), nil, moved, true},
+		{"ironlb's, Local, slice deleted", local(service("a", "p", "172.31.0.1")), before, nil, true},
+		{"ironlb's, Local, same nodes", local(service("a", "p", "172.31.0.1")), before, sameNodes, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			slim := newSliceSlimmer()
+			var old, cur *discoveryv1.EndpointSlice
+			if tt.old != nil {
+				old = mustSlim(t, slim.transform, tt.old).(*discoveryv1.EndpointSlice)
+			}
+			if tt.cur != nil {
+				cur = mustSlim(t, slim.transform, tt.cur).(*discoveryv1.EndpointSlice)
+			}
+			if got := sliceMatters(classifier, tt.svc, old, cur); got != tt.want {
+				t.Errorf("sliceMatters = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestServiceMatters_OnlyIronlbsServices(t *testing.T) {
+	ours, other := service("a", "p", "172.31.0.1"), ofClass(service("a", "p"), "example.com/other")
+	for _, tt := range []struct {
+		name     string
+		old, cur *v1.Service
+		want     bool
+	}{
+		{"ours added", nil, ours, true},
+		{"ours deleted", ours, nil, true},
+		{"other class added", nil, other, false},
+		{"other class updated", other, other, false},
+		{"ours turned ClusterIP", ours, clusterIP(service("a", "p")), true},
+	} {
+		if got := serviceMatters(classifier, tt.old, tt.cur); got != tt.want {
+			t.Errorf("%s: serviceMatters = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func mustSlim(t *testing.T, f cache.TransformFunc, obj any) any {
+	t.Helper()
+	out, err := f(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestSlimSlice_KeepsTheNodesWithReadyOrServingEndpointsOnce(t *testing.T) {
+	es := endpointSlice("a", ep{node: "n2", ready: true}, ep{node: "n1", serving: true}, ep{node: "n2", ready: true}, ep{node: "n3"})
+	es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{"172.31.9.9"}}) // no node
+	es.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "x"}}
+	slim := newSliceSlimmer()
+	got := mustSlim(t, slim.transform, es).(*discoveryv1.EndpointSlice)
+	if want := localEndpointNodes([]*discoveryv1.EndpointSlice{es}); !maps.Equal(localEndpointNodes([]*discoveryv1.EndpointSlice{got}), want) {
+		t.Errorf("nodes = %v, want %v", localEndpointNodes([]*discoveryv1.EndpointSlice{got}), want)
+	}
+	if len(got.Endpoints) != 2 || *got.Endpoints[0].NodeName != "n1" || got.Endpoints[0].Addresses != nil {
+		t.Errorf("endpoints = %+v, want one per node (n1, n2), without addresses", got.Endpoints)
+	}
+	if got.ManagedFields != nil || got.Labels[discoveryv1.LabelServiceName] != "a" {
+		t.Errorf("meta = %+v, want the service-name label and no managedFields", got.ObjectMeta)
+	}
+	other := mustSlim(t, slim.transform, endpointSlice("b", ep{node: "n1", ready: true})).(*discoveryv1.EndpointSlice)
+	if other.Endpoints[0].NodeName != got.Endpoints[0].NodeName {
+		t.Error("node names are not shared between slices")
+	}
+}
+
+// The plans computed from cut-down objects are those computed from whole ones.
+func TestSlimObjects_PlansAreUnchanged(t *testing.T) {
+	svcs := []*v1.Service{
+		service("a", "l2", "172.31.0.1"),
+		local(service("b", "l2", "172.31.0.2")),
+		local(service("c", "bgp", "172.31.1.1")),
+	}
+	svcs[0].ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "x"}}
+	svcs[0].Spec.Ports = []v1.ServicePort{{Port: 80}}
+	svcs[1].Status.Conditions = []metav1.Condition{
+		{Type: "other", Status: metav1.ConditionTrue},
+		{Type: v1alpha1.ConditionAnnounced, Status: metav1.ConditionTrue, Message: "172.31.0.2 by n2 on eth0 (ARP)"},
+	}
+	eps := []*discoveryv1.EndpointSlice{
+		endpointSlice("b", ep{node: "n2", ready: true}, ep{node: "n3", serving: true}),
+		endpointSlice("c", ep{node: "n1", ready: true}, ep{node: "n3"}),
+	}
+	nodes := []*v1.Node{node("n1", nil, false), node("n2", nil, false), node("n3", nil, true)}
+	pools := []*v1alpha1.IPPool{l2Pool("l2", nil, nil, "172.31.0.0/24"), bgpPool("bgp", "172.31.1.0/24")}
+	peers := []*v1alpha1.BGPPeer{{ObjectMeta: metav1.ObjectMeta{Name: "r"}}}
+	info := map[string]string{infoDefaultIf: "eth0", infoIfPrefix + "eth0": ifUp}
+
+	build := func(slimSvc, slimSlice, slimN cache.TransformFunc) inputs {
+		in := inputs{slices: map[types.NamespacedName][]*discoveryv1.EndpointSlice{}, pools: pools, nodes: map[string]*v1.Node{},
+			alive: map[string]map[string]string{"n1": info, "n2": info, "n3": info}, recorded: map[netip.Addr]string{}}
+		for _, s := range svcs {
+			got := mustSlim(t, slimSvc, s.DeepCopy()).(*v1.Service)
+			in.services = append(in.services, got)
+			maps.Copy(in.recorded, announcedOwners(got))
+		}
+		for _, es := range eps {
+			got := mustSlim(t, slimSlice, es.DeepCopy()).(*discoveryv1.EndpointSlice)
+			key, _ := sliceService(got)
+			in.slices[key] = append(in.slices[key], got)
+		}
+		for _, n := range nodes {
+			got := mustSlim(t, slimN, n.DeepCopy()).(*v1.Node)
+			in.nodes[got.Name] = got
+		}
+		return in
+	}
+	same := func(obj any) (any, error) { return obj, nil }
+	whole, slim := build(same, same, same), build(slimService(classifier), newSliceSlimmer().transform, slimNode)
+	say := func(in inputs) []string {
+		plan, notAnnounced := l2Plan(in)
+		bplan := bgpPlan(in, peers)
+		var out []string
+		for _, svc := range in.services {
+			key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+			out = append(out, fmt.Sprintf("%s: %+v", key, announcedCondition(svc, plan, bplan, notAnnounced[key], "")))
+		}
+		return out
+	}
+	if a, b := say(whole), say(slim); !slices.Equal(a, b) {
+		t.Errorf("conditions from cut-down objects:\n%s\nwant\n%s", strings.Join(b, "\n"), strings.Join(a, "\n"))
+	}
+}
+
+func TestSlimService_ForeignServiceKeepsOnlyItsIdentityAndClass(t *testing.T) {
+	svc := ofClass(service("a", "p", "172.31.0.1"), "example.com/other")
+	svc.Labels = map[string]string{"big": "label"}
+	got := mustSlim(t, slimService(classifier), svc).(*v1.Service)
+	if classifier.Handles(got) || got.Labels != nil || got.Annotations != nil || len(got.Status.LoadBalancer.Ingress) != 0 {
+		t.Errorf("kept %+v", got)
+	}
+}
+
+// A burst of changes to the EndpointSlices of Services that are not ironlb's
+// queues no sync; a change to the endpoints of an ironlb Service with
+// externalTrafficPolicy Local does. Real informers, on a fake clientset.
+func TestEndpointSliceBurstOfOtherServices_QueuesNoSync(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := fake.NewClientset(
+		local(service("lb", "p", "172.31.0.1")),
+		clusterIP(service("plain", "")),
+	)
+	scheme := runtime.NewScheme()
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, map[schema.GroupVersionResource]string{
+		IPPoolResource: "IPPoolList", BGPPeerResource: "BGPPeerList",
+	})
+	s, err := New(Config{Node: "n1", Classifier: classifier, Client: client, Dynamic: dyn, Namespace: "ironlb-system", Logger: klog.Background()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.factory.Start(ctx.Done())
+	s.dynamic.Start(ctx.Done())
+	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools, s.bgpPeers} {
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			t.Fatal("caches did not sync")
+		}
+	}
+	drain(s)
+
+	ignored := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "ignored"))
+	queued := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "queued"))
+	esClient := client.DiscoveryV1().EndpointSlices("default")
+	const burst = 100
+	for i := range burst {
+		es := endpointSlice("plain", ep{node: "n1", ready: true})
+		es.Name = fmt.Sprintf("plain-%d", i)
+		if _, err := esClient.Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		es.Endpoints[0].NodeName = new("n2")
+		if _, err := esClient.Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, ctx, "the burst to reach the cache", func() bool {
+		return testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "ignored"))-ignored == 2*burst
+	})
+	if got := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "queued")) - queued; got != 0 || s.queue.Len() != 0 {
+		t.Fatalf("%v EndpointSlice changes queued a sync (queue length %d), want none", got, s.queue.Len())
+	}
+
+	if _, err := esClient.Create(ctx, endpointSlice("lb", ep{node: "n1", ready: true}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "a sync for the LoadBalancer's endpoints", func() bool { return s.queue.Len() == 1 })
+	if got := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "queued")) - queued; got != 1 {
+		t.Errorf("queued %v, want 1", got)
+	}
+	if objs, _ := s.slices.GetIndexer().ByIndex(sliceByService, "default/plain"); len(objs) != burst {
+		t.Errorf("slices of the ClusterIP Service in the cache: %d, want %d (read when it becomes a LoadBalancer)", len(objs), burst)
+	}
+}
+
+func drain(s *Speaker) {
+	for s.queue.Len() > 0 {
+		key, _ := s.queue.Get()
+		s.queue.Done(key)
+	}
+}
+
+func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
