@@ -1,0 +1,75 @@
+package speaker
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+)
+
+// scale is a cluster of n nodes and services LoadBalancer Services, half
+// of them from an L2 pool and half from a BGP pool, one in ten with
+// externalTrafficPolicy Local and endpoints on three nodes.
+func scale(nodes, services int) (inputs, []*v1alpha1.BGPPeer) {
+	names := make([]string, nodes)
+	for i := range names {
+		names[i] = fmt.Sprintf("node-%03d", i)
+	}
+	in := world(names, []*v1alpha1.IPPool{
+		l2Pool("l2", nil, nil, "172.31.0.0/17"),
+		bgpPool("bgp", "172.31.128.0/17"),
+	})
+	in.recorded, in.answering = map[netip.Addr]string{}, map[netip.Addr]bool{}
+	next := map[string]netip.Addr{"l2": netip.MustParseAddr("172.31.0.1"), "bgp": netip.MustParseAddr("172.31.128.1")}
+	for i := range services {
+		pool := "l2"
+		if i%2 == 1 {
+			pool = "bgp"
+		}
+		addr := next[pool]
+		next[pool] = addr.Next()
+		svc := service(fmt.Sprintf("svc-%05d", i), pool, addr.String())
+		if i%10 == 0 {
+			local(svc)
+			in.slices[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}] = []*discoveryv1.EndpointSlice{
+				endpointSlice(svc.Name, ep{node: names[i%nodes], ready: true}, ep{node: names[(i+1)%nodes], ready: true}, ep{node: names[(i+2)%nodes], ready: true}),
+			}
+		}
+		in.services = append(in.services, svc)
+	}
+	return in, []*v1alpha1.BGPPeer{bgpPeer("router", nil, nil)}
+}
+
+// BenchmarkPlans_10000Services100Nodes is one recompute of every plan, as a
+// sync does today after any one Service changes.
+func BenchmarkPlans_10000Services100Nodes(b *testing.B) {
+	in, peers := scale(100, 10000)
+	b.ReportAllocs()
+	for b.Loop() {
+		l2Plan(in)
+		bgpPlan(in, peers)
+	}
+}
+
+func TestScaleWorld_AnnouncesEveryService(t *testing.T) {
+	in, peers := scale(10, 100)
+	l2, notAnnounced := l2Plan(in)
+	bgp := bgpPlan(in, peers)
+	if len(l2) != 50 || len(bgp) != 50 || len(notAnnounced) != 0 {
+		t.Fatalf("l2 %d, bgp %d, not announced %v; want 50, 50, none", len(l2), len(bgp), notAnnounced)
+	}
+	for addr, a := range l2 {
+		if a.owner == "" {
+			t.Errorf("%s: no owner: %s", addr, a.reason)
+		}
+	}
+	for addr, a := range bgp {
+		if len(a.nodes) == 0 {
+			t.Errorf("%s: no node: %s", addr, a.reason)
+		}
+	}
+}
