@@ -34,10 +34,16 @@ const (
 	annotationHeartbeats = "ironlb.io/heartbeats"
 
 	// Values of annotationHeartbeats.
-	heartbeatsOK      = "ok"      // not renewing
-	heartbeatsCutOff  = "cut-off" // renewing: this node is cut off from the heartbeats
-	heartbeatsStandby = "standby" // renewing: another node is cut off and needs to see this one
+	heartbeatsOK       = "ok"       // not renewing
+	heartbeatsCutOff   = "cut-off"  // renewing: this node is cut off from the heartbeats
+	heartbeatsFallback = "fallback" // renewing: cut off, and answering what the Leases give it
+	heartbeatsStandby  = "standby"  // renewing: another node is cut off and needs to see this one
 )
+
+// renewing reports whether a Lease that says heartbeats is being renewed.
+func renewing(heartbeats string) bool {
+	return heartbeats == heartbeatsCutOff || heartbeats == heartbeatsFallback || heartbeats == heartbeatsStandby
+}
 
 // LeaseName is the name of node's speaker Lease.
 func LeaseName(node string) string { return leasePrefix + node }
@@ -138,9 +144,13 @@ func (l *leases) states(now time.Time) map[string]leaseState {
 		if node == l.node {
 			continue
 		}
-		renewing := o.heartbeats == heartbeatsCutOff || o.heartbeats == heartbeatsStandby
-		fresh := renewing && !o.seen.IsZero() && now.Sub(o.seen) < l.duration
-		out[node] = leaseState{Fresh: fresh, CutOff: fresh && o.heartbeats == heartbeatsCutOff, Standby: fresh && o.heartbeats == heartbeatsStandby}
+		fresh := renewing(o.heartbeats) && !o.seen.IsZero() && now.Sub(o.seen) < l.duration
+		out[node] = leaseState{
+			Fresh:    fresh,
+			CutOff:   fresh && (o.heartbeats == heartbeatsCutOff || o.heartbeats == heartbeatsFallback),
+			Fallback: fresh && o.heartbeats == heartbeatsFallback,
+			Standby:  fresh && o.heartbeats == heartbeatsStandby,
+		}
 	}
 	return out
 }
@@ -152,8 +162,7 @@ func (l *leases) staleAt(now time.Time) time.Time {
 	defer l.mu.Unlock()
 	var first time.Time
 	for node, o := range l.observed {
-		renewing := o.heartbeats == heartbeatsCutOff || o.heartbeats == heartbeatsStandby
-		if node == l.node || !renewing || o.seen.IsZero() {
+		if node == l.node || !renewing(o.heartbeats) || o.seen.IsZero() {
 			continue
 		}
 		if at := o.seen.Add(l.duration); at.After(now) && (first.IsZero() || at.Before(first)) {

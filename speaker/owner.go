@@ -12,8 +12,9 @@ import (
 // is in this file, in pure functions.
 //
 //  1. Who is alive (aliveNodes): the members the heartbeats show alive and
-//     not isolated; in the fallback (the heartbeats reach nobody), the nodes
-//     whose Lease is fresh.
+//     not isolated (a member catching up says it is, member.SetWithheld); in
+//     the fallback (the heartbeats reach nobody), the nodes whose Lease is
+//     fresh.
 //  2. Who owns an address (ownerOf): among the eligible live nodes, the one
 //     recorded as answering it keeps it (no needless moves); otherwise the
 //     rendezvous ranking picks one.
@@ -31,6 +32,12 @@ const (
 	// reached every member, nor theirs this node: it keeps answering what
 	// it answers, if it still owns it, and takes nothing new.
 	modeSettling mode = "settling"
+	// modeCatchingUp: back from answering nothing (modeCutOff), its
+	// caches may be behind: the records of owners it holds may name it for
+	// addresses the others took meanwhile. It answers nothing, and its
+	// heartbeats ask the others to count it out (member.SetWithheld), so
+	// that they answer its addresses instead of yielding to those records.
+	modeCatchingUp mode = "catching-up"
 	// modeCutOff: this node hears no peer, or no peer hears it. Another
 	// node may own any address now: it answers nothing.
 	modeCutOff mode = "cut-off"
@@ -54,11 +61,26 @@ type timing struct {
 	LeaseDuration time.Duration
 }
 
-// membershipMode is this node's mode at now, given its membership view, when
-// it last became cut off (zero: it is not), whether any other node's Lease
-// says that it hears the heartbeats (othersHeard: a fresh standby Lease), and
-// its timing. It also returns when the mode changes next without any event,
-// so the caller can look again then (zero: not on its own).
+// membershipInputs is what this node's mode follows from.
+type membershipInputs struct {
+	View member.View
+	// CutOffSince is when this node last became cut off (zero: it is not).
+	CutOffSince time.Time
+	// OthersHeard: another node's Lease says that it hears the heartbeats
+	// (a fresh standby Lease). OthersInFallback: another node's Lease says
+	// that it answers what the Leases give it.
+	OthersHeard, OthersInFallback bool
+	// LeasesLive: this node's own renewals come back to it through its
+	// watch of the Leases (leases.live).
+	LeasesLive bool
+	// CatchUpUntil is until when this node catches up (catchingUp), and
+	// CaughtUp when it last did.
+	CatchUpUntil, CaughtUp time.Time
+}
+
+// membershipMode is this node's mode at now. It also returns when the mode
+// changes next without any event, so the caller can look again then (zero:
+// not on its own).
 //
 // A cut-off node answers nothing for as long as any node hears the
 // heartbeats: those nodes own every address among themselves, and took this
@@ -66,39 +88,53 @@ type timing struct {
 // firewall everywhere) do the Leases decide, after FallbackAfter and a Lease
 // duration, time for every node to renew its Lease and see the others', and
 // only while this node's own renewals come back to it through its watch of
-// the Leases (leasesLive): a node cut off from the API server too cannot
-// know who else is alive, and answers nothing. A connected node settles until
-// catchUpUntil too (catchingUp: back from answering nothing, its caches may be
-// behind).
-func membershipMode(view member.View, cutOffSince, now time.Time, t timing, othersHeard, leasesLive bool, catchUpUntil time.Time) (mode, time.Time) {
-	if !view.Isolated {
-		end := view.ConnectedSince.Add(t.Settle)
-		if catchUpUntil.After(end) {
-			end = catchUpUntil
+// the Leases (LeasesLive): a node cut off from the API server too cannot
+// know who else is alive, and answers nothing.
+//
+// A connected node settles after it connects, and after it caught up (back
+// from answering nothing, CatchUpUntil): the others hear that it counts
+// again within a Timeout. It also settles while another node's Lease says
+// it is in the fallback: that node answers what the Leases give it until it
+// sees a standby Lease, and taking its addresses before then would make two
+// nodes answer (the heartbeats coming back after a fallback everywhere).
+func membershipMode(in membershipInputs, now time.Time, t timing) (mode, time.Time) {
+	if !in.View.Isolated {
+		if now.Before(in.CatchUpUntil) {
+			return modeCatchingUp, in.CatchUpUntil
 		}
-		if now.Before(end) {
+		since := in.View.ConnectedSince
+		if in.CaughtUp.After(since) {
+			since = in.CaughtUp
+		}
+		if end := since.Add(t.Settle); now.Before(end) {
 			return modeSettling, end
+		}
+		if in.OthersInFallback {
+			return modeSettling, time.Time{}
 		}
 		return modeHeartbeats, time.Time{}
 	}
-	if end := cutOffSince.Add(t.FallbackAfter + t.LeaseDuration); now.Before(end) {
+	if end := in.CutOffSince.Add(t.FallbackAfter + t.LeaseDuration); now.Before(end) {
 		return modeCutOff, end
 	}
-	if othersHeard || !leasesLive {
+	if in.OthersHeard || !in.LeasesLive {
 		return modeCutOff, time.Time{}
 	}
 	return modeFallback, time.Time{}
 }
 
 // catchingUp is until when this node, back at returned from answering
-// nothing, settles for its Services cache to catch up with the API server
-// (zero: it does not): it was cut off from the heartbeats, maybe from the API
-// server too (a link down), and the records of owners it holds may predate
-// its return, naming it for addresses the others took meanwhile. It settles
-// until the cache moved past the resource version it had then (returnedRV,
-// now rv), at most maxWait.
-func catchingUp(returned time.Time, maxWait time.Duration, returnedRV, rv string) time.Time {
-	if returned.IsZero() || rv != returnedRV {
+// nothing, catches up (zero: it does not). It was cut off from the
+// heartbeats, maybe from the API server too (a link down), and the records of
+// owners (the Announced conditions) may still name it for addresses the
+// others took meanwhile: counted in, it would have them yield those to it,
+// and a record that the new owner is writing at that moment would make two
+// nodes answer. So it catches up until no record in its cache names it for
+// an address it does not answer (staleRecords): the new owners have written
+// theirs, and its cache has them. At most maxWait: an address that no other
+// node can take keeps its record.
+func catchingUp(returned time.Time, maxWait time.Duration, staleRecords int) time.Time {
+	if returned.IsZero() || staleRecords == 0 {
 		return time.Time{}
 	}
 	return returned.Add(maxWait)
@@ -115,9 +151,10 @@ type leaseState struct {
 	// Fresh: renewed within its duration, as seen on this node.
 	Fresh bool
 	// CutOff: the node said, when it renewed, that it is cut off from the
-	// heartbeats; Standby, that it hears them (and renews because another
+	// heartbeats; Fallback, that it is and answers what the Leases give it
+	// (CutOff too); Standby, that it hears them (and renews because another
 	// node is cut off).
-	CutOff, Standby bool
+	CutOff, Fallback, Standby bool
 }
 
 // aliveNodes are the nodes that may own addresses, as this node sees them in
@@ -164,18 +201,18 @@ func conditionWriters(self string, view member.View, alive, speakers map[string]
 	return alive
 }
 
-// ownerOf picks the owner of key among the eligible nodes. The nodes that
-// claim it, in order of trust, keep it while eligible, so a node that comes
-// back takes nothing back: first the owner the Announced condition records
-// (every speaker reads the same), then this node if it answers the address
-// now (the condition not written yet). Only a claim the condition does not
-// contradict counts, so two nodes that both answered (a partition healing)
-// agree on one. Otherwise the ranking decides.
-func ownerOf(key string, eligible map[string]bool, claims ...string) string {
-	for _, c := range claims {
-		if c != "" && eligible[c] {
-			return c
-		}
+// ownerOf picks the owner of key among the eligible nodes: the owner the
+// Announced condition records keeps it while eligible, so a node that comes
+// back takes nothing back; otherwise the ranking decides. Both are read the
+// same by every speaker, so any two that see the same records and the same
+// live nodes agree, whatever each answers now. (A node's own answering is
+// not a claim: while its record is still being written, a node that joins
+// would rank the address to itself while this one kept it, and both would
+// answer. The address moves once instead, and the record, once written,
+// holds it.)
+func ownerOf(key string, eligible map[string]bool, recorded string) string {
+	if recorded != "" && eligible[recorded] {
+		return recorded
 	}
 	return rank(key, eligible)
 }

@@ -18,36 +18,55 @@ import (
 var testTiming = timing{Settle: 600 * time.Millisecond, FallbackAfter: time.Second, LeaseDuration: 6 * time.Second}
 
 // When may this node answer: the mode follows from the membership view, how
-// long it has been cut off and whether another node hears the heartbeats,
-// and says when it changes next.
+// long it has been cut off, what the other nodes' Leases say and whether it
+// is catching up, and says when it changes next.
 func TestMembershipMode(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	connected := func(since time.Duration) member.View { return member.View{ConnectedSince: t0.Add(-since)} }
 	cut := member.View{Isolated: true}
+	cutFor := func(d time.Duration) membershipInputs {
+		return membershipInputs{View: cut, CutOffSince: t0.Add(-d), LeasesLive: true}
+	}
+	up := func(since time.Duration) membershipInputs {
+		return membershipInputs{View: connected(since), LeasesLive: true}
+	}
+	with := func(in membershipInputs, change func(*membershipInputs)) membershipInputs {
+		change(&in)
+		return in
+	}
 	for _, tc := range []struct {
-		name        string
-		view        member.View
-		cutOffSince time.Time
-		othersHeard bool
-		want        mode
-		wake        time.Time
-		leasesDead  bool
-		catchUp     time.Time
+		name string
+		in   membershipInputs
+		want mode
+		wake time.Time
 	}{
-		{"connected long ago", connected(time.Minute), time.Time{}, false, modeHeartbeats, time.Time{}, false, time.Time{}},
-		{"just connected: settling", connected(100 * time.Millisecond), time.Time{}, false, modeSettling, t0.Add(500 * time.Millisecond), false, time.Time{}},
-		{"settled exactly", connected(600 * time.Millisecond), time.Time{}, false, modeHeartbeats, time.Time{}, false, time.Time{}},
-		{"just cut off", cut, t0, false, modeCutOff, t0.Add(7 * time.Second), false, time.Time{}},
-		{"cut off, renewing, waiting for the others' Leases", cut, t0.Add(-3 * time.Second), false, modeCutOff, t0.Add(4 * time.Second), false, time.Time{}},
-		{"cut off long enough, nobody hears the heartbeats: fallback", cut, t0.Add(-7 * time.Second), false, modeFallback, time.Time{}, false, time.Time{}},
-		{"cut off for an hour: still fallback", cut, t0.Add(-time.Hour), false, modeFallback, time.Time{}, false, time.Time{}},
-		{"cut off long enough, others hear the heartbeats: silent", cut, t0.Add(-7 * time.Second), true, modeCutOff, time.Time{}, false, time.Time{}},
-		{"connected, others standing by: heartbeats", connected(time.Minute), time.Time{}, true, modeHeartbeats, time.Time{}, false, time.Time{}},
-		{"cut off long enough, but its own Lease does not come back: silent", cut, t0.Add(-7 * time.Second), false, modeCutOff, time.Time{}, true, time.Time{}},
-		{"settled, but catching up: settling until then", connected(time.Minute), time.Time{}, false, modeSettling, t0.Add(2 * time.Second), false, t0.Add(2 * time.Second)},
-		{"caught up long ago: heartbeats", connected(time.Minute), time.Time{}, false, modeHeartbeats, time.Time{}, false, t0.Add(-time.Second)},
+		{"connected long ago", up(time.Minute), modeHeartbeats, time.Time{}},
+		{"just connected: settling", up(100 * time.Millisecond), modeSettling, t0.Add(500 * time.Millisecond)},
+		{"settled exactly", up(600 * time.Millisecond), modeHeartbeats, time.Time{}},
+		{"just cut off", cutFor(0), modeCutOff, t0.Add(7 * time.Second)},
+		{"cut off, renewing, waiting for the others' Leases", cutFor(3 * time.Second), modeCutOff, t0.Add(4 * time.Second)},
+		{"cut off long enough, nobody hears the heartbeats: fallback", cutFor(7 * time.Second), modeFallback, time.Time{}},
+		{"cut off for an hour: still fallback", cutFor(time.Hour), modeFallback, time.Time{}},
+		{"cut off long enough, others hear the heartbeats: silent",
+			with(cutFor(7*time.Second), func(in *membershipInputs) { in.OthersHeard = true }), modeCutOff, time.Time{}},
+		{"connected, others standing by: heartbeats",
+			with(up(time.Minute), func(in *membershipInputs) { in.OthersHeard = true }), modeHeartbeats, time.Time{}},
+		{"cut off long enough, but its own Lease does not come back: silent",
+			with(cutFor(7*time.Second), func(in *membershipInputs) { in.LeasesLive = false }), modeCutOff, time.Time{}},
+		{"connected, another node still in the fallback: settling until its Lease says otherwise",
+			with(up(time.Minute), func(in *membershipInputs) { in.OthersInFallback = true }), modeSettling, time.Time{}},
+		{"back, catching up: withheld until then",
+			with(up(time.Minute), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(2 * time.Second) }), modeCatchingUp, t0.Add(2 * time.Second)},
+		{"just connected and catching up: catching up first",
+			with(up(100*time.Millisecond), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(2 * time.Second) }), modeCatchingUp, t0.Add(2 * time.Second)},
+		{"caught up just now: settling from then",
+			with(up(time.Minute), func(in *membershipInputs) { in.CaughtUp = t0.Add(-100 * time.Millisecond) }), modeSettling, t0.Add(500 * time.Millisecond)},
+		{"caught up long ago: heartbeats",
+			with(up(time.Minute), func(in *membershipInputs) { in.CatchUpUntil, in.CaughtUp = t0.Add(-time.Second), t0.Add(-time.Second) }), modeHeartbeats, time.Time{}},
+		{"cut off again while catching up: cut off",
+			with(cutFor(0), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(2 * time.Second) }), modeCutOff, t0.Add(7 * time.Second)},
 	} {
-		got, wake := membershipMode(tc.view, tc.cutOffSince, t0, testTiming, tc.othersHeard, !tc.leasesDead, tc.catchUp)
+		got, wake := membershipMode(tc.in, t0, testTiming)
 		if got != tc.want || !wake.Equal(tc.wake) {
 			t.Errorf("%s: mode %s wake %v, want %s wake %v", tc.name, got, wake, tc.want, tc.wake)
 		}
@@ -129,34 +148,27 @@ func TestConditionWriters(t *testing.T) {
 }
 
 // An address stays with the node recorded as answering it while that node
-// is eligible, then with this node if it answers it; only then does the
-// ranking decide.
+// is eligible; only then does the ranking decide.
 func TestOwnerOfIsSticky(t *testing.T) {
 	eligible := map[string]bool{"n1": true, "n2": true, "n3": true}
 	ranked := rank("10.0.0.1", eligible)
-	other, third := "n1", "n3"
+	other := "n1"
 	if other == ranked {
 		other = "n2"
 	}
-	if third == ranked || third == other {
-		third = "n2"
-	}
 	for _, tc := range []struct {
-		name            string
-		recorded, claim string
-		want            string
-		eligible        map[string]bool
+		name     string
+		recorded string
+		want     string
+		eligible map[string]bool
 	}{
-		{"nobody answers: ranking", "", "", ranked, eligible},
-		{"the recorded node keeps it", other, "", other, eligible},
-		{"this node answers, nothing recorded: it keeps it", "", other, other, eligible},
-		{"this node answers, another recorded: the record wins (two answered)", other, third, other, eligible},
-		{"the recorded node is no longer eligible: this node's claim", other, third, third, without(eligible, other)},
-		{"the recorded node is no longer eligible: ranking", other, "", rank("10.0.0.1", without(eligible, other)), without(eligible, other)},
-		{"the recorded node is unknown: ranking", "gone", "", ranked, eligible},
-		{"no eligible node", other, third, "", map[string]bool{}},
+		{"nothing recorded: ranking", "", ranked, eligible},
+		{"the recorded node keeps it", other, other, eligible},
+		{"the recorded node is no longer eligible: ranking", other, rank("10.0.0.1", without(eligible, other)), without(eligible, other)},
+		{"the recorded node is unknown: ranking", "gone", ranked, eligible},
+		{"no eligible node", other, "", map[string]bool{}},
 	} {
-		if got := ownerOf("10.0.0.1", tc.eligible, tc.recorded, tc.claim); got != tc.want {
+		if got := ownerOf("10.0.0.1", tc.eligible, tc.recorded); got != tc.want {
 			t.Errorf("%s: owner %q, want %q", tc.name, got, tc.want)
 		}
 	}
@@ -305,7 +317,7 @@ func TestPlanTwoAnsweringAgreeOnOne(t *testing.T) {
 	owners := map[string]string{}
 	for _, self := range []string{"n1", "n3"} {
 		in := world([]string{"n1", "n2", "n3"}, pools, svc)
-		in.self, in.answering = self, map[netip.Addr]bool{addr: true}
+		in.self = self
 		in.recorded = map[netip.Addr]string{addr: "n1"}
 		plan, _ := l2Plan(in)
 		owners[self] = plan[addr].owner
@@ -363,21 +375,22 @@ func TestLeaseFenced(t *testing.T) {
 	}
 }
 
-// Back from being cut off, a node settles until its Services cache has moved
-// on, at most a while.
+// Back from being cut off, a node catches up while a record of owners in
+// its cache still names it for an address it does not answer, at most a
+// while.
 func TestCatchingUp(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	for _, tc := range []struct {
 		name     string
 		returned time.Time
-		rv       string
+		stale    int
 		want     time.Time
 	}{
-		{"never cut off", time.Time{}, "5", time.Time{}},
-		{"back, cache unchanged: until the bound", t0, "5", t0.Add(6 * time.Second)},
-		{"back, cache moved on", t0, "9", time.Time{}},
+		{"never cut off", time.Time{}, 3, time.Time{}},
+		{"back, records still name it: until the bound", t0, 3, t0.Add(6 * time.Second)},
+		{"back, the new owners' records arrived", t0, 0, time.Time{}},
 	} {
-		if got := catchingUp(tc.returned, 6*time.Second, "5", tc.rv); !got.Equal(tc.want) {
+		if got := catchingUp(tc.returned, 6*time.Second, tc.stale); !got.Equal(tc.want) {
 			t.Errorf("%s: catchingUp = %v, want %v", tc.name, got, tc.want)
 		}
 	}

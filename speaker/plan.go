@@ -43,11 +43,9 @@ type inputs struct {
 	nodes    map[string]*v1.Node
 	alive    map[string]map[string]string // live speakers (aliveNodes) and their interface info
 	// recorded is the node each Service's Announced condition names as
-	// answering an address; answering are the addresses this node answers.
-	// Both keep an address where it is while eligible (ownerOf).
-	recorded  map[netip.Addr]string
-	answering map[netip.Addr]bool
-	self      string
+	// answering an address: it keeps the address while eligible (ownerOf).
+	recorded map[netip.Addr]string
+	self     string
 }
 
 // announcement is one address: who answers for it, where, and why not.
@@ -141,7 +139,7 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 		}
 	}
 	for addr, a := range plan {
-		a.owner = ownerOf(addr.String(), eligible[addr], in.recorded[addr], in.claim(addr))
+		a.owner = ownerOf(addr.String(), eligible[addr], in.recorded[addr])
 		if a.owner != "" {
 			a.reason = ""
 			a.interfaces = answeringInterfaces(a.poolObj, in.alive[a.owner])
@@ -154,41 +152,58 @@ func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]s
 }
 
 // eligibleNodes are the nodes that may answer for svc's address from pool,
-// and, if there is none, a sentence that says why for each node.
+// and, if there is none, a sentence that says why for each node (built only
+// then: with thousands of Services it would cost more than the plan).
+// missing gets, by node, why a node the pool selects cannot answer on its
+// interfaces.
 func eligibleNodes(in inputs, svc *v1.Service, pool *v1alpha1.IPPool, missing map[string]string) (map[string]bool, string) {
 	sel, err := selectorOf(pool.Spec.L2.NodeSelector)
 	if err != nil {
 		return nil, fmt.Sprintf("IPPool %s has an invalid l2.nodeSelector: %v", pool.Name, err)
 	}
 	local, withEndpoints := in.localOnly(svc)
-	nodes := map[string]bool{}
-	var why []string
-	for _, name := range slices.Sorted(maps.Keys(in.nodes)) {
+	// why is "" for an eligible node; noInterface says the node lacks the
+	// pool's interfaces.
+	why := func(name string) (reason string, noInterface bool) {
 		node := in.nodes[name]
 		info, alive := in.alive[name]
 		switch {
 		case !sel.Matches(labels.Set(node.Labels)):
-			why = append(why, name+": not selected by the pool's l2.nodeSelector")
+			return "not selected by the pool's l2.nodeSelector", false
 		case hasLabel(node, LabelExcludeFromLB):
-			why = append(why, name+": labelled "+LabelExcludeFromLB)
+			return "labelled " + LabelExcludeFromLB, false
 		case networkUnavailable(node):
-			why = append(why, name+": NetworkUnavailable")
+			return "NetworkUnavailable", false
 		case !alive:
-			why = append(why, name+": no live speaker")
+			return "no live speaker", false
 		case len(answeringInterfaces(pool, info)) == 0:
-			m := name + ": " + interfaceProblem(pool, info)
-			missing[name] = m
-			why = append(why, m)
+			return interfaceProblem(pool, info), true
 		case local && !withEndpoints[name]:
-			why = append(why, name+": no ready local endpoint (externalTrafficPolicy: Local)")
-		default:
+			return "no ready local endpoint (externalTrafficPolicy: Local)", false
+		}
+		return "", false
+	}
+	nodes := map[string]bool{}
+	for name := range in.nodes {
+		switch reason, noInterface := why(name); {
+		case reason == "":
 			nodes[name] = true
+		case noInterface:
+			missing[name] = name + ": " + reason
 		}
 	}
-	if len(why) == 0 {
-		why = []string{"the cluster has no nodes"}
+	if len(nodes) > 0 {
+		return nodes, ""
 	}
-	return nodes, "no eligible node (" + strings.Join(why, "; ") + ")"
+	var reasons []string
+	for _, name := range slices.Sorted(maps.Keys(in.nodes)) {
+		reason, _ := why(name)
+		reasons = append(reasons, name+": "+reason)
+	}
+	if len(reasons) == 0 {
+		reasons = []string{"the cluster has no nodes"}
+	}
+	return nodes, "no eligible node (" + strings.Join(reasons, "; ") + ")"
 }
 
 // l2Candidates are the nodes that may announce for some L2 pool: selected
@@ -283,14 +298,6 @@ func poolContains(p *v1alpha1.IPPool, addr netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// claim is this node, if it answers addr now.
-func (in inputs) claim(addr netip.Addr) string {
-	if in.answering[addr] {
-		return in.self
-	}
-	return ""
 }
 
 // localOnly reports whether svc has externalTrafficPolicy Local and, if so,

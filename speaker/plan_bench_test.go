@@ -23,7 +23,7 @@ func scale(nodes, services int) (inputs, []*v1alpha1.BGPPeer) {
 		l2Pool("l2", nil, nil, "172.31.0.0/17"),
 		bgpPool("bgp", "172.31.128.0/17"),
 	})
-	in.recorded, in.answering = map[netip.Addr]string{}, map[netip.Addr]bool{}
+	in.recorded = map[netip.Addr]string{}
 	next := map[string]netip.Addr{"l2": netip.MustParseAddr("172.31.0.1"), "bgp": netip.MustParseAddr("172.31.128.1")}
 	for i := range services {
 		pool := "l2"

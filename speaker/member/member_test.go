@@ -292,3 +292,40 @@ func TestCutOffMemberStopsBeingHeardBeforeAnyPeerCountsItDead(t *testing.T) {
 		})
 	}
 }
+
+// A withheld member (back from being cut off, its caches behind) is counted
+// out by every peer, as an isolated one is, while it still hears and is
+// heard; released, every peer counts it in again.
+func TestWithheldMemberIsCountedOutByEveryPeer(t *testing.T) {
+	t.Parallel()
+	for _, size := range []int{3, 30} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			names := nodeNames(size)
+			c := newCluster(t, byte(90+size%10), Config{}, names...)
+			c.waitAllAlive(names...)
+			withheld := names[size-1]
+			countedAs := func(isolated bool) func() (bool, string) {
+				return func() (bool, string) {
+					var wrong []string
+					for _, name := range names[:size-1] {
+						if p, ok := c.view(name).Alive[withheld]; !ok || p.Isolated != isolated {
+							wrong = append(wrong, name)
+						}
+					}
+					return len(wrong) == 0, fmt.Sprintf("%d peers see it otherwise: %v", len(wrong), wrong[:min(len(wrong), 5)])
+				}
+			}
+			m := c.nodes[withheld].m
+			m.SetWithheld(true)
+			waitFor(t, "every peer counts the withheld member out", countedAs(true))
+			if v := m.View(); v.Isolated {
+				t.Error("withholding isolated the member in its own view")
+			}
+			if !m.Heard() || !m.Answerable() {
+				t.Errorf("withheld member: Heard %v, Answerable %v; want both (it is connected)", m.Heard(), m.Answerable())
+			}
+			m.SetWithheld(false)
+			waitFor(t, "every peer counts the released member in", countedAs(false))
+		})
+	}
+}
