@@ -99,11 +99,10 @@ type Speaker struct {
 	// cutOffSince is when the heartbeats last showed this node isolated;
 	// zero while they do not; returnedAt, when it last came back from
 	// answering nothing (modeCutOff, lastMode) after it had been connected
-	// once (not the first connection after start), while it catches up;
-	// caughtUp, when it last caught up. Only sync uses them.
+	// once (not the first connection after start). Only sync uses them.
 	cutOffSince   time.Time
 	returnedAt    time.Time
-	caughtUp      time.Time
+	returnedRV    string // the Services cache's resource version then
 	connectedOnce bool
 	lastMode      mode
 }
@@ -610,21 +609,6 @@ func (s *Speaker) inputs(alive map[string]bool) inputs {
 	return in
 }
 
-// staleRecords counts the addresses whose record of owners (the Announced
-// condition) names this node while it does not answer them.
-func (s *Speaker) staleRecords() int {
-	answering := s.l2.answering()
-	n := 0
-	for _, obj := range s.services.GetStore().List() {
-		for addr, owner := range announcedOwners(obj.(*v1.Service)) {
-			if owner == s.cfg.Node && !answering[addr] {
-				n++
-			}
-		}
-	}
-	return n
-}
-
 // membership reads the heartbeats and the Leases at now, says what this
 // node's Lease should say (leases.run writes it; nothing waits for the API
 // server), and returns the view, this node's mode (owner.go) and the other
@@ -638,7 +622,7 @@ func (s *Speaker) membership(now time.Time) (member.View, mode, map[string]lease
 		// Back from answering nothing (not from the fallback, where it
 		// kept reading and writing through the API server).
 		if !s.cutOffSince.IsZero() && s.connectedOnce && s.lastMode == modeCutOff {
-			s.returnedAt = now
+			s.returnedAt, s.returnedRV = now, s.services.LastSyncResourceVersion()
 		}
 		s.connectedOnce = true
 		s.cutOffSince = time.Time{}
@@ -652,34 +636,14 @@ func (s *Speaker) membership(now time.Time) (member.View, mode, map[string]lease
 		othersHeard = othersHeard || l.Standby
 		othersInFallback = othersInFallback || l.Fallback
 	}
-	var catchUp time.Time
-	if !s.returnedAt.IsZero() {
-		catchUp = catchingUp(s.returnedAt, s.timing.LeaseDuration, s.staleRecords())
-	}
-	if !s.returnedAt.IsZero() && !now.Before(catchUp) {
-		s.returnedAt, s.caughtUp = time.Time{}, now
-	}
+	catchUp := catchingUp(s.returnedAt, s.timing.LeaseDuration, s.returnedRV, s.services.LastSyncResourceVersion())
 	md, wake := membershipMode(membershipInputs{
 		View: view, CutOffSince: s.cutOffSince, OthersHeard: othersHeard, OthersInFallback: othersInFallback,
-		LeasesLive: s.leases.live(now), CatchUpUntil: catchUp, CaughtUp: s.caughtUp,
+		LeasesLive: s.leases.live(now), CatchUpUntil: catchUp,
 	}, now, s.timing)
-	s.members.SetWithheld(md == modeCatchingUp)
-	heartbeats := heartbeatsOK
-	if renewsLease(view, s.cutOffSince, now, s.timing, othersCutOff) {
-		heartbeats = heartbeatsStandby
-		if view.Isolated {
-			heartbeats = heartbeatsCutOff
-		}
-	}
-	// The Lease says "fallback" before this node answers by the Leases
-	// (it enters the fallback only after every node had a Lease duration to
-	// see it cut off) and until the sync after the one that stopped it:
-	// the others take nothing of it while it may still answer.
-	if md == modeFallback || s.lastMode == modeFallback {
-		heartbeats = heartbeatsFallback
-		if md != modeFallback {
-			s.queue.Add(syncKey)
-		}
+	heartbeats := leaseSays(view, md, s.lastMode, renewsLease(view, s.cutOffSince, now, s.timing, othersCutOff))
+	if heartbeats == heartbeatsFallback && md != modeFallback {
+		s.queue.Add(syncKey) // to say what follows, once this sync stopped answering
 	}
 	s.mu.Lock()
 	info := s.info

@@ -12,9 +12,8 @@ import (
 // is in this file, in pure functions.
 //
 //  1. Who is alive (aliveNodes): the members the heartbeats show alive and
-//     not isolated (a member catching up says it is, member.SetWithheld); in
-//     the fallback (the heartbeats reach nobody), the nodes whose Lease is
-//     fresh.
+//     not isolated; in the fallback (the heartbeats reach nobody), the nodes
+//     whose Lease is fresh.
 //  2. Who owns an address (ownerOf): among the eligible live nodes, the one
 //     recorded as answering it keeps it (no needless moves); otherwise the
 //     rendezvous ranking picks one.
@@ -32,12 +31,6 @@ const (
 	// reached every member, nor theirs this node: it keeps answering what
 	// it answers, if it still owns it, and takes nothing new.
 	modeSettling mode = "settling"
-	// modeCatchingUp: back from answering nothing (modeCutOff), its
-	// caches may be behind: the records of owners it holds may name it for
-	// addresses the others took meanwhile. It answers nothing, and its
-	// heartbeats ask the others to count it out (member.SetWithheld), so
-	// that they answer its addresses instead of yielding to those records.
-	modeCatchingUp mode = "catching-up"
 	// modeCutOff: this node hears no peer, or no peer hears it. Another
 	// node may own any address now: it answers nothing.
 	modeCutOff mode = "cut-off"
@@ -73,9 +66,8 @@ type membershipInputs struct {
 	// LeasesLive: this node's own renewals come back to it through its
 	// watch of the Leases (leases.live).
 	LeasesLive bool
-	// CatchUpUntil is until when this node catches up (catchingUp), and
-	// CaughtUp when it last did.
-	CatchUpUntil, CaughtUp time.Time
+	// CatchUpUntil is until when this node catches up (catchingUp).
+	CatchUpUntil time.Time
 }
 
 // membershipMode is this node's mode at now. It also returns when the mode
@@ -91,22 +83,20 @@ type membershipInputs struct {
 // the Leases (LeasesLive): a node cut off from the API server too cannot
 // know who else is alive, and answers nothing.
 //
-// A connected node settles after it connects, and after it caught up (back
-// from answering nothing, CatchUpUntil): the others hear that it counts
-// again within a Timeout. It also settles while another node's Lease says
+// A connected node settles after it connects (word of it reaches every member
+// within a Timeout), and until CatchUpUntil (catchingUp: back from answering
+// nothing, its caches may be behind). It also settles while another node's
+// Lease says
 // it is in the fallback: that node answers what the Leases give it until it
 // sees a standby Lease, and taking its addresses before then would make two
 // nodes answer (the heartbeats coming back after a fallback everywhere).
 func membershipMode(in membershipInputs, now time.Time, t timing) (mode, time.Time) {
 	if !in.View.Isolated {
-		if now.Before(in.CatchUpUntil) {
-			return modeCatchingUp, in.CatchUpUntil
+		end := in.View.ConnectedSince.Add(t.Settle)
+		if in.CatchUpUntil.After(end) {
+			end = in.CatchUpUntil
 		}
-		since := in.View.ConnectedSince
-		if in.CaughtUp.After(since) {
-			since = in.CaughtUp
-		}
-		if end := since.Add(t.Settle); now.Before(end) {
+		if now.Before(end) {
 			return modeSettling, end
 		}
 		if in.OthersInFallback {
@@ -124,17 +114,14 @@ func membershipMode(in membershipInputs, now time.Time, t timing) (mode, time.Ti
 }
 
 // catchingUp is until when this node, back at returned from answering
-// nothing, catches up (zero: it does not). It was cut off from the
-// heartbeats, maybe from the API server too (a link down), and the records of
-// owners (the Announced conditions) may still name it for addresses the
-// others took meanwhile: counted in, it would have them yield those to it,
-// and a record that the new owner is writing at that moment would make two
-// nodes answer. So it catches up until no record in its cache names it for
-// an address it does not answer (staleRecords): the new owners have written
-// theirs, and its cache has them. At most maxWait: an address that no other
-// node can take keeps its record.
-func catchingUp(returned time.Time, maxWait time.Duration, staleRecords int) time.Time {
-	if returned.IsZero() || staleRecords == 0 {
+// nothing, settles for its Services cache to catch up with the API server
+// (zero: it does not): it was cut off from the heartbeats, maybe from the API
+// server too (a link down), and the records of owners it holds may predate
+// its return, naming it for addresses the others took meanwhile. It settles
+// until the cache moved past the resource version it had then (returnedRV,
+// now rv), at most maxWait.
+func catchingUp(returned time.Time, maxWait time.Duration, returnedRV, rv string) time.Time {
+	if returned.IsZero() || rv != returnedRV {
 		return time.Time{}
 	}
 	return returned.Add(maxWait)
@@ -144,6 +131,25 @@ func catchingUp(returned time.Time, maxWait time.Duration, staleRecords int) tim
 // cut off for longer than FallbackAfter, and while any other node is.
 func renewsLease(view member.View, cutOffSince, now time.Time, t timing, othersCutOff bool) bool {
 	return othersCutOff || view.Isolated && !now.Before(cutOffSince.Add(t.FallbackAfter))
+}
+
+// leaseSays is what this node's Lease says of the heartbeats, in mode md
+// after lastMode (the mode the last sync applied), renewing or not (renews:
+// renewsLease). It says "fallback" from before this node answers by the
+// Leases (it enters the fallback only after every node had a Lease duration
+// to see it cut off) until the sync after the one that stopped it, so that
+// the connected nodes take nothing of it while it may still answer.
+func leaseSays(view member.View, md, lastMode mode, renews bool) string {
+	switch {
+	case md == modeFallback || lastMode == modeFallback:
+		return heartbeatsFallback
+	case !renews:
+		return heartbeatsOK
+	case view.Isolated:
+		return heartbeatsCutOff
+	default:
+		return heartbeatsStandby
+	}
 }
 
 // leaseState is what the Lease of another node says.

@@ -55,14 +55,10 @@ func TestMembershipMode(t *testing.T) {
 			with(cutFor(7*time.Second), func(in *membershipInputs) { in.LeasesLive = false }), modeCutOff, time.Time{}},
 		{"connected, another node still in the fallback: settling until its Lease says otherwise",
 			with(up(time.Minute), func(in *membershipInputs) { in.OthersInFallback = true }), modeSettling, time.Time{}},
-		{"back, catching up: withheld until then",
-			with(up(time.Minute), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(2 * time.Second) }), modeCatchingUp, t0.Add(2 * time.Second)},
-		{"just connected and catching up: catching up first",
-			with(up(100*time.Millisecond), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(2 * time.Second) }), modeCatchingUp, t0.Add(2 * time.Second)},
-		{"caught up just now: settling from then",
-			with(up(time.Minute), func(in *membershipInputs) { in.CaughtUp = t0.Add(-100 * time.Millisecond) }), modeSettling, t0.Add(500 * time.Millisecond)},
+		{"settled, but catching up: settling until then",
+			with(up(time.Minute), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(2 * time.Second) }), modeSettling, t0.Add(2 * time.Second)},
 		{"caught up long ago: heartbeats",
-			with(up(time.Minute), func(in *membershipInputs) { in.CatchUpUntil, in.CaughtUp = t0.Add(-time.Second), t0.Add(-time.Second) }), modeHeartbeats, time.Time{}},
+			with(up(time.Minute), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(-time.Second) }), modeHeartbeats, time.Time{}},
 		{"cut off again while catching up: cut off",
 			with(cutFor(0), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(2 * time.Second) }), modeCutOff, t0.Add(7 * time.Second)},
 	} {
@@ -70,6 +66,55 @@ func TestMembershipMode(t *testing.T) {
 		if got != tc.want || !wake.Equal(tc.wake) {
 			t.Errorf("%s: mode %s wake %v, want %s wake %v", tc.name, got, wake, tc.want, tc.wake)
 		}
+	}
+}
+
+// What a node's Lease says: cut off or standby while it renews, and
+// fallback from entering the fallback until the sync after it left.
+func TestLeaseSays(t *testing.T) {
+	cut, connected := member.View{Isolated: true}, member.View{}
+	for _, tc := range []struct {
+		name         string
+		view         member.View
+		md, lastMode mode
+		renews       bool
+		want         string
+	}{
+		{"at rest", connected, modeHeartbeats, modeHeartbeats, false, heartbeatsOK},
+		{"another node cut off: standby", connected, modeHeartbeats, modeHeartbeats, true, heartbeatsStandby},
+		{"cut off, renewing", cut, modeCutOff, modeCutOff, true, heartbeatsCutOff},
+		{"entering the fallback: before answering by the Leases", cut, modeFallback, modeCutOff, true, heartbeatsFallback},
+		{"in the fallback", cut, modeFallback, modeFallback, true, heartbeatsFallback},
+		{"left the fallback (a standby Lease): until the next sync", cut, modeCutOff, modeFallback, true, heartbeatsFallback},
+		{"the sync after: cut off", cut, modeCutOff, modeCutOff, true, heartbeatsCutOff},
+		{"heartbeats back after the fallback: until the next sync", connected, modeSettling, modeFallback, false, heartbeatsFallback},
+	} {
+		if got := leaseSays(tc.view, tc.md, tc.lastMode, tc.renews); got != tc.want {
+			t.Errorf("%s: Lease says %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// The other nodes' Leases as this node reads them: a fallback Lease is a
+// cut-off one too.
+func TestLeaseStates(t *testing.T) {
+	now := time.Now()
+	l := &leases{node: "self", duration: 6 * time.Second, observed: map[string]observedLease{
+		"a": {heartbeats: heartbeatsFallback, seen: now.Add(-time.Second)},
+		"b": {heartbeats: heartbeatsCutOff, seen: now.Add(-time.Second)},
+		"c": {heartbeats: heartbeatsStandby, seen: now.Add(-time.Second)},
+		"d": {heartbeats: heartbeatsFallback, seen: now.Add(-7 * time.Second)},
+		"e": {heartbeats: heartbeatsOK, seen: now.Add(-time.Second)},
+	}}
+	want := map[string]leaseState{
+		"a": {Fresh: true, CutOff: true, Fallback: true},
+		"b": {Fresh: true, CutOff: true},
+		"c": {Fresh: true, Standby: true},
+		"d": {},
+		"e": {},
+	}
+	if got := l.states(now); !maps.Equal(got, want) {
+		t.Errorf("states = %v, want %v", got, want)
 	}
 }
 
@@ -375,22 +420,21 @@ func TestLeaseFenced(t *testing.T) {
 	}
 }
 
-// Back from being cut off, a node catches up while a record of owners in
-// its cache still names it for an address it does not answer, at most a
-// while.
+// Back from being cut off, a node settles until its Services cache has moved
+// on, at most a while.
 func TestCatchingUp(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	for _, tc := range []struct {
 		name     string
 		returned time.Time
-		stale    int
+		rv       string
 		want     time.Time
 	}{
-		{"never cut off", time.Time{}, 3, time.Time{}},
-		{"back, records still name it: until the bound", t0, 3, t0.Add(6 * time.Second)},
-		{"back, the new owners' records arrived", t0, 0, time.Time{}},
+		{"never cut off", time.Time{}, "5", time.Time{}},
+		{"back, cache unchanged: until the bound", t0, "5", t0.Add(6 * time.Second)},
+		{"back, cache moved on", t0, "9", time.Time{}},
 	} {
-		if got := catchingUp(tc.returned, 6*time.Second, tc.stale); !got.Equal(tc.want) {
+		if got := catchingUp(tc.returned, 6*time.Second, "5", tc.rv); !got.Equal(tc.want) {
 			t.Errorf("%s: catchingUp = %v, want %v", tc.name, got, tc.want)
 		}
 	}

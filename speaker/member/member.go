@@ -224,10 +224,8 @@ type Members struct {
 	// shows that the others hear it again.
 	lapsed    bool
 	lapseBeat uint16
-	// withheld: this node asks the others to count it out (SetWithheld).
-	withheld bool
-	states   []memberState // by member index, as the view last said
-	view     View          // last computed; never mutated, only replaced
+	states    []memberState // by member index, as the view last said
+	view      View          // last computed; never mutated, only replaced
 }
 
 // New binds the heartbeat socket, so a busy or foreign address fails here,
@@ -405,24 +403,6 @@ func (m *Members) Answerable() bool {
 	return last != 0 && now-last <= int64(m.lapse()) && now >= m.heldUntil.Load()
 }
 
-// SetWithheld makes this node's heartbeats say that it is isolated while
-// withheld is set, though it hears its peers and they hear it: the peers
-// count it out and keep answering its addresses. A node whose caches may be
-// behind (back from being cut off) answers nothing until they caught up;
-// counted in, it would leave dark the addresses the others still yield to it.
-// Its own View is unchanged.
-func (m *Members) SetWithheld(withheld bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.withheld != withheld {
-		m.log.V(1).Info("Withheld from the membership changed", "node", m.node, "withheld", withheld)
-	}
-	m.withheld = withheld
-}
-
-// saysIsolatedLocked is what this node's heartbeats say of it.
-func (m *Members) saysIsolatedLocked() bool { return m.view.Isolated || m.withheld }
-
 // Heard reports whether, at this instant, the peers surely still count this
 // node alive: its own beat rose in their vectors less than Timeout −
 // Interval ago (or it has no peers). Judged at the moment of asking, not on a timer: when the
@@ -522,7 +502,7 @@ func (m *Members) sendHeartbeats(now time.Time, leaving bool) {
 	m.seq++
 	msg := &message{
 		Node: m.node, Incarnation: m.incarnation, Seq: m.seq, Sent: now,
-		Leaving: leaving, Isolated: m.saysIsolatedLocked(), MembersHash: t.hash, Vector: m.vectorLocked(now, leaving),
+		Leaving: leaving, Isolated: m.view.Isolated, MembersHash: t.hash, Vector: m.vectorLocked(now, leaving),
 	}
 	m.mu.Unlock()
 
