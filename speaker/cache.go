@@ -20,10 +20,11 @@ import (
 
 // What a speaker keeps of the cluster. Its cost must follow what it
 // announces, not the size of the cluster: the API server sends it only
-// LoadBalancer Services (serviceSelector), and every object is cut down on
-// arrival, before it reaches the caches, to the fields the plans, the
-// membership and the condition writer read. A field read anywhere in this
-// package must be kept here, or it reads as empty.
+// LoadBalancer Services (serviceSelector), it keeps the EndpointSlices of
+// ironlb's Local Services only (localEndpoints), and every object is cut
+// down on arrival, before it reaches the caches, to the fields the plans,
+// the membership and the condition writer read. A field read anywhere in
+// this package must be kept here, or it reads as empty.
 
 // serviceSelector asks the API server for LoadBalancer Services only
 // (Kubernetes 1.31 and later): the speaker never reads any other.
@@ -69,9 +70,7 @@ func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 
 // sliceSlimmer cuts an EndpointSlice down to the nodes where it has a ready
 // or a serving endpoint, one endpoint per node (localEndpointNodes reads no
-// more), whatever the Service: a Service that becomes ironlb's, or turns to
-// externalTrafficPolicy Local, after its slices arrived finds them in the
-// cache. Node names are shared among all slices.
+// more). Node names are shared among all slices.
 type sliceSlimmer struct {
 	mu    sync.Mutex
 	names map[string]*string
@@ -144,24 +143,11 @@ func serviceMatters(c lbclass.Classifier, old, cur *v1.Service) bool {
 	return old != nil && c.Handles(old) || cur != nil && c.Handles(cur)
 }
 
-// sliceMatters reports whether an EndpointSlice change (old → cur; nil when
-// added or deleted) can change a plan, given the Service it belongs to as
-// the cache holds it (nil if none): only the endpoints of ironlb's Services
-// with addresses and externalTrafficPolicy Local are read, and of those only
-// the nodes they are on. A Service that later becomes one of those is
-// recomputed through its own change, and then reads its slices.
-func sliceMatters(c lbclass.Classifier, svc *v1.Service, old, cur *discoveryv1.EndpointSlice) bool {
-	if svc == nil || !c.Handles(svc) || len(svc.Status.LoadBalancer.Ingress) == 0 ||
-		svc.Spec.ExternalTrafficPolicy != v1.ServiceExternalTrafficPolicyLocal {
-		return false
-	}
-	if old == nil || cur == nil {
-		return true
-	}
-	return !slices.EqualFunc(old.Endpoints, cur.Endpoints, func(a, b discoveryv1.Endpoint) bool {
-		return ptrEqual(a.NodeName, b.NodeName) && ptrEqual(a.Conditions.Ready, b.Conditions.Ready) &&
-			ptrEqual(a.Conditions.Serving, b.Conditions.Serving)
-	})
+// needsEndpoints reports whether the plans read the endpoints of svc (nil:
+// none): ironlb's, with externalTrafficPolicy Local. For the others they
+// read nothing of them.
+func needsEndpoints(c lbclass.Classifier, svc *v1.Service) bool {
+	return svc != nil && c.Handles(svc) && svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
 }
 
 // nodeMatters reports whether a Node change can change a plan or the

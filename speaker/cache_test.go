@@ -38,42 +38,69 @@ func clusterIP(s *v1.Service) *v1.Service {
 	return s
 }
 
-func TestSliceMatters_OnlyNodesOfLocalServicesOfIronlbWithAddresses(t *testing.T) {
-	before := endpointSlice("a", ep{node: "n1", ready: true})
-	moved := endpointSlice("a", ep{node: "n2", ready: true})
-	sameNodes := endpointSlice("a", ep{node: "n1", ready: true})
-	sameNodes.ResourceVersion = "7"
-	tests := []struct {
-		name     string
-		svc      *v1.Service
-		old, cur *discoveryv1.EndpointSlice
-		want     bool
+func TestNeedsEndpoints_OnlyIronlbsLocalServices(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		svc  *v1.Service
+		want bool
 	}{
-		{"no Service in the cache", nil, before, moved, false},
-		{"ClusterIP Service", clusterIP(local(service("a", "p", "172.31.0.1"))), before, moved, false},
-		{"LoadBalancer of another class", ofClass(local(service("a", "p", "172.31.0.1")), "example.com/other"), before, moved, false},
-		{"ironlb's, externalTrafficPolicy Cluster", service("a", "p", "172.31.0.1"), before, moved, false},
-		{"ironlb's, Local, no address yet", local(service("a", "p")), before, moved, false},
-		{"ironlb's, Local, endpoints moved", local(service("a", "p", "172.31.0.1")), before, moved, true},
-		{"ironlb's, Local, slice added", local(service("a", "p", "172.31.0.1")), nil, moved, true},
-		{"ironlb's, Local, slice deleted", local(service("a", "p", "172.31.0.1")), before, nil, true},
-		{"ironlb's, Local, same nodes", local(service("a", "p", "172.31.0.1")), before, sameNodes, false},
+		{"no Service", nil, false},
+		{"ClusterIP Service", clusterIP(local(service("a", "p", "172.31.0.1"))), false},
+		{"LoadBalancer of another class", ofClass(local(service("a", "p", "172.31.0.1")), "example.com/other"), false},
+		{"ironlb's, externalTrafficPolicy Cluster", service("a", "p", "172.31.0.1"), false},
+		{"ironlb's, Local, no address yet", local(service("a", "p")), true},
+		{"ironlb's, Local", local(service("a", "p", "172.31.0.1")), true},
+	} {
+		if got := needsEndpoints(classifier, tt.svc); got != tt.want {
+			t.Errorf("%s: needsEndpoints = %v, want %v", tt.name, got, tt.want)
+		}
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			slim := newSliceSlimmer()
-			var old, cur *discoveryv1.EndpointSlice
-			if tt.old != nil {
-				old = mustSlim(t, slim.transform, tt.old).(*discoveryv1.EndpointSlice)
-			}
-			if tt.cur != nil {
-				cur = mustSlim(t, slim.transform, tt.cur).(*discoveryv1.EndpointSlice)
-			}
-			if got := sliceMatters(classifier, tt.svc, old, cur); got != tt.want {
-				t.Errorf("sliceMatters = %v, want %v", got, tt.want)
-			}
-		})
+}
+
+// The endpoints store keeps the slices of wanted Services only, cut down,
+// and asks for a sync only when the nodes of a kept slice change.
+func TestLocalEndpoints_KeepsOnlyWhatThePlansRead(t *testing.T) {
+	wanted := map[types.NamespacedName]bool{key("lb"): true}
+	syncs := 0
+	e := newLocalEndpoints(nil, func(svc types.NamespacedName) bool { return wanted[svc] }, func(matters bool) {
+		if matters {
+			syncs++
+		}
+	}, klog.Background())
+	other := endpointSlice("plain", ep{node: "n1", ready: true})
+	lb := endpointSlice("lb", ep{node: "n1", ready: true})
+	step := func(what string, do func() error, wantSyncs, wantKept int) {
+		t.Helper()
+		before := syncs
+		if err := do(); err != nil {
+			t.Fatal(err)
+		}
+		if syncs-before != wantSyncs || e.size() != wantKept {
+			t.Errorf("%s: %d syncs and %d slices kept, want %d and %d", what, syncs-before, e.size(), wantSyncs, wantKept)
+		}
 	}
+	step("first list", func() error { return e.Replace([]any{other, lb}, "1") }, 1, 1)
+	if !e.hasSynced() {
+		t.Error("not synced after the first list")
+	}
+	step("another Service's slice changes", func() error { return e.Update(endpointSlice("plain", ep{node: "n2", ready: true})) }, 0, 1)
+	step("another Service's slice is added", func() error {
+		es := endpointSlice("plain", ep{node: "n3", ready: true})
+		es.Name = "plain-y"
+		return e.Add(es)
+	}, 0, 1)
+	step("the wanted slice, same nodes", func() error {
+		return e.Update(endpointSlice("lb", ep{node: "n1", ready: true}, ep{node: "n1", ready: true}))
+	}, 0, 1)
+	step("the wanted slice moves", func() error { return e.Update(endpointSlice("lb", ep{node: "n2", ready: true})) }, 1, 1)
+	if got := e.of(key("lb")); len(got) != 1 || *got[0].Endpoints[0].NodeName != "n2" {
+		t.Errorf("kept %v, want the slice on n2", got)
+	}
+	step("another Service's slice is deleted", func() error { return e.Delete(other) }, 0, 1)
+	step("the wanted slice is deleted", func() error {
+		return e.Delete(cache.DeletedFinalStateUnknown{Key: "default/lb-x", Obj: lb})
+	}, 1, 0)
+	step("a relist with nothing wanted changed", func() error { return e.Replace([]any{other}, "2") }, 0, 0)
 }
 
 func TestServiceMatters_OnlyIronlbsServices(t *testing.T) {
@@ -192,10 +219,12 @@ func TestSlimService_ForeignServiceKeepsOnlyItsIdentityAndClass(t *testing.T) {
 	}
 }
 
-// A burst of changes to the EndpointSlices of Services that are not ironlb's
-// queues no sync; a change to the endpoints of an ironlb Service with
-// externalTrafficPolicy Local does. Real informers, on a fake clientset.
-func TestEndpointSliceBurstOfOtherServices_QueuesNoSync(t *testing.T) {
+// A burst of changes to the EndpointSlices of a Service that is not
+// ironlb's queues no sync and leaves no trace; a change to the endpoints of
+// an ironlb Service with externalTrafficPolicy Local does queue one; and
+// when the other Service becomes one, its slices are listed then. Real
+// informers and reflector, on a fake clientset.
+func TestEndpointSliceBurstOfOtherServices_QueuesNoSyncAndLeavesNoTrace(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	client := fake.NewClientset(
@@ -212,15 +241,20 @@ func TestEndpointSliceBurstOfOtherServices_QueuesNoSync(t *testing.T) {
 	}
 	s.factory.Start(ctx.Done())
 	s.dynamic.Start(ctx.Done())
-	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools, s.bgpPeers} {
+	for _, inf := range []cache.SharedIndexInformer{s.services, s.nodes, s.pools, s.bgpPeers} {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			t.Fatal("caches did not sync")
 		}
 	}
+	go s.endpoints.run(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), s.endpoints.hasSynced) {
+		t.Fatal("endpoints did not sync")
+	}
 	drain(s)
 
-	ignored := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "ignored"))
 	queued := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "queued"))
+	ignored := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "ignored"))
+	syncsBefore := testutil.ToFloat64(syncs)
 	esClient := client.DiscoveryV1().EndpointSlices("default")
 	const burst = 100
 	for i := range burst {
@@ -234,22 +268,35 @@ func TestEndpointSliceBurstOfOtherServices_QueuesNoSync(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, ctx, "the burst to reach the cache", func() bool {
-		return testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "ignored"))-ignored == 2*burst
-	})
-	if got := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "queued")) - queued; got != 0 || s.queue.Len() != 0 {
-		t.Fatalf("%v EndpointSlice changes queued a sync (queue length %d), want none", got, s.queue.Len())
-	}
-
+	// The burst, then one slice of the LoadBalancer's: when that one is in,
+	// the burst before it went through the same watch.
 	if _, err := esClient.Create(ctx, endpointSlice("lb", ep{node: "n1", ready: true}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, ctx, "a sync for the LoadBalancer's endpoints", func() bool { return s.queue.Len() == 1 })
 	if got := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "queued")) - queued; got != 1 {
-		t.Errorf("queued %v, want 1", got)
+		t.Errorf("EndpointSlice changes queued %v syncs, want 1 (the burst of the ClusterIP Service's none)", got)
 	}
-	if objs, _ := s.slices.GetIndexer().ByIndex(sliceByService, "default/plain"); len(objs) != burst {
-		t.Errorf("slices of the ClusterIP Service in the cache: %d, want %d (read when it becomes a LoadBalancer)", len(objs), burst)
+	if got := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "ignored")) - ignored; got != 2*burst {
+		t.Errorf("EndpointSlice changes counted ignored: %v, want %d", got, 2*burst)
+	}
+	if got := s.endpoints.size(); got != 1 {
+		t.Errorf("slices kept: %d, want 1 (the ClusterIP Service's leave no trace)", got)
+	}
+	if got := testutil.ToFloat64(syncs) - syncsBefore; got != 0 {
+		t.Errorf("%v syncs ran, want none (nothing processes the queue here)", got)
+	}
+
+	// The ClusterIP Service becomes an ironlb LoadBalancer with
+	// externalTrafficPolicy Local: its slices are listed once.
+	svc := local(service("plain", "p", "172.31.0.2"))
+	svc.ResourceVersion = ""
+	if _, err := client.CoreV1().Services("default").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "the slices of the Service that became a LoadBalancer", func() bool { return len(s.endpoints.of(key("plain"))) == burst })
+	if got := s.endpoints.of(key("plain")); *got[0].Endpoints[0].NodeName != "n2" {
+		t.Errorf("listed %v, want the slices as last updated (on n2)", got[0])
 	}
 }
 

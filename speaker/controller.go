@@ -69,20 +69,20 @@ var IPPoolResource = v1alpha1.SchemeGroupVersion.WithResource("ippools")
 // plans, and owner.go for who answers) and hands the plans to its
 // announcers, each of which owns its own state.
 type Speaker struct {
-	cfg      Config
-	logger   klog.Logger
-	factory  informers.SharedInformerFactory
-	dynamic  dynamicinformer.DynamicSharedInformerFactory
-	services cache.SharedIndexInformer
-	slices   cache.SharedIndexInformer
-	nodes    cache.SharedIndexInformer
-	pools    cache.SharedIndexInformer
-	bgpPeers cache.SharedIndexInformer
-	members  *member.Members
-	keys     *keyWatch
-	leases   *leases
-	timing   timing
-	events   *eventSink
+	cfg       Config
+	logger    klog.Logger
+	factory   informers.SharedInformerFactory
+	dynamic   dynamicinformer.DynamicSharedInformerFactory
+	services  cache.SharedIndexInformer
+	endpoints *localEndpoints
+	nodes     cache.SharedIndexInformer
+	pools     cache.SharedIndexInformer
+	bgpPeers  cache.SharedIndexInformer
+	members   *member.Members
+	keys      *keyWatch
+	leases    *leases
+	timing    timing
+	events    *eventSink
 
 	l2         *l2Announcer
 	bgp        *bgpAnnouncer
@@ -131,10 +131,7 @@ type plans struct {
 	degraded   string          // why failover is slow now, for the conditions
 }
 
-const (
-	syncKey        = "sync"
-	sliceByService = "service"
-)
+const syncKey = "sync"
 
 // New wires the informers; Run starts everything.
 func New(cfg Config) (*Speaker, error) {
@@ -177,38 +174,32 @@ func New(cfg Config) (*Speaker, error) {
 		return s.members.Answerable(), !s.leases.fenced(time.Now()), s.members.Heard()
 	})
 	s.conditions = newConditionWriter(cfg, s.services.GetStore(), s.events)
-	s.slices = s.factory.Discovery().V1().EndpointSlices().Informer()
+	s.endpoints = newLocalEndpoints(cfg.Client, s.wantsEndpoints, func(matters bool) {
+		if !matters {
+			syncTriggers.WithLabelValues("EndpointSlice", "ignored").Inc()
+			return
+		}
+		syncTriggers.WithLabelValues("EndpointSlice", "queued").Inc()
+		s.queue.Add(syncKey)
+	}, cfg.Logger.WithName("endpoints"))
 	s.nodes = s.factory.Core().V1().Nodes().Informer()
 	s.pools = s.dynamic.ForResource(IPPoolResource).Informer()
 	s.bgpPeers = s.dynamic.ForResource(BGPPeerResource).Informer()
 	for inf, slim := range map[cache.SharedIndexInformer]cache.TransformFunc{
-		s.services: slimService(cfg.Classifier), s.slices: newSliceSlimmer().transform, s.nodes: slimNode,
+		s.services: slimService(cfg.Classifier), s.nodes: slimNode,
 		s.pools: slimUnstructured, s.bgpPeers: slimUnstructured,
 	} {
 		if err := inf.SetTransform(slim); err != nil {
 			return nil, err
 		}
 	}
-	if err := s.slices.AddIndexers(cache.Indexers{sliceByService: func(obj any) ([]string, error) {
-		es, ok := obj.(*discoveryv1.EndpointSlice)
-		if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
-			return nil, nil
-		}
-		return []string{es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]}, nil
-	}}); err != nil {
-		return nil, err
-	}
 	// A change leads to a sync only if it can change a plan.
 	for inf, h := range map[cache.SharedIndexInformer]cache.ResourceEventHandler{
 		s.services: s.onChange("Service", func(old, cur any) bool {
 			o, _ := old.(*v1.Service)
 			c, _ := cur.(*v1.Service)
+			s.followEndpoints(o, c)
 			return serviceMatters(cfg.Classifier, o, c)
-		}),
-		s.slices: s.onChange("EndpointSlice", func(old, cur any) bool {
-			o, _ := old.(*discoveryv1.EndpointSlice)
-			c, _ := cur.(*discoveryv1.EndpointSlice)
-			return sliceMatters(cfg.Classifier, s.serviceOf(cmp.Or(c, o)), o, c)
 		}),
 		s.nodes: s.onChange("Node", func(old, cur any) bool {
 			o, _ := old.(*v1.Node)
@@ -243,21 +234,27 @@ func (s *Speaker) onChange(kind string, matters func(old, cur any) bool) cache.R
 	}
 }
 
-// serviceOf is the Service of es in the cache, nil if none.
-func (s *Speaker) serviceOf(es *discoveryv1.EndpointSlice) *v1.Service {
-	if es == nil {
-		return nil
-	}
-	key, ok := sliceService(es)
-	if !ok {
-		return nil
-	}
-	obj, exists, _ := s.services.GetStore().GetByKey(key.String())
+// wantsEndpoints reports whether the plans read the endpoints of svc: it is
+// ironlb's, with externalTrafficPolicy Local.
+func (s *Speaker) wantsEndpoints(svc types.NamespacedName) bool {
+	obj, exists, _ := s.services.GetStore().GetByKey(svc.String())
 	if !exists {
-		return nil
+		return false
 	}
-	svc, _ := obj.(*v1.Service)
-	return svc
+	cur, _ := obj.(*v1.Service)
+	return needsEndpoints(s.cfg.Classifier, cur)
+}
+
+// followEndpoints tells the endpoints whose Service began or stopped
+// needing them (old → cur; nil when added or deleted).
+func (s *Speaker) followEndpoints(old, cur *v1.Service) {
+	was, is := needsEndpoints(s.cfg.Classifier, old), needsEndpoints(s.cfg.Classifier, cur)
+	switch svc := cmp.Or(cur, old); {
+	case is && !was:
+		s.endpoints.wantNow(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name})
+	case was && !is:
+		s.endpoints.forget(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name})
+	}
 }
 
 // Run runs the speaker until ctx ends. On the way out it stops answering
@@ -270,10 +267,15 @@ func (s *Speaker) Run(ctx context.Context) error {
 	go s.keys.informer.Run(ctx.Done())
 	go s.leases.informer.Run(ctx.Done())
 	go s.leases.run(ctx, s.logger)
-	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.nodes, s.pools, s.bgpPeers, s.keys.informer, s.leases.informer} {
+	for _, inf := range []cache.SharedIndexInformer{s.services, s.nodes, s.pools, s.bgpPeers, s.keys.informer, s.leases.informer} {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			return ctx.Err()
 		}
+	}
+	// Which slices to keep is read from the Services cache.
+	go s.endpoints.run(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), s.endpoints.hasSynced) {
+		return ctx.Err()
 	}
 	myIP, err := s.nodeIP(ctx)
 	if err != nil {
@@ -589,9 +591,8 @@ func (s *Speaker) inputs(alive map[string]bool) inputs {
 		}
 		in.services = append(in.services, svc)
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		objs, _ := s.slices.GetIndexer().ByIndex(sliceByService, key.String())
-		for _, o := range objs {
-			in.slices[key] = append(in.slices[key], o.(*discoveryv1.EndpointSlice))
+		if es := s.endpoints.of(key); len(es) > 0 {
+			in.slices[key] = es
 		}
 		maps.Copy(in.recorded, announcedOwners(svc))
 	}
