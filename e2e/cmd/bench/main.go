@@ -3,9 +3,11 @@
 // stops (probing from the LAN client every 50 ms), how long a new Service
 // takes to answer, and how many API requests the speakers make at rest with
 // many Services; then L2 mode at several cluster sizes with the default
-// heartbeat timers (l2scale.go). It needs root.
+// heartbeat timers (l2scale.go), and what one speaker costs as the cluster
+// grows around it (speakercost.go). It needs root.
 //
 //	go run ./cmd/bench [-runs 10] [-services 1000] [-l2-sizes 3,30,100] [-l2-budget 0] [-l2-only]
+//	                   [-cost-others 10000] [-cost-endpoints 5] [-cost-lbs 10000] [-cost-only]
 package main
 
 import (
@@ -46,6 +48,10 @@ func main() {
 	l2Sizes := flag.String("l2-sizes", "3,30,100", "node counts for the L2 scale measures, comma-separated (none: skip them)")
 	l2Only := flag.Bool("l2-only", false, "only the L2 scale measures")
 	l2Each := flag.Duration("l2-budget", 0, "time for each L2 size, lab up and down included (0: by size, about 10 minutes for 3,30,100)")
+	costOthers := flag.Int("cost-others", 10000, "Services that are not LoadBalancers, for the speaker's cost (0: skip it)")
+	costEndpoints := flag.Int("cost-endpoints", 5, "endpoints of each of those")
+	costLBs := flag.Int("cost-lbs", 10000, "LoadBalancer Services, for the speaker's cost")
+	costOnly := flag.Bool("cost-only", false, "only the speaker's cost")
 	flag.Parse()
 	sizes, err := parseSizes(*l2Sizes)
 	if err != nil {
@@ -56,10 +62,15 @@ func main() {
 	defer stop()
 
 	var rows []row
-	if !*l2Only {
+	if !*l2Only && !*costOnly {
 		rows = classic(ctx, *runs, *services)
 	}
-	rows = append(rows, l2Scale(ctx, sizes, *l2Each)...)
+	if !*costOnly {
+		rows = append(rows, l2Scale(ctx, sizes, *l2Each)...)
+	}
+	if !*l2Only && *costOthers > 0 {
+		rows = append(rows, speakerCost(ctx, *costOthers, *costEndpoints, *costLBs)...)
+	}
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "MEASURE\tVALUE\tNOTE")

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/e2e/lab"
+)
+
+// What one speaker keeps and does as the cluster grows around it: its
+// memory with many Services that are not LoadBalancers (and their
+// EndpointSlices) added, the CPU it spends when their endpoints change, and
+// its memory with many LoadBalancer Services of its own.
+const (
+	costLabName   = "bench-cost"
+	costNamespace = "cost"
+	costPool      = "bench-cost"
+	// costPoolRange holds the LoadBalancer Services' addresses; they need
+	// not be reachable for this measure.
+	costPoolRange = "10.96.0.0/17"
+	// costSettle is how long a speaker is left alone before its memory is
+	// read: the Go runtime returns freed memory to the system over minutes,
+	// so the heap in use is read too.
+	costSettle = 30 * time.Second
+)
+
+// costReading is one speaker's memory and CPU, and how often it recomputed.
+type costReading struct {
+	rss, heap, cpu, syncs float64
+}
+
+func speakerCost(parent context.Context, others, endpointsPer, lbs int) []row {
+	ctx, cancel := context.WithTimeout(parent, 40*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, lab.Config{Name: costLabName, CCM: true, Speakers: true, Attached: true, Progress: os.Stderr})
+	if err != nil {
+		fail(err)
+	}
+	defer l.Down(context.Background())
+	if _, err := l.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: costNamespace}}, metav1.CreateOptions{}); err != nil {
+		fail(err)
+	}
+	c := &costBench{l: l, ctx: ctx}
+	var rows []row
+	add := func(what, value, note string) { rows = append(rows, row{"speaker cost: " + what, value, note}) }
+
+	base := c.read("at rest")
+	add("RSS at rest", fmt.Sprintf("%.1f MiB (heap in use %.1f MiB)", base.rss, base.heap), "node 1's speaker, 3-node lab, no Service")
+
+	progress("speaker cost: creating %d headless Services and their EndpointSlices (%d endpoints each)", others, endpointsPer)
+	if err := c.createOthers(others, endpointsPer); err != nil {
+		fail(err)
+	}
+	with := c.read("with other Services")
+	add(fmt.Sprintf("RSS with %d non-LoadBalancer Services (%d endpoints)", others, others*endpointsPer),
+		fmt.Sprintf("%+.1f MiB (heap in use %+.1f MiB)", with.rss-base.rss, with.heap-base.heap),
+		fmt.Sprintf("against rest; %.0f recomputes while they were added", with.syncs-base.syncs))
+
+	changes := min(1000, others)
+	progress("speaker cost: %d endpoint changes of non-LoadBalancer Services", changes)
+	if err := c.moveEndpoints(changes); err != nil {
+		fail(err)
+	}
+	moved := c.read("after the endpoint changes")
+	add(fmt.Sprintf("CPU on %d endpoint changes of non-LoadBalancer Services", changes),
+		fmt.Sprintf("%.0f ms", (moved.cpu-with.cpu)*1000),
+		fmt.Sprintf("%.0f recomputes; over %v, at rest included", moved.syncs-with.syncs, costSettle))
+
+	progress("speaker cost: creating %d LoadBalancer Services", lbs)
+	if err := c.createLoadBalancers(lbs); err != nil {
+		fail(err)
+	}
+	full := c.read("with LoadBalancer Services")
+	add(fmt.Sprintf("RSS with %d LoadBalancer Services", lbs),
+		fmt.Sprintf("%.1f MiB (heap in use %.1f MiB)", full.rss, full.heap),
+		fmt.Sprintf("the other Services still there; %.0f recomputes meanwhile", full.syncs-moved.syncs))
+	return rows
+}
+
+type costBench struct {
+	l   *lab.Lab
+	ctx context.Context
+}
+
+// read waits costSettle and reads node 1's speaker.
+func (c *costBench) read(when string) costReading {
+	select {
+	case <-c.ctx.Done():
+		fail(c.ctx.Err())
+	case <-time.After(costSettle):
+	}
+	m, err := c.l.SpeakerMetrics(1)
+	if err != nil {
+		fail(fmt.Errorf("speaker metrics %s: %w", when, err))
+	}
+	var r costReading
+	for name, v := range map[string]*float64{
+		"process_resident_memory_bytes": &r.rss, "go_memstats_heap_inuse_bytes": &r.heap,
+		"process_cpu_seconds_total": &r.cpu, "ironlb_speaker_syncs_total": &r.syncs,
+	} {
+		got, ok := lab.MetricValue(m, name)
+		if !ok {
+			fail(fmt.Errorf("speaker metrics %s: no %s", when, name))
+		}
+		*v = got
+	}
+	r.rss, r.heap = r.rss/(1<<20), r.heap/(1<<20)
+	return r
+}
+
+// parallel runs do(i) for i in [0, n), eight at a time, and returns the
+// first error.
+func (c *costBench) parallel(n int, do func(i int) error) error {
+	errs := make(chan error, 1)
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i := range n {
+		if c.ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := do(i); err != nil {
+				select {
+				case errs <- err:
+				default:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return c.ctx.Err()
+	}
+}
+
+// createOthers creates n headless Services (no cluster IP to allocate), each
+// with one EndpointSlice of per endpoints spread over the nodes.
+func (c *costBench) createOthers(n, per int) error {
+	return c.parallel(n, func(i int) error {
+		name := fmt.Sprintf("other-%05d", i)
+		svc := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: costNamespace},
+			Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": name},
+				Ports: []corev1.ServicePort{{Port: 80}}},
+		}
+		if _, err := c.l.Client.CoreV1().Services(costNamespace).Create(c.ctx, svc, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+		_, err := c.l.Client.DiscoveryV1().EndpointSlices(costNamespace).Create(c.ctx, c.slice(name, i, per, 0), metav1.CreateOptions{})
+		return err
+	})
+}
+
+// slice is the EndpointSlice of Service name, its endpoints on the nodes
+// from shift on.
+func (c *costBench) slice(name string, i, per, shift int) *discoveryv1.EndpointSlice {
+	ready := true
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: costNamespace, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	for j := range per {
+		node := c.l.NodeName((j+shift)%3 + 1)
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{fmt.Sprintf("10.%d.%d.%d", 128+i/65536, i/256%256, i%256&^7|j%8)},
+			NodeName:   &node,
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+		})
+	}
+	return es
+}
+
+// moveEndpoints moves the endpoints of n of the other Services to other
+// nodes.
+func (c *costBench) moveEndpoints(n int) error {
+	return c.parallel(n, func(i int) error {
+		name := fmt.Sprintf("other-%05d", i)
+		cur, err := c.l.Client.DiscoveryV1().EndpointSlices(costNamespace).Get(c.ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		es := c.slice(name, i, len(cur.Endpoints), 1)
+		es.ResourceVersion = cur.ResourceVersion
+		_, err = c.l.Client.DiscoveryV1().EndpointSlices(costNamespace).Update(c.ctx, es, metav1.UpdateOptions{})
+		return err
+	})
+}
+
+// createLoadBalancers creates n LoadBalancer Services in a pool of their own
+// and waits until ironlb-ccm gave each its address.
+func (c *costBench) createLoadBalancers(n int) error {
+	if err := c.l.CreatePool(c.ctx, costPool, v1alpha1.IPPoolSpec{
+		Addresses: []v1alpha1.AddressRange{costPoolRange}, L2: &v1alpha1.L2Advertisement{},
+	}); err != nil {
+		return err
+	}
+	single := corev1.IPFamilyPolicySingleStack
+	if err := c.parallel(n, func(i int) error {
+		svc := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("lb-%05d", i), Namespace: costNamespace,
+				Annotations: map[string]string{v1alpha1.AnnotationPool: costPool}},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, IPFamilyPolicy: &single,
+				IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol}, Ports: []corev1.ServicePort{{Port: 80}}},
+		}
+		_, err := c.l.Client.CoreV1().Services(costNamespace).Create(c.ctx, svc, metav1.CreateOptions{})
+		return err
+	}); err != nil {
+		return err
+	}
+	for {
+		list, err := c.l.Client.CoreV1().Services(costNamespace).List(c.ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		with := 0
+		for _, s := range list.Items {
+			if s.Spec.Type == corev1.ServiceTypeLoadBalancer && len(s.Status.LoadBalancer.Ingress) > 0 {
+				with++
+			}
+		}
+		if with >= n {
+			return nil
+		}
+		progress("speaker cost: %d of %d LoadBalancer Services have their address", with, n)
+		select {
+		case <-c.ctx.Done():
+			return fmt.Errorf("%d of %d LoadBalancer Services have their address: %w", with, n, c.ctx.Err())
+		case <-time.After(10 * time.Second):
+		}
+	}
+}
