@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
@@ -24,8 +25,10 @@ const (
 	costNamespace = "cost"
 	costPool      = "bench-cost"
 	// costPoolRange holds the LoadBalancer Services' addresses; they need
-	// not be reachable for this measure.
-	costPoolRange = "10.96.0.0/17"
+	// not be reachable for this measure. costServiceCIDR adds cluster IPs
+	// for them: the lab's own range holds about a thousand.
+	costPoolRange   = "10.96.0.0/17"
+	costServiceCIDR = "10.112.0.0/18"
 	// costSettle is how long a speaker is left alone before its memory is
 	// read: the Go runtime returns freed memory to the system over minutes,
 	// so the heap in use is read too.
@@ -45,10 +48,10 @@ func speakerCost(parent context.Context, others, endpointsPer, lbs int) []row {
 		fail(err)
 	}
 	defer l.Down(context.Background())
-	if _, err := l.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: costNamespace}}, metav1.CreateOptions{}); err != nil {
-		fail(err)
-	}
 	c := &costBench{l: l, ctx: ctx}
+	if _, err := l.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: costNamespace}}, metav1.CreateOptions{}); err != nil {
+		c.fail(err)
+	}
 	var rows []row
 	add := func(what, value, note string) { rows = append(rows, row{"speaker cost: " + what, value, note}) }
 
@@ -57,7 +60,7 @@ func speakerCost(parent context.Context, others, endpointsPer, lbs int) []row {
 
 	progress("speaker cost: creating %d headless Services and their EndpointSlices (%d endpoints each)", others, endpointsPer)
 	if err := c.createOthers(others, endpointsPer); err != nil {
-		fail(err)
+		c.fail(err)
 	}
 	with := c.read("with other Services")
 	add(fmt.Sprintf("RSS with %d non-LoadBalancer Services (%d endpoints)", others, others*endpointsPer),
@@ -67,7 +70,7 @@ func speakerCost(parent context.Context, others, endpointsPer, lbs int) []row {
 	changes := min(1000, others)
 	progress("speaker cost: %d endpoint changes of non-LoadBalancer Services", changes)
 	if err := c.moveEndpoints(changes); err != nil {
-		fail(err)
+		c.fail(err)
 	}
 	moved := c.read("after the endpoint changes")
 	add(fmt.Sprintf("CPU on %d endpoint changes of non-LoadBalancer Services", changes),
@@ -76,7 +79,7 @@ func speakerCost(parent context.Context, others, endpointsPer, lbs int) []row {
 
 	progress("speaker cost: creating %d LoadBalancer Services", lbs)
 	if err := c.createLoadBalancers(lbs); err != nil {
-		fail(err)
+		c.fail(err)
 	}
 	full := c.read("with LoadBalancer Services")
 	add(fmt.Sprintf("RSS with %d LoadBalancer Services", lbs),
@@ -90,16 +93,22 @@ type costBench struct {
 	ctx context.Context
 }
 
+// fail takes the lab down and stops the bench.
+func (c *costBench) fail(err error) {
+	_ = c.l.Down(context.Background())
+	fail(err)
+}
+
 // read waits costSettle and reads node 1's speaker.
 func (c *costBench) read(when string) costReading {
 	select {
 	case <-c.ctx.Done():
-		fail(c.ctx.Err())
+		c.fail(c.ctx.Err())
 	case <-time.After(costSettle):
 	}
 	m, err := c.l.SpeakerMetrics(1)
 	if err != nil {
-		fail(fmt.Errorf("speaker metrics %s: %w", when, err))
+		c.fail(fmt.Errorf("speaker metrics %s: %w", when, err))
 	}
 	var r costReading
 	for name, v := range map[string]*float64{
@@ -108,7 +117,7 @@ func (c *costBench) read(when string) costReading {
 	} {
 		got, ok := lab.MetricValue(m, name)
 		if !ok {
-			fail(fmt.Errorf("speaker metrics %s: no %s", when, name))
+			c.fail(fmt.Errorf("speaker metrics %s: no %s", when, name))
 		}
 		*v = got
 	}
@@ -206,6 +215,11 @@ func (c *costBench) createLoadBalancers(n int) error {
 	if err := c.l.CreatePool(c.ctx, costPool, v1alpha1.IPPoolSpec{
 		Addresses: []v1alpha1.AddressRange{costPoolRange}, L2: &v1alpha1.L2Advertisement{},
 	}); err != nil {
+		return err
+	}
+	if _, err := c.l.Client.NetworkingV1().ServiceCIDRs().Create(c.ctx, &networkingv1.ServiceCIDR{
+		ObjectMeta: metav1.ObjectMeta{Name: costPool}, Spec: networkingv1.ServiceCIDRSpec{CIDRs: []string{costServiceCIDR}},
+	}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
 	single := corev1.IPFamilyPolicySingleStack
