@@ -222,12 +222,12 @@ func (c *costBench) createLoadBalancers(n int) error {
 	}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	single := corev1.IPFamilyPolicySingleStack
+	single, noNodePorts := corev1.IPFamilyPolicySingleStack, false // 10,000 exceed the NodePort range
 	if err := c.parallel(n, func(i int) error {
 		svc := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("lb-%05d", i), Namespace: costNamespace,
 				Annotations: map[string]string{v1alpha1.AnnotationPool: costPool}},
-			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, IPFamilyPolicy: &single,
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, IPFamilyPolicy: &single, AllocateLoadBalancerNodePorts: &noNodePorts,
 				IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol}, Ports: []corev1.ServicePort{{Port: 80}}},
 		}
 		_, err := c.l.Client.CoreV1().Services(costNamespace).Create(c.ctx, svc, metav1.CreateOptions{})
