@@ -39,10 +39,9 @@ type localEndpoints struct {
 	// fetch holds the Services whose slices are to be listed.
 	fetch workqueue.TypedRateLimitingInterface[types.NamespacedName]
 
-	mu        sync.Mutex
-	slices    map[string]*discoveryv1.EndpointSlice    // by namespace/name
-	byService map[types.NamespacedName]map[string]bool // slice keys
-	synced    bool
+	mu     sync.Mutex
+	kept   sliceIndex
+	synced bool
 	// pending are the Services that became wanted while the first full
 	// list was being taken in (Replace), which may have passed them by.
 	pending map[types.NamespacedName]bool
@@ -51,10 +50,9 @@ type localEndpoints struct {
 func newLocalEndpoints(client kubernetes.Interface, wanted func(types.NamespacedName) bool, changed func(matters bool), logger klog.Logger) *localEndpoints {
 	return &localEndpoints{
 		client: client, wanted: wanted, changed: changed, logger: logger, slim: newSliceSlimmer(),
-		fetch:     workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
-		slices:    map[string]*discoveryv1.EndpointSlice{},
-		byService: map[types.NamespacedName]map[string]bool{},
-		pending:   map[types.NamespacedName]bool{},
+		fetch:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
+		kept:    newSliceIndex(),
+		pending: map[types.NamespacedName]bool{},
 	}
 }
 
@@ -104,8 +102,8 @@ func (e *localEndpoints) of(svc types.NamespacedName) []*discoveryv1.EndpointSli
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var out []*discoveryv1.EndpointSlice
-	for key := range e.byService[svc] {
-		out = append(out, e.slices[key])
+	for key := range e.kept.byService[svc] {
+		out = append(out, e.kept.slices[key])
 	}
 	return out
 }
@@ -114,7 +112,7 @@ func (e *localEndpoints) of(svc types.NamespacedName) []*discoveryv1.EndpointSli
 func (e *localEndpoints) size() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return len(e.slices)
+	return len(e.kept.slices)
 }
 
 // wantNow is told that svc became wanted: its slices, dropped until now,
@@ -135,10 +133,10 @@ func (e *localEndpoints) wantNow(svc types.NamespacedName) {
 func (e *localEndpoints) forget(svc types.NamespacedName) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for key := range e.byService[svc] {
-		delete(e.slices, key)
+	for key := range e.kept.byService[svc] {
+		delete(e.kept.slices, key)
 	}
-	delete(e.byService, svc)
+	delete(e.kept.byService, svc)
 }
 
 // list reads the slices of svc, if it is still wanted. A slice the watch
@@ -156,10 +154,10 @@ func (e *localEndpoints) list(ctx context.Context, svc types.NamespacedName) err
 	e.mu.Lock()
 	for i := range got.Items {
 		es := e.cut(&got.Items[i])
-		if _, ok := e.slices[sliceKey(es)]; ok || !e.wanted(svc) {
+		if _, ok := e.kept.slices[sliceKey(es)]; ok || !e.wanted(svc) {
 			continue
 		}
-		e.putLocked(svc, es)
+		e.kept.put(svc, es)
 		added = true
 	}
 	e.mu.Unlock()
@@ -176,27 +174,38 @@ func (e *localEndpoints) cut(es *discoveryv1.EndpointSlice) *discoveryv1.Endpoin
 
 func sliceKey(es *discoveryv1.EndpointSlice) string { return es.Namespace + "/" + es.Name }
 
-func (e *localEndpoints) putLocked(svc types.NamespacedName, es *discoveryv1.EndpointSlice) {
-	key := sliceKey(es)
-	e.slices[key] = es
-	if e.byService[svc] == nil {
-		e.byService[svc] = map[string]bool{}
-	}
-	e.byService[svc][key] = true
+// sliceIndex holds cut-down slices by key and by Service.
+type sliceIndex struct {
+	slices    map[string]*discoveryv1.EndpointSlice    // by namespace/name
+	byService map[types.NamespacedName]map[string]bool // slice keys
 }
 
-func (e *localEndpoints) removeLocked(key string) (types.NamespacedName, bool) {
-	es, ok := e.slices[key]
+func newSliceIndex() sliceIndex {
+	return sliceIndex{slices: map[string]*discoveryv1.EndpointSlice{}, byService: map[types.NamespacedName]map[string]bool{}}
+}
+
+func (x sliceIndex) put(svc types.NamespacedName, es *discoveryv1.EndpointSlice) {
+	key := sliceKey(es)
+	x.slices[key] = es
+	if x.byService[svc] == nil {
+		x.byService[svc] = map[string]bool{}
+	}
+	x.byService[svc][key] = true
+}
+
+// remove drops the slice key, reporting whether it was there.
+func (x sliceIndex) remove(key string) bool {
+	es, ok := x.slices[key]
 	if !ok {
-		return types.NamespacedName{}, false
+		return false
 	}
-	delete(e.slices, key)
+	delete(x.slices, key)
 	svc, _ := sliceService(es)
-	delete(e.byService[svc], key)
-	if len(e.byService[svc]) == 0 {
-		delete(e.byService, svc)
+	delete(x.byService[svc], key)
+	if len(x.byService[svc]) == 0 {
+		delete(x.byService, svc)
 	}
-	return svc, true
+	return true
 }
 
 // The reflector's store: it keeps what is wanted, and queues a sync when the
@@ -214,15 +223,15 @@ func (e *localEndpoints) upsert(obj any) {
 	svc, named := sliceService(raw)
 	key := sliceKey(raw)
 	e.mu.Lock()
-	prev := e.slices[key]
+	prev := e.kept.slices[key]
 	if !named || !e.wanted(svc) {
-		_, had := e.removeLocked(key)
+		had := e.kept.remove(key)
 		e.mu.Unlock()
 		e.changed(had)
 		return
 	}
 	es := e.cut(raw)
-	e.putLocked(svc, es)
+	e.kept.put(svc, es)
 	e.mu.Unlock()
 	e.changed(prev == nil || !sameNodes(prev, es))
 }
@@ -230,7 +239,7 @@ func (e *localEndpoints) upsert(obj any) {
 func (e *localEndpoints) Delete(obj any) error {
 	if es, ok := unwrap(obj).(*discoveryv1.EndpointSlice); ok {
 		e.mu.Lock()
-		_, had := e.removeLocked(sliceKey(es))
+		had := e.kept.remove(sliceKey(es))
 		e.mu.Unlock()
 		e.changed(had)
 	}
@@ -241,27 +250,19 @@ func (e *localEndpoints) Replace(list []any, _ string) error {
 	e.mu.Lock()
 	clear(e.pending) // what became wanted until now, this list takes in
 	e.mu.Unlock()
-	slices := map[string]*discoveryv1.EndpointSlice{}
-	byService := map[types.NamespacedName]map[string]bool{}
+	kept := newSliceIndex()
 	for _, obj := range list {
 		raw, ok := obj.(*discoveryv1.EndpointSlice)
 		if !ok {
 			continue
 		}
-		svc, named := sliceService(raw)
-		if !named || !e.wanted(svc) {
-			continue
+		if svc, named := sliceService(raw); named && e.wanted(svc) {
+			kept.put(svc, e.cut(raw))
 		}
-		key := sliceKey(raw)
-		slices[key] = e.cut(raw)
-		if byService[svc] == nil {
-			byService[svc] = map[string]bool{}
-		}
-		byService[svc][key] = true
 	}
 	e.mu.Lock()
-	same := maps.EqualFunc(e.slices, slices, sameNodes)
-	e.slices, e.byService, e.synced = slices, byService, true
+	same := maps.EqualFunc(e.kept.slices, kept.slices, sameNodes)
+	e.kept, e.synced = kept, true
 	late := maps.Clone(e.pending)
 	clear(e.pending)
 	e.mu.Unlock()

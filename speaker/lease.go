@@ -125,10 +125,7 @@ func (l *leases) observe(obj any) {
 }
 
 func (l *leases) forget(obj any) {
-	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = tomb.Obj
-	}
-	if lease, ok := obj.(*coordinationv1.Lease); ok && lease.Spec.HolderIdentity != nil {
+	if lease, ok := unwrap(obj).(*coordinationv1.Lease); ok && lease.Spec.HolderIdentity != nil {
 		l.mu.Lock()
 		delete(l.observed, *lease.Spec.HolderIdentity)
 		l.mu.Unlock()
