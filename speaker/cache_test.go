@@ -254,7 +254,6 @@ func TestEndpointSliceBurstOfOtherServices_QueuesNoSyncAndLeavesNoTrace(t *testi
 
 	queued := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "queued"))
 	ignored := testutil.ToFloat64(syncTriggers.WithLabelValues("EndpointSlice", "ignored"))
-	syncsBefore := testutil.ToFloat64(syncs)
 	esClient := client.DiscoveryV1().EndpointSlices("default")
 	const burst = 100
 	for i := range burst {
@@ -282,9 +281,6 @@ func TestEndpointSliceBurstOfOtherServices_QueuesNoSyncAndLeavesNoTrace(t *testi
 	}
 	if got := s.endpoints.size(); got != 1 {
 		t.Errorf("slices kept: %d, want 1 (the ClusterIP Service's leave no trace)", got)
-	}
-	if got := testutil.ToFloat64(syncs) - syncsBefore; got != 0 {
-		t.Errorf("%v syncs ran, want none (nothing processes the queue here)", got)
 	}
 
 	// The ClusterIP Service becomes an ironlb LoadBalancer with

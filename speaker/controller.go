@@ -198,7 +198,6 @@ func New(cfg Config) (*Speaker, error) {
 		s.services: s.onChange("Service", func(old, cur any) bool {
 			o, _ := old.(*v1.Service)
 			c, _ := cur.(*v1.Service)
-			s.followEndpoints(o, c)
 			return serviceMatters(cfg.Classifier, o, c)
 		}),
 		s.nodes: s.onChange("Node", func(old, cur any) bool {
@@ -212,6 +211,19 @@ func New(cfg Config) (*Speaker, error) {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return nil, err
 		}
+	}
+	// The endpoints kept follow which Services need them.
+	follow := func(old, cur any) {
+		o, _ := old.(*v1.Service)
+		c, _ := cur.(*v1.Service)
+		s.followEndpoints(o, c)
+	}
+	if _, err := s.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { follow(nil, obj) },
+		UpdateFunc: follow,
+		DeleteFunc: func(obj any) { follow(unwrap(obj), nil) },
+	}); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
