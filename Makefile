@@ -109,7 +109,7 @@ test-integration:
 # L2 failover, creation-to-traffic and the speakers' API requests at rest in a lab (root).
 bench: prereq
 	$(GO) run ./test/bench
-	$(GO) test -run '^$$' -bench Plans -benchtime 3x -benchmem ./speaker/
+	$(GO) test -run '^$$' -bench 'Plans|Conditions' -benchtime 3x -benchmem ./speaker/
 	cd e2e && $(GO) run ./cmd/bench
 	cd e2e && $(GO) run ./cmd/membench
 

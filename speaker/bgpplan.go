@@ -28,52 +28,6 @@ type advertisement struct {
 	reason      string // why no node announces it
 }
 
-// bgpPlan computes the BGP advertisements of every address whose pool has a
-// bgp section. Unlike L2, every eligible node announces (the router spreads
-// traffic over them), so no owner is picked and a node's liveness is the
-// router's business (its session).
-func bgpPlan(in inputs, peers []*v1alpha1.BGPPeer) map[netip.Addr]*advertisement {
-	plan := map[netip.Addr]*advertisement{}
-	services := in.sorted()
-	pools := in.pools
-	eligible := map[netip.Addr]map[string]bool{}
-	for _, svc := range services {
-		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		for _, addr := range ingressAddrs(svc) {
-			pool := poolOf(pools, svc, addr)
-			if pool == nil || pool.Spec.BGP == nil {
-				continue
-			}
-			a := plan[addr]
-			if a == nil {
-				a = &advertisement{
-					addr: addr, prefix: aggregate(addr, pool.Spec.BGP), pool: pool.Name,
-					peers: map[string][]string{}, communities: communityStrings(pool.Spec.BGP.Communities),
-					localPref: pool.Spec.BGP.LocalPref,
-				}
-				plan[addr] = a
-			}
-			a.services = append(a.services, key)
-			nodes, why := bgpNodes(in, svc, pool, peers, a.peers)
-			narrow(eligible, addr, nodes, why, &a.reason)
-		}
-	}
-	for addr, a := range plan {
-		a.nodes = slices.Sorted(maps.Keys(eligible[addr]))
-		for n := range a.peers {
-			if !eligible[addr][n] {
-				delete(a.peers, n)
-			}
-		}
-		if len(a.nodes) > 0 {
-			a.reason = ""
-		} else if a.reason == "" {
-			a.reason = "the Services sharing it have no eligible node in common"
-		}
-	}
-	return plan
-}
-
 // bgpNodes are the nodes that announce svc's address from pool, filling
 // peersOf with the peers each of them sends to, and why none does.
 func bgpNodes(in inputs, svc *v1.Service, pool *v1alpha1.IPPool, peers []*v1alpha1.BGPPeer, peersOf map[string][]string) (map[string]bool, string) {

@@ -88,7 +88,8 @@ type Speaker struct {
 	bgp        *bgpAnnouncer
 	conditions *conditionWriter
 
-	queue workqueue.TypedRateLimitingInterface[string] // one key: recompute everything
+	queue   workqueue.TypedRateLimitingInterface[string] // one key: bring the plans up to date
+	planner *planner                                     // only sync uses it
 
 	myIP netip.Addr
 
@@ -147,6 +148,7 @@ func New(cfg Config) (*Speaker, error) {
 		factory: informers.NewSharedInformerFactory(cfg.Client, 0),
 		dynamic: dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0),
 		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		planner: newPlanner(),
 	}
 	interval := cmp.Or(cfg.HeartbeatInterval, member.DefaultInterval)
 	timeout := cmp.Or(cfg.HeartbeatTimeout, member.DefaultTimeout)
@@ -685,7 +687,8 @@ func (s *Speaker) sync(ctx context.Context) error {
 	view, md, leases := s.membership(now)
 	alive := aliveNodes(s.cfg.Node, md, view, leases)
 	in := s.inputs(alive)
-	plan, notAnnounced := l2Plan(in)
+	peers := s.peerList()
+	plan, notAnnounced, bgp := s.planner.plan(in, peers)
 
 	answering := s.l2.answering()
 	want := map[string][]netip.Addr{}
@@ -700,10 +703,9 @@ func (s *Speaker) sync(ctx context.Context) error {
 	if md == modeCutOff && len(answering) > 0 {
 		s.logger.Info("Cut off from the other speakers: answering for no address until the heartbeats or the fallback say who owns what")
 	}
-	peers := s.peerList()
 	p := &plans{
 		in: in, l2: plan, notAnnounced: notAnnounced, answer: want,
-		bgp: bgpPlan(in, peers), peers: peers, node: in.nodes[s.cfg.Node],
+		bgp: bgp, peers: peers, node: in.nodes[s.cfg.Node],
 		conditions: md == modeHeartbeats || md == modeFallback,
 		viaLeases:  md == modeFallback,
 		candidates: conditionWriters(s.cfg.Node, view, alive, s.leases.nodes()),

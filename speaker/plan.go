@@ -5,7 +5,6 @@
 package speaker
 
 import (
-	"cmp"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -57,6 +56,7 @@ type announcement struct {
 	interfaces []string // the owner's interfaces to answer on
 	services   []types.NamespacedName
 	reason     string // why there is no owner
+	recorded   string // the owner the Services' record named, which ownerOf read
 	// missing lists nodes that match the pool but lack its interfaces.
 	missing map[string]string
 }
@@ -66,89 +66,6 @@ func (a announcement) protocol() string {
 		return "ARP"
 	}
 	return "NDP"
-}
-
-// sorted orders the Services and pools by name: informers list in no fixed
-// order, and the plan must not depend on it.
-func (in *inputs) sorted() []*v1.Service {
-	services := slices.Clone(in.services)
-	slices.SortFunc(services, func(x, y *v1.Service) int {
-		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
-	})
-	in.pools = slices.Clone(in.pools)
-	slices.SortFunc(in.pools, func(x, y *v1alpha1.IPPool) int { return cmp.Compare(x.Name, y.Name) })
-	return services
-}
-
-// narrow records one more Service's eligible nodes for addr: Services that
-// share an address are served by nodes every one of them may use. A Service
-// with no eligible node at all explains itself; the first one, in name
-// order, gives the reason.
-func narrow(eligible map[netip.Addr]map[string]bool, addr netip.Addr, nodes map[string]bool, why string, reason *string) {
-	if len(nodes) == 0 && *reason == "" {
-		*reason = why
-	}
-	prev, ok := eligible[addr]
-	if !ok {
-		eligible[addr] = nodes
-		return
-	}
-	for n := range prev {
-		if !nodes[n] {
-			delete(prev, n)
-		}
-	}
-}
-
-// l2Plan computes the announcements of every L2 address. Addresses whose pool
-// has no l2 section are left out: BGP or nothing announces them.
-func l2Plan(in inputs) (map[netip.Addr]*announcement, map[types.NamespacedName]string) {
-	plan := map[netip.Addr]*announcement{}
-	eligible := map[netip.Addr]map[string]bool{}
-	// notAnnounced holds Services whose pool announces in no way, with the reason.
-	notAnnounced := map[types.NamespacedName]string{}
-	services := in.sorted()
-	note := func(key types.NamespacedName, msg string) {
-		if prev := notAnnounced[key]; prev != "" {
-			msg = prev + "; " + msg
-		}
-		notAnnounced[key] = msg
-	}
-	for _, svc := range services {
-		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		for _, addr := range ingressAddrs(svc) {
-			pool := poolOf(in.pools, svc, addr)
-			if pool == nil {
-				note(key, fmt.Sprintf("%s is in no IPPool", addr))
-				continue
-			}
-			if pool.Spec.L2 == nil {
-				if pool.Spec.BGP == nil {
-					note(key, fmt.Sprintf("IPPool %s has neither l2 nor bgp: %s is allocated but not announced", pool.Name, addr))
-				}
-				continue
-			}
-			a := plan[addr]
-			if a == nil {
-				a = &announcement{addr: addr, pool: pool.Name, poolObj: pool, missing: map[string]string{}}
-				plan[addr] = a
-			}
-			a.services = append(a.services, key)
-			nodes, why := eligibleNodes(in, svc, pool, a.missing)
-			narrow(eligible, addr, nodes, why, &a.reason)
-		}
-	}
-	for addr, a := range plan {
-		a.owner = ownerOf(addr.String(), eligible[addr], in.recorded[addr])
-		if a.owner != "" {
-			a.reason = ""
-			a.interfaces = answeringInterfaces(a.poolObj, in.alive[a.owner])
-		} else if a.reason == "" {
-			a.reason = "the Services sharing it have no eligible node in common"
-		}
-		slices.SortFunc(a.services, func(x, y types.NamespacedName) int { return cmp.Compare(x.String(), y.String()) })
-	}
-	return plan, notAnnounced
 }
 
 // eligibleNodes are the nodes that may answer for svc's address from pool,

@@ -5,6 +5,9 @@ import (
 	"net/netip"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/workqueue"
+
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -33,25 +36,43 @@ func scale(nodes, services int) (inputs, []*v1alpha1.BGPPeer) {
 		addr := next[pool]
 		next[pool] = addr.Next()
 		svc := service(fmt.Sprintf("svc-%05d", i), pool, addr.String())
+		svc.ResourceVersion = fmt.Sprint(i + 1)
 		if i%10 == 0 {
 			local(svc)
-			in.slices[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}] = []*discoveryv1.EndpointSlice{
-				endpointSlice(svc.Name, ep{node: names[i%nodes], ready: true}, ep{node: names[(i+1)%nodes], ready: true}, ep{node: names[(i+2)%nodes], ready: true}),
-			}
+			es := endpointSlice(svc.Name, ep{node: names[i%nodes], ready: true}, ep{node: names[(i+1)%nodes], ready: true}, ep{node: names[(i+2)%nodes], ready: true})
+			es.ResourceVersion = svc.ResourceVersion
+			in.slices[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}] = []*discoveryv1.EndpointSlice{es}
 		}
 		in.services = append(in.services, svc)
 	}
 	return in, []*v1alpha1.BGPPeer{bgpPeer("router", nil, nil)}
 }
 
-// BenchmarkPlans_10000Services100Nodes is one recompute of every plan, as a
-// sync does today after any one Service changes.
+// BenchmarkPlans_10000Services100Nodes computes every plan from nothing,
+// as a sync does when what every Service reads changed: a node, a pool, a
+// peer, the live speakers.
 func BenchmarkPlans_10000Services100Nodes(b *testing.B) {
 	in, peers := scale(100, 10000)
 	b.ReportAllocs()
 	for b.Loop() {
-		l2Plan(in)
-		bgpPlan(in, peers)
+		newPlanner().plan(in, peers)
+	}
+}
+
+// BenchmarkPlans_OneServiceChanged_10000Services100Nodes brings the plans
+// up to date after one Service changed, as a sync does then.
+func BenchmarkPlans_OneServiceChanged_10000Services100Nodes(b *testing.B) {
+	in, peers := scale(100, 10000)
+	p := newPlanner()
+	p.plan(in, peers)
+	changed := in.services[len(in.services)/2]
+	b.ReportAllocs()
+	for b.Loop() {
+		changed.ResourceVersion += "x"
+		p.plan(in, peers)
+		if p.computed != 1 {
+			b.Fatalf("computed %d parts, want 1", p.computed)
+		}
 	}
 }
 
@@ -71,5 +92,29 @@ func TestScaleWorld_AnnouncesEveryService(t *testing.T) {
 		if len(a.nodes) == 0 {
 			t.Errorf("%s: no node: %s", addr, a.reason)
 		}
+	}
+}
+
+// BenchmarkConditions_OneServiceChanged_10000Services100Nodes is what a
+// sync after one Service changed adds to the plans: the Announced
+// conditions this node writes, looked at again for that Service only.
+func BenchmarkConditions_OneServiceChanged_10000Services100Nodes(b *testing.B) {
+	in, peers := scale(100, 10000)
+	p := newPlanner()
+	w := &conditionWriter{
+		node:    "node-000",
+		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
+		desired: map[types.NamespacedName]metav1.Condition{}, degraded: map[types.NamespacedName]string{},
+		decided: map[types.NamespacedName]decision{},
+	}
+	defer w.queue.ShutDown()
+	l2, notAnnounced, bgp := p.plan(in, peers)
+	w.queueConditions(in, l2, bgp, notAnnounced, nil, "")
+	changed := in.services[len(in.services)/2]
+	b.ReportAllocs()
+	for b.Loop() {
+		changed.ResourceVersion += "x"
+		l2, notAnnounced, bgp := p.plan(in, peers)
+		w.queueConditions(in, l2, bgp, notAnnounced, nil, "")
 	}
 }

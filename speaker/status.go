@@ -3,6 +3,7 @@ package speaker
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -170,6 +171,27 @@ type conditionWriter struct {
 	desired map[types.NamespacedName]metav1.Condition // conditions this speaker writes
 	// degraded is, per Service, the HeartbeatsBroken warning already sent.
 	degraded map[types.NamespacedName]string
+	// decided is, per Service, what its condition was last decided from and
+	// whether this node writes it: a Service whose inputs did not change is
+	// not looked at again (the plans share the announcements of addresses
+	// that did not change).
+	decided map[types.NamespacedName]decision
+	round   uint64
+}
+
+// decision is what a Service's condition was decided from.
+type decision struct {
+	version                            string // the Service's resource version
+	l2                                 []*announcement
+	bgp                                []*advertisement
+	notAnnounced, degraded, candidates string
+	mine                               bool   // this node writes it
+	round                              uint64 // the last queueConditions that saw the Service
+}
+
+func (d decision) same(o decision) bool {
+	return d.version != "" && d.version == o.version && slices.Equal(d.l2, o.l2) && slices.Equal(d.bgp, o.bgp) &&
+		d.notAnnounced == o.notAnnounced && d.degraded == o.degraded && d.candidates == o.candidates
 }
 
 func newConditionWriter(cfg Config, services cache.Store, events *eventSink) *conditionWriter {
@@ -178,6 +200,7 @@ func newConditionWriter(cfg Config, services cache.Store, events *eventSink) *co
 		queue:    workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
 		desired:  map[types.NamespacedName]metav1.Condition{},
 		degraded: map[types.NamespacedName]string{},
+		decided:  map[types.NamespacedName]decision{},
 	}
 }
 
@@ -205,14 +228,25 @@ func (w *conditionWriter) run(ctx context.Context, n int) {
 func (w *conditionWriter) queueConditions(in inputs, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced map[types.NamespacedName]string, candidates map[string]bool, degraded string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	mine := map[types.NamespacedName]bool{}
+	w.round++
+	writers := strings.Join(slices.Sorted(maps.Keys(candidates)), ",")
 	for _, svc := range in.services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		c := announcedCondition(svc, plan, bplan, notAnnounced[key], degraded)
-		if c == nil || writer(svc, plan, candidates) != w.node {
+		d := decision{version: svc.ResourceVersion, notAnnounced: notAnnounced[key], degraded: degraded, candidates: writers, round: w.round}
+		for _, addr := range ingressAddrs(svc) {
+			d.l2, d.bgp = append(d.l2, plan[addr]), append(d.bgp, bplan[addr])
+		}
+		if prev, ok := w.decided[key]; ok && d.same(prev) {
+			prev.round = w.round
+			w.decided[key] = prev
 			continue
 		}
-		mine[key] = true
+		c := announcedCondition(svc, plan, bplan, notAnnounced[key], degraded)
+		d.mine = c != nil && writer(svc, plan, candidates) == w.node
+		w.decided[key] = d
+		if !d.mine {
+			continue
+		}
 		w.desired[key] = *c
 		if c.Reason == ReasonHeartbeatsBroken && w.degraded[key] != degraded {
 			w.events.warning(key, EventHeartbeatsBroken, degraded)
@@ -226,8 +260,13 @@ func (w *conditionWriter) queueConditions(in inputs, plan map[netip.Addr]*announ
 			w.queue.Add(key)
 		}
 	}
+	for key, d := range w.decided {
+		if d.round != w.round {
+			delete(w.decided, key)
+		}
+	}
 	for key := range w.desired {
-		if !mine[key] {
+		if !w.decided[key].mine {
 			delete(w.desired, key)
 			delete(w.degraded, key)
 		}
