@@ -52,6 +52,9 @@ type machine struct {
 	remoteMinRx time.Duration
 	remoteMinTx time.Duration
 	remoteMult  uint8
+	// remoteDemand: the peer asks for no periodic packets while both
+	// ends are Up (Demand mode, §6.6); this side never asks for it.
+	remoteDemand bool
 
 	// txEff and rxEff are the local intervals in effect, which lag the
 	// advertised ones while a Poll Sequence confirms that the peer has
@@ -135,7 +138,8 @@ func (m *machine) send(out *output, now time.Time, final bool) {
 
 // mayTransmit: the peer has not asked for no periodic packets (§6.8.7).
 func (m *machine) mayTransmit() bool {
-	return m.remoteMinRx != 0
+	demand := m.remoteDemand && m.state == Up && m.remoteState == Up
+	return m.remoteMinRx != 0 && !demand
 }
 
 // deadline is when tick must next run.
@@ -210,6 +214,7 @@ func (m *machine) receive(p Packet, now time.Time) (output, bool) {
 	m.remoteMinRx = p.RequiredMinRx
 	m.remoteMinTx = p.DesiredMinTx
 	m.remoteMult = p.DetectMult
+	m.remoteDemand = p.Demand
 	if p.Final && m.polling {
 		m.finishPoll()
 	}

@@ -336,6 +336,21 @@ func TestMachine_NoPeriodicPacketsWhenPeerAsksForNone(t *testing.T) {
 	}
 }
 
+func TestMachine_NoPeriodicPacketsInPeersDemandModeWhileBothUp(t *testing.T) {
+	m := machineIn(t, Up)
+	p := peer(Up)
+	p.Demand = true
+	m.receive(p, t0)
+	if out := m.tick(t0.Add(200 * ms)); len(out.send) != 0 {
+		t.Errorf("sent %+v although the peer is in Demand mode", out.send)
+	}
+	p.State = Init
+	m.receive(p, t0.Add(200*ms))
+	if out := m.tick(t0.Add(600 * ms)); len(out.send) != 1 {
+		t.Errorf("sent %d packets while the peer is not Up, want periodic packets again", len(out.send))
+	}
+}
+
 func TestMachine_AdminDownTellsPeerAndIgnoresIt(t *testing.T) {
 	m := machineIn(t, Up)
 	out := m.adminDown(t0)

@@ -102,6 +102,11 @@ func TestSession_StoppedPeerIsDetectedWithDiag1(t *testing.T) {
 			waitChange(t, a.Session, "a Up", isUp)
 			waitChange(t, b.Session, "b Up", isUp)
 
+			if tc.a != tc.b { // IPv6's sessions share one peer label
+				if up := testutil.ToFloat64(sessionUp.WithLabelValues(tc.a.String())); up != 1 {
+					t.Errorf("session_up{peer=%q} = %v while Up, want 1", tc.a, up)
+				}
+			}
 			stopped := time.Now()
 			a.cancel()
 			c := waitChange(t, b.Session, "b Down", func(c Change) bool { return c.State == Down })
@@ -114,6 +119,14 @@ func TestSession_StoppedPeerIsDetectedWithDiag1(t *testing.T) {
 			}
 			if b.State() != Down {
 				t.Errorf("State() %s, want Down", b.State())
+			}
+			if tc.a != tc.b {
+				if up := testutil.ToFloat64(sessionUp.WithLabelValues(tc.a.String())); up != 0 {
+					t.Errorf("session_up{peer=%q} = %v while Down, want 0", tc.a, up)
+				}
+				if n := testutil.ToFloat64(stateChanges.WithLabelValues(tc.a.String(), "Down")); n < 1 {
+					t.Errorf("state_changes_total{peer=%q,state=Down} = %v, want at least 1", tc.a, n)
+				}
 			}
 		})
 	}
