@@ -60,7 +60,7 @@ func attach(s *Session) (*listener, error) {
 	l := registry.listeners[key]
 	if l == nil {
 		var err error
-		if l, err = listen(key, s.log); err != nil {
+		if l, err = listen(key, s.baseLog); err != nil {
 			return nil, err
 		}
 		registry.listeners[key] = l

@@ -1,6 +1,7 @@
 package bfd
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -55,9 +56,9 @@ type Config struct {
 
 func (c Config) timers() Timers {
 	return Timers{
-		MinRx: cmpOr(c.MinRx, DefaultMinRx),
-		MinTx: cmpOr(c.MinTx, DefaultMinTx),
-		Mult:  cmpOr(c.Multiplier, DefaultMultiplier),
+		MinRx: cmp.Or(c.MinRx, DefaultMinRx),
+		MinTx: cmp.Or(c.MinTx, DefaultMinTx),
+		Mult:  cmp.Or(c.Multiplier, DefaultMultiplier),
 	}
 }
 
@@ -71,9 +72,12 @@ func cmpOr[T comparable](v, def T) T {
 
 // Session is one BFD session in asynchronous mode, run by Run.
 type Session struct {
-	cfg   Config
-	log   klog.Logger
-	label string
+	cfg Config
+	log klog.Logger
+	// baseLog, without the session's values, goes to a listener that
+	// outlives the session that opened it.
+	baseLog klog.Logger
+	label   string
 	// port is where the session listens, peerPort where it sends;
 	// both PortSingleHop or PortMultihop but in tests.
 	port, peerPort uint16
@@ -120,6 +124,7 @@ func New(cfg Config, logger klog.Logger) (*Session, error) {
 	s := &Session{
 		cfg:       cfg,
 		log:       logger.WithValues("peer", cfg.Peer, "local", cfg.Local, "multihop", cfg.Multihop),
+		baseLog:   logger,
 		label:     cfg.Peer.String(),
 		port:      port,
 		peerPort:  port,
