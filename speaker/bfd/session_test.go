@@ -301,3 +301,75 @@ func TestShutdown_BeforeRunReturnsAtOnce(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 }
+
+// rawPeer is a socket that plays the peer by hand and sees each packet's
+// TTL and source.
+type rawPeer struct {
+	p *ipv4.PacketConn
+}
+
+func listenRaw(t *testing.T, addr netip.Addr, port uint16) *rawPeer {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	p := ipv4.NewPacketConn(c)
+	if err := p.SetControlMessage(ipv4.FlagTTL, true); err != nil {
+		t.Fatal(err)
+	}
+	return &rawPeer{p: p}
+}
+
+// next returns the next packet, its TTL and its source, or fails the test.
+func (r *rawPeer) next(t *testing.T, within time.Duration) (Packet, int, netip.AddrPort) {
+	t.Helper()
+	b := make([]byte, 100)
+	r.p.SetReadDeadline(time.Now().Add(within))
+	n, cm, src, err := r.p.ReadFrom(b)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	p, err := Parse(b[:n])
+	if err != nil {
+		t.Fatalf("session sent an invalid packet: %v", err)
+	}
+	return p, cm.TTL, src.(*net.UDPAddr).AddrPort()
+}
+
+func TestSession_SendsFromHighPortWithTTL255AndShutdownRepeatsAdminDown(t *testing.T) {
+	peerAddr, local := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
+	port := freePort(t, peerAddr)
+	raw := listenRaw(t, peerAddr, port)
+	s := start(t, local, peerAddr, port, false)
+
+	p, ttl, src := raw.next(t, eventually)
+	if ttl != 255 || src.Port() < 49152 || src.Addr() != local {
+		t.Errorf("first packet from %s with TTL %d, want from %s port 49152-65535 with TTL 255", src, ttl, local)
+	}
+	if p.State != Down || p.YourDiscr != 0 || p.DesiredMinTx != time.Second || p.RequiredMinRx != fast.MinRx || p.DetectMult != fast.Multiplier {
+		t.Errorf("first packet %+v, want Down, your discr 0, 1s tx, the configured rx and multiplier", p)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), eventually)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	adminDown := 0
+	for range 10 {
+		b := make([]byte, 100)
+		raw.p.SetReadDeadline(time.Now().Add(500 * ms))
+		n, _, _, err := raw.p.ReadFrom(b)
+		if err != nil {
+			break
+		}
+		if q, err := Parse(b[:n]); err == nil && q.State == AdminDown && q.Diag == DiagAdministrativelyDown {
+			adminDown++
+		}
+	}
+	if adminDown != shutdownCopies {
+		t.Errorf("Shutdown sent %d AdminDown packets, want %d", adminDown, shutdownCopies)
+	}
+}
