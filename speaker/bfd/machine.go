@@ -6,8 +6,9 @@ import "time"
 // is not Up (RFC 5880 §6.8.3), so sessions that are not Up cost little.
 const slowTx = time.Second
 
-// Timers are the intervals a session advertises.
-type Timers struct {
+// intervals are what a session advertises: its receive and transmit
+// intervals and detect multiplier.
+type intervals struct {
 	MinRx time.Duration // Required Min RX Interval
 	MinTx time.Duration // Desired Min TX Interval (while Up)
 	Mult  uint8         // Detect Mult
@@ -40,7 +41,7 @@ type output struct {
 // output is a value for the runner to act on.
 type machine struct {
 	discr uint32
-	cfg   Timers
+	cfg   intervals
 	// rand returns a number in [0, 1) for the transmit jitter.
 	rand func() float64
 
@@ -69,7 +70,7 @@ type machine struct {
 	nextTx   time.Time
 }
 
-func newMachine(discr uint32, cfg Timers, rand func() float64, now time.Time) *machine {
+func newMachine(discr uint32, cfg intervals, rand func() float64, now time.Time) *machine {
 	m := &machine{
 		discr:       discr,
 		cfg:         cfg,
@@ -269,7 +270,7 @@ func (m *machine) tick(now time.Time) output {
 
 // setTimers changes the advertised timers and, while Up, starts a Poll
 // Sequence with a packet sent at once.
-func (m *machine) setTimers(t Timers, now time.Time) output {
+func (m *machine) setTimers(t intervals, now time.Time) output {
 	var out output
 	m.cfg = t
 	m.timersChanged(true)

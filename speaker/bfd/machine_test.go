@@ -9,7 +9,7 @@ var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 const ms = time.Millisecond
 
-var defaultTimers = Timers{MinRx: 300 * ms, MinTx: 300 * ms, Mult: 3}
+var defaultTimers = intervals{MinRx: 300 * ms, MinTx: 300 * ms, Mult: 3}
 
 // fixedRand makes the jitter a known fraction.
 func fixedRand(v float64) func() float64 { return func() float64 { return v } }
@@ -138,7 +138,7 @@ func TestMachine_DetectionTimeIsRemoteMultTimesSlowerOfLocalRxAndRemoteTx(t *tes
 		{300 * ms, 500 * ms, 4, 2000 * ms},
 		{700 * ms, 100 * ms, 2, 1400 * ms},
 	} {
-		m := newMachine(1, Timers{MinRx: tc.localRx, MinTx: 300 * ms, Mult: 3}, fixedRand(0), t0)
+		m := newMachine(1, intervals{MinRx: tc.localRx, MinTx: 300 * ms, Mult: 3}, fixedRand(0), t0)
 		p := peer(Init)
 		p.DesiredMinTx, p.DetectMult = tc.remoteTx, tc.remoteMult
 		m.receive(p, t0)
@@ -176,7 +176,7 @@ func TestMachine_TransmitIntervalIsSlowerOfLocalTxAndRemoteRxWithJitter(t *testi
 		{"mult 1 least", 300 * ms, 100 * ms, 1, 0, 225 * ms, 225 * ms},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newMachine(1, Timers{MinRx: 300 * ms, MinTx: tc.localTx, Mult: tc.mult}, fixedRand(tc.rand), t0)
+			m := newMachine(1, intervals{MinRx: 300 * ms, MinTx: tc.localTx, Mult: tc.mult}, fixedRand(tc.rand), t0)
 			m.receive(peer(Init), t0) // Up: the configured tx applies at once (it is faster)
 			p := peer(Up)
 			p.RequiredMinRx = tc.remoteRx
@@ -227,7 +227,7 @@ func TestMachine_GoingUpPollsForTheFasterRate(t *testing.T) {
 
 func TestMachine_RepliesToPollWithFinalOnly(t *testing.T) {
 	m := machineIn(t, Up)
-	m.setTimers(Timers{MinRx: 300 * ms, MinTx: 500 * ms, Mult: 3}, t0) // our own poll in progress
+	m.setTimers(intervals{MinRx: 300 * ms, MinTx: 500 * ms, Mult: 3}, t0) // our own poll in progress
 	p := peer(Up)
 	p.Poll = true
 	out, _ := m.receive(p, t0.Add(ms))
@@ -241,7 +241,7 @@ func TestMachine_RepliesToPollWithFinalOnly(t *testing.T) {
 
 func TestMachine_SlowerTxTakesEffectOnlyAfterFinal(t *testing.T) {
 	m := machineIn(t, Up)
-	out := m.setTimers(Timers{MinRx: 300 * ms, MinTx: time.Second, Mult: 3}, t0)
+	out := m.setTimers(intervals{MinRx: 300 * ms, MinTx: time.Second, Mult: 3}, t0)
 	if len(out.send) != 1 || !out.send[0].Poll || out.send[0].DesiredMinTx != time.Second {
 		t.Fatalf("sent %+v on SetTimers, want a Poll advertising 1s", out.send)
 	}
@@ -264,7 +264,7 @@ func TestMachine_SlowerTxTakesEffectOnlyAfterFinal(t *testing.T) {
 
 func TestMachine_FasterRxTakesEffectOnlyAfterFinal(t *testing.T) {
 	m := machineIn(t, Up)
-	m.setTimers(Timers{MinRx: 100 * ms, MinTx: 300 * ms, Mult: 3}, t0)
+	m.setTimers(intervals{MinRx: 100 * ms, MinTx: 300 * ms, Mult: 3}, t0)
 	p := peer(Up)
 	p.DesiredMinTx = 100 * ms
 	m.receive(p, t0)
@@ -280,7 +280,7 @@ func TestMachine_FasterRxTakesEffectOnlyAfterFinal(t *testing.T) {
 
 func TestMachine_FasterTxAndSlowerRxTakeEffectAtOnce(t *testing.T) {
 	m := machineIn(t, Up)
-	m.setTimers(Timers{MinRx: 600 * ms, MinTx: 100 * ms, Mult: 3}, t0)
+	m.setTimers(intervals{MinRx: 600 * ms, MinTx: 100 * ms, Mult: 3}, t0)
 	p := peer(Up)
 	p.RequiredMinRx = 50 * ms
 	m.receive(p, t0)
@@ -294,8 +294,8 @@ func TestMachine_FasterTxAndSlowerRxTakeEffectAtOnce(t *testing.T) {
 
 func TestMachine_TimersChangedDuringPollArePolledAgain(t *testing.T) {
 	m := machineIn(t, Up)
-	m.setTimers(Timers{MinRx: 300 * ms, MinTx: time.Second, Mult: 3}, t0)
-	m.setTimers(Timers{MinRx: 300 * ms, MinTx: 2 * time.Second, Mult: 3}, t0)
+	m.setTimers(intervals{MinRx: 300 * ms, MinTx: time.Second, Mult: 3}, t0)
+	m.setTimers(intervals{MinRx: 300 * ms, MinTx: 2 * time.Second, Mult: 3}, t0)
 	f := peer(Up)
 	f.Final = true
 	m.receive(f, t0)
@@ -313,7 +313,7 @@ func TestMachine_TimersChangedDuringPollArePolledAgain(t *testing.T) {
 
 func TestMachine_SetTimersWhileDownAppliesAtOnceWithoutPoll(t *testing.T) {
 	m := newMachine(1, defaultTimers, fixedRand(0), t0)
-	out := m.setTimers(Timers{MinRx: 500 * ms, MinTx: 2 * time.Second, Mult: 5}, t0)
+	out := m.setTimers(intervals{MinRx: 500 * ms, MinTx: 2 * time.Second, Mult: 5}, t0)
 	if len(out.send) != 0 || m.polling {
 		t.Errorf("sent %+v, polling %v while Down", out.send, m.polling)
 	}

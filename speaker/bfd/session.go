@@ -54,8 +54,8 @@ type Config struct {
 	Multiplier   uint8
 }
 
-func (c Config) timers() Timers {
-	return Timers{
+func (c Config) timers() intervals {
+	return intervals{
 		MinRx: cmp.Or(c.MinRx, DefaultMinRx),
 		MinTx: cmp.Or(c.MinTx, DefaultMinTx),
 		Mult:  cmp.Or(c.Multiplier, DefaultMultiplier),
@@ -96,7 +96,7 @@ type Session struct {
 	stopOnce sync.Once
 
 	mu        sync.Mutex
-	timers    Timers
+	timers    intervals
 	newTimers chan struct{}
 }
 
@@ -161,7 +161,7 @@ func (s *Session) SetTimers(minRx, minTx time.Duration, mult uint8) {
 	}
 }
 
-func (s *Session) currentTimers() Timers {
+func (s *Session) currentTimers() intervals {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.timers
