@@ -8,10 +8,13 @@
 // rule of RFC 5880 §6.8 is tested in a table. The jitter of the transmit
 // interval comes from an injected random source for the same reason.
 //
-// A Session runs one machine. Sessions on the same local address and port
-// share one listener, which demultiplexes by Your Discriminator, or by the
-// peer's address before the peer knows it; each session sends from a
-// source port of its own. Single hop sessions send with TTL 255 and accept
+// A Session runs one machine. Sessions are made by a Mux, the one owner of
+// what they share: the listeners, one per local address and port, which
+// demultiplex by Your Discriminator, or by the peer's address before the
+// peer knows it; the discriminators; and the metrics. The package keeps no
+// state of its own, so a process makes one Mux and closes it after its
+// sessions, and each test makes its own. Each session sends from a source
+// port of its own. Single hop sessions send with TTL 255 and accept
 // only packets that arrive with TTL 255, so no packet from beyond the link
 // can reach them; multihop sessions skip that check.
 //

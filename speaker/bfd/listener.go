@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"sync"
 	"syscall"
 	"time"
 
@@ -17,16 +16,6 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// A UDP port can be bound once per local address, so every session on the
-// same (local address, port) shares one listener, and the discriminators
-// that demultiplex them must be unique across the process. Both are
-// process-wide resources; the registry below is their one owner.
-var registry = struct {
-	sync.Mutex
-	listeners map[listenKey]*listener
-	discrs    map[uint32]*Session
-}{listeners: map[listenKey]*listener{}, discrs: map[uint32]*Session{}}
-
 type listenKey struct {
 	local netip.Addr // unspecified when the sessions set no local address
 	port  uint16
@@ -35,63 +24,15 @@ type listenKey struct {
 // listener receives the control packets of the sessions bound to its key
 // and hands each to its session.
 type listener struct {
+	mux    *Mux
 	key    listenKey
 	conn   *net.UDPConn
 	read   func(b []byte) (n int, ttl int, src netip.Addr, err error)
 	log    klog.Logger
 	closed chan struct{}
 
-	// Guarded by registry.
+	// Guarded by mux.mu.
 	sessions []*Session
-}
-
-// attach registers s with a discriminator and with the listener of its
-// key, opening it if s is the first.
-func attach(s *Session) (*listener, error) {
-	registry.Lock()
-	defer registry.Unlock()
-	for s.discr == 0 || registry.discrs[s.discr] != nil {
-		s.discr = rand.Uint32()
-	}
-	key := listenKey{local: s.cfg.Local, port: s.port}
-	if !key.local.IsValid() {
-		key.local = unspecified(s.cfg.Peer)
-	}
-	l := registry.listeners[key]
-	if l == nil {
-		var err error
-		if l, err = listen(key, s.baseLog); err != nil {
-			return nil, err
-		}
-		registry.listeners[key] = l
-	}
-	registry.discrs[s.discr] = s
-	s.listener = l
-	l.sessions = append(l.sessions, s)
-	return l, nil
-}
-
-// detach undoes attach and closes the listener after its last session.
-func (l *listener) detach(s *Session) {
-	registry.Lock()
-	delete(registry.discrs, s.discr)
-	for i, each := range l.sessions {
-		if each == s {
-			l.sessions = append(l.sessions[:i], l.sessions[i+1:]...)
-			break
-		}
-	}
-	last := len(l.sessions) == 0
-	if last {
-		delete(registry.listeners, l.key)
-		l.conn.Close()
-	}
-	registry.Unlock()
-	if last {
-		// Outside the lock: serve may be waiting for it to demultiplex
-		// a last packet.
-		<-l.closed
-	}
 }
 
 func unspecified(a netip.Addr) netip.Addr {
@@ -120,14 +61,14 @@ var listenConfig = net.ListenConfig{Control: func(_, _ string, c syscall.RawConn
 	return serr
 }}
 
-func listen(key listenKey, log klog.Logger) (*listener, error) {
+func listen(m *Mux, key listenKey) (*listener, error) {
 	addr := netip.AddrPortFrom(key.local, key.port)
 	pc, err := listenConfig.ListenPacket(context.Background(), network(key.local), addr.String())
 	if err != nil {
 		return nil, fmt.Errorf("listen for BFD on %s: %w", addr, err)
 	}
 	conn := pc.(*net.UDPConn)
-	l := &listener{key: key, conn: conn, log: log.WithValues("listen", addr), closed: make(chan struct{})}
+	l := &listener{mux: m, key: key, conn: conn, log: m.log.WithValues("listen", addr), closed: make(chan struct{})}
 	// The TTL (hop limit) of every packet comes with it, for the single
 	// hop check of RFC 5881 §5.
 	if key.local.Is4() {
@@ -183,57 +124,18 @@ func (l *listener) serve() {
 		at := time.Now()
 		p, err := Parse(b[:n])
 		if err != nil {
-			dropped(err, src, l.log)
+			l.mux.metrics.dropped(err, src, l.log)
 			continue
 		}
-		s, err := l.demux(p, src)
+		s, err := l.mux.demux(l, p, src)
 		if err != nil {
-			dropped(err, src, l.log)
+			l.mux.metrics.dropped(err, src, l.log)
 			continue
 		}
 		if err := s.deliver(received{p: p, ttl: ttl, at: at}); err != nil {
-			dropped(err, src, l.log)
+			l.mux.metrics.dropped(err, src, l.log)
 		}
 	}
-}
-
-// demux finds the session of a packet (RFC 5880 §6.8.6): by Your
-// Discriminator, or by the source address while the peer does not know it
-// yet (RFC 5881 §3). A session never takes its own packets, as when both
-// ends of a test share a loopback address.
-func (l *listener) demux(p Packet, src netip.Addr) (*Session, error) {
-	registry.Lock()
-	defer registry.Unlock()
-	if p.YourDiscr != 0 {
-		s := registry.discrs[p.YourDiscr]
-		if s == nil || s.listener != l {
-			return nil, drop(ReasonNoSession, "no session with discriminator %d", p.YourDiscr)
-		}
-		if !samePeer(s.cfg.Peer, src) {
-			return nil, drop(ReasonWrongPeer, "discriminator %d belongs to peer %s", p.YourDiscr, s.cfg.Peer)
-		}
-		return s, nil
-	}
-	for _, s := range l.sessions {
-		if samePeer(s.cfg.Peer, src) && s.discr != p.MyDiscr {
-			return s, nil
-		}
-	}
-	return nil, drop(ReasonNoSession, "no session with peer %s", src)
-}
-
-func samePeer(peer, src netip.Addr) bool {
-	return peer.WithZone("") == src.WithZone("")
-}
-
-func dropped(err error, src netip.Addr, log klog.Logger) {
-	reason := ReasonNoSession
-	var de *DropError
-	if errors.As(err, &de) {
-		reason = de.Reason
-	}
-	packetsDropped.WithLabelValues(string(reason)).Inc()
-	log.V(4).Info("Dropped BFD packet", "from", src, "reason", reason, "err", err)
 }
 
 // sender opens the socket a session sends from: a source port of its own

@@ -5,16 +5,19 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2/ktesting"
 )
 
-func TestRegisterMetrics_ExportsTheSpeakersBFDNames(t *testing.T) {
+func TestMux_RegisterMetricsExportsTheSpeakersBFDNames(t *testing.T) {
+	m := NewMux(ktesting.NewLogger(t, ktesting.NewConfig()))
+	defer m.Close()
 	reg := prometheus.NewRegistry()
-	if err := RegisterMetrics(reg); err != nil {
+	if err := m.RegisterMetrics(reg); err != nil {
 		t.Fatal(err)
 	}
 	var names []string
 	ch := make(chan *prometheus.Desc, 8)
-	for _, c := range []prometheus.Collector{sessionUp, stateChanges, packetsDropped} {
+	for _, c := range m.metrics.collectors() {
 		c.Describe(ch)
 		names = append(names, (<-ch).String())
 	}
@@ -27,7 +30,7 @@ func TestRegisterMetrics_ExportsTheSpeakersBFDNames(t *testing.T) {
 			t.Errorf("metrics %v lack %s", names, want)
 		}
 	}
-	if err := RegisterMetrics(reg); err == nil {
+	if err := m.RegisterMetrics(reg); err == nil {
 		t.Errorf("registering twice: no error")
 	}
 }

@@ -62,28 +62,19 @@ func (c Config) timers() intervals {
 	}
 }
 
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
-}
-
-// Session is one BFD session in asynchronous mode, run by Run.
+// Session is one BFD session in asynchronous mode, made by Mux.New and
+// run by Run.
 type Session struct {
-	cfg Config
-	log klog.Logger
-	// baseLog, without the session's values, goes to a listener that
-	// outlives the session that opened it.
-	baseLog klog.Logger
-	label   string
+	mux   *Mux
+	cfg   Config
+	log   klog.Logger
+	label string
 	// port is where the session listens, peerPort where it sends;
 	// both PortSingleHop or PortMultihop but in tests.
 	port, peerPort uint16
 	rand           func() float64
 
-	// Guarded by registry.
+	// Guarded by mux.mu.
 	discr    uint32
 	listener *listener
 
@@ -108,8 +99,7 @@ type received struct {
 	at  time.Time
 }
 
-// New returns a session with cfg's peer; Run runs it.
-func New(cfg Config, logger klog.Logger) (*Session, error) {
+func newSession(m *Mux, cfg Config) (*Session, error) {
 	cfg.Peer, cfg.Local = cfg.Peer.Unmap(), cfg.Local.Unmap()
 	if !cfg.Peer.IsValid() || cfg.Peer.IsUnspecified() {
 		return nil, fmt.Errorf("bfd: peer address %q is not an address", cfg.Peer)
@@ -122,9 +112,9 @@ func New(cfg Config, logger klog.Logger) (*Session, error) {
 		port = PortMultihop
 	}
 	s := &Session{
+		mux:       m,
 		cfg:       cfg,
-		log:       logger.WithValues("peer", cfg.Peer, "local", cfg.Local, "multihop", cfg.Multihop),
-		baseLog:   logger,
+		log:       m.log.WithValues("peer", cfg.Peer, "local", cfg.Local, "multihop", cfg.Multihop),
 		label:     cfg.Peer.String(),
 		port:      port,
 		peerPort:  port,
@@ -191,20 +181,16 @@ func (s *Session) Run(ctx context.Context) error {
 	}
 	defer close(s.done)
 	defer close(s.changes)
-	l, err := attach(s)
-	if err != nil {
+	if err := s.mux.attach(s); err != nil {
 		return fmt.Errorf("start BFD session with %s: %w", s.cfg.Peer, err)
 	}
-	defer l.detach(s)
+	defer s.mux.detach(s)
 	conn, err := sender(s.cfg.Local, s.cfg.Peer)
 	if err != nil {
 		return fmt.Errorf("start BFD session with %s: %w", s.cfg.Peer, err)
 	}
 	defer conn.Close()
-	for _, st := range []State{AdminDown, Down, Init, Up} {
-		stateChanges.WithLabelValues(s.label, st.String())
-	}
-	s.exportState(Down)
+	s.exportSession()
 	defer s.forgetMetrics()
 
 	dst := netip.AddrPortFrom(s.cfg.Peer, s.peerPort)
@@ -228,12 +214,12 @@ func (s *Session) Run(ctx context.Context) error {
 			return nil
 		case r := <-s.in:
 			if !s.cfg.Multihop && r.ttl != 255 {
-				dropped(drop(ReasonTTL, "single hop packet with TTL %d", r.ttl), s.cfg.Peer, s.log)
+				s.mux.metrics.dropped(drop(ReasonTTL, "single hop packet with TTL %d", r.ttl), s.cfg.Peer, s.log)
 				continue
 			}
 			out, ok := m.receive(r.p, r.at)
 			if !ok {
-				dropped(drop(ReasonAdminDown, "session is AdminDown"), s.cfg.Peer, s.log)
+				s.mux.metrics.dropped(drop(ReasonAdminDown, "session is AdminDown"), s.cfg.Peer, s.log)
 			}
 			s.apply(out, conn, dst)
 		case <-s.newTimers:

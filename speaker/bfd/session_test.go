@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,28 +32,44 @@ func freePort(t *testing.T, addr netip.Addr) uint16 {
 	return c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 }
 
+// newMux returns a Mux of the test's own, closed when the test ends.
+func newMux(t *testing.T) *Mux {
+	t.Helper()
+	m := NewMux(ktesting.NewLogger(t, ktesting.NewConfig()))
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return m
+}
+
 type running struct {
 	*Session
 	cancel context.CancelFunc
-	ran    chan error
+	stop   func() error // cancels and returns what Run returned
 }
 
-// start runs a session from local to peer on port until the test ends.
-func start(t *testing.T, local, peer netip.Addr, port uint16, multihop bool) *running {
+// start runs a session of m from local to peer on port until the test
+// ends.
+func start(t *testing.T, m *Mux, local, peer netip.Addr, port uint16, multihop bool) *running {
 	t.Helper()
 	cfg := fast
 	cfg.Local, cfg.Peer, cfg.Multihop = local, peer, multihop
-	s, err := New(cfg, ktesting.NewLogger(t, ktesting.NewConfig()))
+	s, err := m.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.port, s.peerPort = port, port
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{Session: s, cancel: cancel, ran: make(chan error, 1)}
-	go func() { r.ran <- s.Run(ctx) }()
-	t.Cleanup(func() {
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(ctx) }()
+	r := &running{Session: s, cancel: cancel, stop: sync.OnceValue(func() error {
 		cancel()
-		if err := <-r.ran; err != nil {
+		return <-ran
+	})}
+	t.Cleanup(func() {
+		if err := r.stop(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
@@ -96,14 +113,15 @@ var loopbackPairs = []struct {
 func TestSession_StoppedPeerIsDetectedWithDiag1(t *testing.T) {
 	for _, tc := range loopbackPairs {
 		t.Run(tc.name, func(t *testing.T) {
+			m := newMux(t)
 			port := freePort(t, tc.a)
-			a := start(t, tc.a, tc.b, port, false)
-			b := start(t, tc.b, tc.a, port, false)
+			a := start(t, m, tc.a, tc.b, port, false)
+			b := start(t, m, tc.b, tc.a, port, false)
 			waitChange(t, a.Session, "a Up", isUp)
 			waitChange(t, b.Session, "b Up", isUp)
 
 			if tc.a != tc.b { // IPv6's sessions share one peer label
-				if up := testutil.ToFloat64(sessionUp.WithLabelValues(tc.a.String())); up != 1 {
+				if up := testutil.ToFloat64(m.metrics.sessionUp.WithLabelValues(tc.a.String())); up != 1 {
 					t.Errorf("session_up{peer=%q} = %v while Up, want 1", tc.a, up)
 				}
 			}
@@ -121,10 +139,10 @@ func TestSession_StoppedPeerIsDetectedWithDiag1(t *testing.T) {
 				t.Errorf("State() %s, want Down", b.State())
 			}
 			if tc.a != tc.b {
-				if up := testutil.ToFloat64(sessionUp.WithLabelValues(tc.a.String())); up != 0 {
+				if up := testutil.ToFloat64(m.metrics.sessionUp.WithLabelValues(tc.a.String())); up != 0 {
 					t.Errorf("session_up{peer=%q} = %v while Down, want 0", tc.a, up)
 				}
-				if n := testutil.ToFloat64(stateChanges.WithLabelValues(tc.a.String(), "Down")); n < 1 {
+				if n := testutil.ToFloat64(m.metrics.stateChanges.WithLabelValues(tc.a.String(), "Down")); n < 1 {
 					t.Errorf("state_changes_total{peer=%q,state=Down} = %v, want at least 1", tc.a, n)
 				}
 			}
@@ -135,9 +153,10 @@ func TestSession_StoppedPeerIsDetectedWithDiag1(t *testing.T) {
 func TestSession_ShutdownTellsPeerItIsAdministrativelyDown(t *testing.T) {
 	for _, tc := range loopbackPairs {
 		t.Run(tc.name, func(t *testing.T) {
+			m := newMux(t)
 			port := freePort(t, tc.a)
-			a := start(t, tc.a, tc.b, port, false)
-			b := start(t, tc.b, tc.a, port, false)
+			a := start(t, m, tc.a, tc.b, port, false)
+			b := start(t, m, tc.b, tc.a, port, false)
 			waitChange(t, a.Session, "a Up", isUp)
 			waitChange(t, b.Session, "b Up", isUp)
 
@@ -172,9 +191,10 @@ func TestSession_ShutdownTellsPeerItIsAdministrativelyDown(t *testing.T) {
 
 func TestSession_SetTimersWhileUpKeepsSessionUp(t *testing.T) {
 	tc := loopbackPairs[0]
+	m := newMux(t)
 	port := freePort(t, tc.a)
-	a := start(t, tc.a, tc.b, port, false)
-	b := start(t, tc.b, tc.a, port, false)
+	a := start(t, m, tc.a, tc.b, port, false)
+	b := start(t, m, tc.b, tc.a, port, false)
 	waitChange(t, a.Session, "a Up", isUp)
 	waitChange(t, b.Session, "b Up", isUp)
 	a.SetTimers(200*ms, 200*ms, 5)
@@ -218,9 +238,10 @@ func TestSession_TTLCheckOnlyForSingleHop(t *testing.T) {
 		{"multihop, TTL 64: accepted", true, 64, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			m := newMux(t)
 			port := freePort(t, local)
-			s := start(t, local, peerAddr, port, tc.multihop)
-			droppedBefore := testutil.ToFloat64(packetsDropped.WithLabelValues(string(ReasonTTL)))
+			s := start(t, m, local, peerAddr, port, tc.multihop)
+			droppedBefore := testutil.ToFloat64(m.metrics.packetsDropped.WithLabelValues(string(ReasonTTL)))
 			deadline := time.Now().Add(eventually)
 			if !tc.wantInit {
 				deadline = time.Now().Add(time.Second)
@@ -242,7 +263,7 @@ func TestSession_TTLCheckOnlyForSingleHop(t *testing.T) {
 			if tc.wantInit {
 				t.Fatalf("no Init within %v", eventually)
 			}
-			if d := testutil.ToFloat64(packetsDropped.WithLabelValues(string(ReasonTTL))) - droppedBefore; d < 1 {
+			if d := testutil.ToFloat64(m.metrics.packetsDropped.WithLabelValues(string(ReasonTTL))) - droppedBefore; d < 1 {
 				t.Errorf("TTL drops counted: %v, want at least 1", d)
 			}
 		})
@@ -251,12 +272,13 @@ func TestSession_TTLCheckOnlyForSingleHop(t *testing.T) {
 
 func TestSession_PacketsOfUnknownDiscriminatorsAreDropped(t *testing.T) {
 	peerAddr, local := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
+	m := newMux(t)
 	port := freePort(t, local)
-	s := start(t, local, peerAddr, port, false)
-	before := testutil.ToFloat64(packetsDropped.WithLabelValues(string(ReasonNoSession)))
+	s := start(t, m, local, peerAddr, port, false)
+	before := testutil.ToFloat64(m.metrics.packetsDropped.WithLabelValues(string(ReasonNoSession)))
 	stray := Packet{Version: 1, State: Up, DetectMult: 3, MyDiscr: 77, YourDiscr: 12345, DesiredMinTx: 50 * ms, RequiredMinRx: 50 * ms}
 	deadline := time.Now().Add(eventually)
-	for testutil.ToFloat64(packetsDropped.WithLabelValues(string(ReasonNoSession))) == before {
+	for testutil.ToFloat64(m.metrics.packetsDropped.WithLabelValues(string(ReasonNoSession))) == before {
 		if time.Now().After(deadline) {
 			t.Fatalf("no drop counted within %v", eventually)
 		}
@@ -272,26 +294,26 @@ func TestSession_PacketsOfUnknownDiscriminatorsAreDropped(t *testing.T) {
 }
 
 func (s *Session) discrFor() uint32 {
-	registry.Lock()
-	defer registry.Unlock()
+	s.mux.mu.Lock()
+	defer s.mux.mu.Unlock()
 	return s.discr
 }
 
 func TestNew_RejectsMissingPeerAndMixedFamilies(t *testing.T) {
-	log := ktesting.NewLogger(t, ktesting.NewConfig())
+	m := newMux(t)
 	for _, cfg := range []Config{
 		{},
 		{Peer: netip.IPv4Unspecified()},
 		{Peer: netip.MustParseAddr("192.0.2.1"), Local: netip.MustParseAddr("2001:db8::1")},
 	} {
-		if _, err := New(cfg, log); err == nil {
+		if _, err := m.New(cfg); err == nil {
 			t.Errorf("New(%+v): no error", cfg)
 		}
 	}
 }
 
 func TestShutdown_BeforeRunReturnsAtOnce(t *testing.T) {
-	s, err := New(Config{Peer: netip.MustParseAddr("127.0.0.1")}, ktesting.NewLogger(t, ktesting.NewConfig()))
+	s, err := newMux(t).New(Config{Peer: netip.MustParseAddr("127.0.0.1")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +364,7 @@ func TestSession_SendsFromHighPortWithTTL255AndShutdownRepeatsAdminDown(t *testi
 	peerAddr, local := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
 	port := freePort(t, peerAddr)
 	raw := listenRaw(t, peerAddr, port)
-	s := start(t, local, peerAddr, port, false)
+	s := start(t, newMux(t), local, peerAddr, port, false)
 
 	p, ttl, src := raw.next(t, eventually)
 	if ttl != 255 || src.Port() < 49152 || src.Addr() != local {
