@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
@@ -43,7 +45,13 @@ type costReading struct {
 func speakerCost(parent context.Context, others, endpointsPer, lbs int) []row {
 	ctx, cancel := context.WithTimeout(parent, 40*time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, lab.Config{Name: costLabName, CCM: true, Speakers: true, Attached: true, Progress: os.Stderr})
+	// ironlb-ccm keeps its Lease with the defaults of deploy/, not the
+	// lab's short ones: creating thousands of Services loads the machine,
+	// and this measures the speaker, not failover.
+	l, err := lab.Up(ctx, lab.Config{
+		Name: costLabName, CCM: true, Speakers: true, Attached: true, Progress: os.Stderr,
+		CCMArgs: []string{"--leader-elect-lease-duration=15s", "--leader-elect-renew-deadline=10s", "--leader-elect-retry-period=2s"},
+	})
 	if err != nil {
 		fail(err)
 	}
@@ -53,7 +61,12 @@ func speakerCost(parent context.Context, others, endpointsPer, lbs int) []row {
 		c.fail(err)
 	}
 	var rows []row
-	add := func(what, value, note string) { rows = append(rows, row{"speaker cost: " + what, value, note}) }
+	// Each row is also printed as soon as it is measured: the whole run
+	// takes long enough for a later step to fail.
+	add := func(what, value, note string) {
+		rows = append(rows, row{"speaker cost: " + what, value, note})
+		progress("speaker cost: %s: %s (%s)", what, value, note)
+	}
 
 	base := c.read("at rest")
 	add("RSS at rest", fmt.Sprintf("%.1f MiB (heap in use %.1f MiB)", base.rss, base.heap), "node 1's speaker, 3-node lab, no Service")
@@ -156,6 +169,29 @@ func (c *costBench) parallel(n int, do func(i int) error) error {
 	}
 }
 
+// retry runs do until it succeeds, at most five times while the API
+// server times out, is too busy or fails inside (a loaded machine), or
+// has a conflict; a create that finds its object done is done.
+func (c *costBench) retry(do func() error) error {
+	var err error
+	for attempt := range 5 {
+		err = do()
+		switch {
+		case err == nil || apierrors.IsAlreadyExists(err):
+			return nil
+		case !apierrors.IsTimeout(err) && !apierrors.IsServerTimeout(err) && !apierrors.IsTooManyRequests(err) &&
+			!apierrors.IsInternalError(err) && !apierrors.IsConflict(err) && !errors.Is(err, context.DeadlineExceeded):
+			return err
+		}
+		select {
+		case <-c.ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt+1) * time.Second):
+		}
+	}
+	return err
+}
+
 // createOthers creates n headless Services (no cluster IP to allocate), each
 // with one EndpointSlice of per endpoints spread over the nodes.
 func (c *costBench) createOthers(n, per int) error {
@@ -166,11 +202,17 @@ func (c *costBench) createOthers(n, per int) error {
 			Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": name},
 				Ports: []corev1.ServicePort{{Port: 80}}},
 		}
-		if _, err := c.l.Client.CoreV1().Services(costNamespace).Create(c.ctx, svc, metav1.CreateOptions{}); err != nil {
+		err := c.retry(func() error {
+			_, err := c.l.Client.CoreV1().Services(costNamespace).Create(c.ctx, svc, metav1.CreateOptions{})
+			return err
+		})
+		if err != nil {
 			return err
 		}
-		_, err := c.l.Client.DiscoveryV1().EndpointSlices(costNamespace).Create(c.ctx, c.slice(name, i, per, 0), metav1.CreateOptions{})
-		return err
+		return c.retry(func() error {
+			_, err := c.l.Client.DiscoveryV1().EndpointSlices(costNamespace).Create(c.ctx, c.slice(name, i, per, 0), metav1.CreateOptions{})
+			return err
+		})
 	})
 }
 
@@ -198,14 +240,16 @@ func (c *costBench) slice(name string, i, per, shift int) *discoveryv1.EndpointS
 func (c *costBench) moveEndpoints(n int) error {
 	return c.parallel(n, func(i int) error {
 		name := fmt.Sprintf("other-%05d", i)
-		cur, err := c.l.Client.DiscoveryV1().EndpointSlices(costNamespace).Get(c.ctx, name, metav1.GetOptions{})
-		if err != nil {
+		return c.retry(func() error {
+			cur, err := c.l.Client.DiscoveryV1().EndpointSlices(costNamespace).Get(c.ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			es := c.slice(name, i, len(cur.Endpoints), 1)
+			es.ResourceVersion = cur.ResourceVersion
+			_, err = c.l.Client.DiscoveryV1().EndpointSlices(costNamespace).Update(c.ctx, es, metav1.UpdateOptions{})
 			return err
-		}
-		es := c.slice(name, i, len(cur.Endpoints), 1)
-		es.ResourceVersion = cur.ResourceVersion
-		_, err = c.l.Client.DiscoveryV1().EndpointSlices(costNamespace).Update(c.ctx, es, metav1.UpdateOptions{})
-		return err
+		})
 	})
 }
 
@@ -230,8 +274,10 @@ func (c *costBench) createLoadBalancers(n int) error {
 			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, IPFamilyPolicy: &single, AllocateLoadBalancerNodePorts: &noNodePorts,
 				IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol}, Ports: []corev1.ServicePort{{Port: 80}}},
 		}
-		_, err := c.l.Client.CoreV1().Services(costNamespace).Create(c.ctx, svc, metav1.CreateOptions{})
-		return err
+		return c.retry(func() error {
+			_, err := c.l.Client.CoreV1().Services(costNamespace).Create(c.ctx, svc, metav1.CreateOptions{})
+			return err
+		})
 	}); err != nil {
 		return err
 	}
