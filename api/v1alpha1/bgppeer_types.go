@@ -60,6 +60,33 @@ type BGPPeerSpec struct {
 	// GracefulRestart keeps routes at the peer while a speaker restarts.
 	// +optional
 	GracefulRestart bool `json:"gracefulRestart,omitempty"`
+	// BFD runs a BFD session with the peer beside BGP (RFC 5880; single hop per RFC 5881, or
+	// multihop per RFC 5883 with ebgpMultihop): when BFD finds the path down, the speaker resets
+	// the BGP session at once instead of waiting for the hold time, and the router does the same
+	// when the node dies. The router must run BFD towards the nodes too; until it does, BGP works
+	// alone and status.nodes[].bfd says why BFD is not up. `bfd: {}` takes the defaults.
+	// +optional
+	BFD *BFDSettings `json:"bfd,omitempty"`
+}
+
+// BFDSettings are a BFD session's timers: with the defaults, a dead path is found in 900 ms.
+type BFDSettings struct {
+	// MinReceive is the shortest interval between BFD packets this node asks the peer for.
+	// +kubebuilder:default="300ms"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10ms') && duration(self) <= duration('60s')",message="minReceive must be between 10ms and 60s"
+	// +optional
+	MinReceive *metav1.Duration `json:"minReceive,omitempty"`
+	// MinTransmit is the shortest interval at which this node sends BFD packets.
+	// +kubebuilder:default="300ms"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10ms') && duration(self) <= duration('60s')",message="minTransmit must be between 10ms and 60s"
+	// +optional
+	MinTransmit *metav1.Duration `json:"minTransmit,omitempty"`
+	// Multiplier is how many packets may be missed before the session is down.
+	// +kubebuilder:default=3
+	// +kubebuilder:validation:Minimum=2
+	// +kubebuilder:validation:Maximum=255
+	// +optional
+	Multiplier *int32 `json:"multiplier,omitempty"`
 }
 
 // BGPPeerNodeStatus is one speaker's view of its session.
@@ -79,6 +106,23 @@ type BGPPeerNodeStatus struct {
 	PrefixesReceived int32 `json:"prefixesReceived,omitempty"`
 	// Message says why the session is not established, as the router or the connection said it
 	// (e.g. the NOTIFICATION the router sent: bad peer AS, authentication failure).
+	// +optional
+	Message string `json:"message,omitempty"`
+	// BFD is the state of this node's BFD session with the peer; absent when the BGPPeer has
+	// no bfd section.
+	// +optional
+	BFD *BFDStatus `json:"bfd,omitempty"`
+}
+
+// BFDStatus is one node's BFD session with a peer.
+type BFDStatus struct {
+	// State of the session (AdminDown, Down, Init, Up).
+	State string `json:"state"`
+	// Since when the session has been in State.
+	// +optional
+	Since metav1.Time `json:"since,omitempty"`
+	// Message says why the session is not up (e.g. no BFD packet from the peer: the router
+	// may not run BFD for this node) or why it last went down.
 	// +optional
 	Message string `json:"message,omitempty"`
 }
