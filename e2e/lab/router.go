@@ -20,6 +20,9 @@ const frrDaemons = "/usr/lib/frr"
 // routerConfig is FRR's bgpd configuration: eBGP with every node of the LAN,
 // which connect to the router (it listens for them; it never dials), ECMP
 // over them, and short timers so that a lab session comes up in a second.
+// Every node is also a BFD peer (profile RouterBFDProfile of bfdd.conf): a
+// node whose speaker runs BFD is dropped as a next hop within a second of
+// its death; one that does not is kept on BGP alone, as routers do.
 func (l *Lab) routerConfig() string {
 	lan := l.LAN()
 	return fmt.Sprintf(`frr defaults datacenter
@@ -35,6 +38,7 @@ router bgp %[2]d
  neighbor nodes peer-group
  neighbor nodes remote-as external
  neighbor nodes timers connect 1
+ neighbor nodes bfd profile %[6]s
  bgp listen range %[4]s peer-group nodes
  bgp listen range %[5]s peer-group nodes
  !
@@ -48,13 +52,31 @@ router bgp %[2]d
   maximum-paths 16
  exit-address-family
 !
-`, l.Prefix(), RouterASN, l.RouterLAN()[0], lan[0], lan[1])
+`, l.Prefix(), RouterASN, l.RouterLAN()[0], lan[0], lan[1], RouterBFDProfile)
+}
+
+// RouterBFDProfile is the router's BFD profile for the nodes: 300 ms both
+// ways, three packets missed, ironlb's defaults (bfdd.conf).
+const RouterBFDProfile = "nodes"
+
+func (l *Lab) bfdConfig() string {
+	return fmt.Sprintf(`hostname %s-router
+log stdout informational
+!
+bfd
+ profile %s
+  receive-interval 300
+  transmit-interval 300
+  detect-multiplier 3
+ !
+!
+`, l.Prefix(), RouterBFDProfile)
 }
 
 func (l *Lab) frrDir() string { return filepath.Join(l.dir, "frr") }
 
-// startRouter runs FRR's zebra and bgpd in the router namespace, each with
-// its own paths so that several labs (and a system FRR) never meet.
+// startRouter runs FRR's zebra, bfdd and bgpd in the router namespace, each
+// with its own paths so that several labs (and a system FRR) never meet.
 func (l *Lab) startRouter(ctx context.Context) error {
 	dir := l.frrDir()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -66,6 +88,7 @@ func (l *Lab) startRouter(ctx context.Context) error {
 	}
 	files := map[string]string{
 		"zebra.conf": fmt.Sprintf("hostname %s-router\nlog stdout informational\n", l.Prefix()),
+		"bfdd.conf":  l.bfdConfig(),
 		"bgpd.conf":  l.routerConfig(),
 	}
 	for name, content := range files {
@@ -73,7 +96,7 @@ func (l *Lab) startRouter(ctx context.Context) error {
 			return err
 		}
 	}
-	for _, f := range []string{".", "zebra.conf", "bgpd.conf"} {
+	for _, f := range []string{".", "zebra.conf", "bfdd.conf", "bgpd.conf"} {
 		if err := os.Chown(filepath.Join(dir, f), uid, gid); err != nil {
 			return err
 		}
@@ -93,6 +116,13 @@ func (l *Lab) startRouter(ctx context.Context) error {
 	}
 	if err := l.waitFile(ctx, "frr-zebra", filepath.Join(dir, "zserv.api"), 20*time.Second); err != nil {
 		return fmt.Errorf("zebra: %w\n%s", err, l.Tail("frr-zebra", 20))
+	}
+	bfdd := append(common("bfdd"), "--bfdctl", filepath.Join(dir, "bfdd.sock"))
+	if _, err := l.start("frr-bfdd", l.RouterNS(), filepath.Join(frrDaemons, "bfdd"), bfdd...); err != nil {
+		return err
+	}
+	if err := l.waitFile(ctx, "frr-bfdd", filepath.Join(dir, "bfdd.vty"), 20*time.Second); err != nil {
+		return fmt.Errorf("bfdd: %w\n%s", err, l.Tail("frr-bfdd", 20))
 	}
 	if _, err := l.start("frr-bgpd", l.RouterNS(), filepath.Join(frrDaemons, "bgpd"), common("bgpd")...); err != nil {
 		return err
@@ -201,4 +231,27 @@ func (l *Lab) RouterRoutes(ctx context.Context, ipv6 bool) (map[netip.Prefix]Rou
 		}
 	}
 	return routes, nil
+}
+
+// RouterBFDPeers reads the router's BFD sessions: by peer address, the
+// state bfdd reports ("up", "down", "init", "shutdown").
+func (l *Lab) RouterBFDPeers(ctx context.Context) (map[netip.Addr]string, error) {
+	out, err := l.Vtysh(ctx, "show bfd peers json")
+	if err != nil {
+		return nil, err
+	}
+	var raw []struct {
+		Peer   string `json:"peer"`
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		return nil, fmt.Errorf("parse show bfd peers json %q: %w", out, err)
+	}
+	peers := map[netip.Addr]string{}
+	for _, p := range raw {
+		if a, err := netip.ParseAddr(p.Peer); err == nil {
+			peers[a] = p.Status
+		}
+	}
+	return peers, nil
 }
