@@ -92,7 +92,9 @@ func reach(f *framework.F, addr netip.Addr, want string) string {
 // TestAnnouncedReachableAndOneAnswer: both addresses of a dual-stack Service
 // are reached from the LAN client through ARP and NDP; exactly one MAC
 // answers, the owner's, which the condition names; a Service sharing the
-// address answers from the same node; a Service without node ports works.
+// address answers from the same node; a Service without node ports works; a
+// Service that becomes a LoadBalancer later is answered, and no longer once
+// it stops being one (the speakers watch LoadBalancer Services only).
 func TestAnnouncedReachableAndOneAnswer(t *testing.T) {
 	f := framework.New(t)
 	pool(f, "basic", 0, nil)
@@ -143,6 +145,38 @@ func TestAnnouncedReachableAndOneAnswer(t *testing.T) {
 		reach(f, a, "endpoint=nonp-n2")
 		f.Owner(a)
 	}
+
+	// ClusterIP first, then LoadBalancer, then ClusterIP again.
+	typed := f.Service("typed", func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeClusterIP
+		s.Annotations = map[string]string{v1alpha1.AnnotationPool: "basic"}
+	})
+	f.Endpoint(typed, "typed-n1", 1)
+	setType := func(typ corev1.ServiceType) {
+		t.Helper()
+		s, err := f.Client.CoreV1().Services(typed.Namespace).Get(f.Ctx, typed.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Spec.Type = typ
+		if _, err := f.Client.CoreV1().Services(typed.Namespace).Update(f.Ctx, s, metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("make %s a %s: %v", typed, typ, err)
+		}
+	}
+	setType(corev1.ServiceTypeLoadBalancer)
+	typedAddrs, err := f.WaitIngress(f.Ctx, typed, 1, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	announced(f, typed, typedAddrs)
+	reach(f, typedAddrs[0], "endpoint=typed-n1")
+	setType(corev1.ServiceTypeClusterIP)
+	f.Eventually(fmt.Sprintf("no node answers %s once %s is a ClusterIP Service", typedAddrs[0], typed), 50, 200*time.Millisecond, func() error {
+		if n := f.Owner(typedAddrs[0]); n != 0 {
+			return fmt.Errorf("node%d answers", n)
+		}
+		return nil
+	})
 
 	// The owner counted its replies.
 	metrics, err := f.SpeakerMetrics(owners[addrs[0]])
