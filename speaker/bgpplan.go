@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 
+	"go4.org/netipx"
+
 	"github.com/ironlb/ironlb/api/v1alpha1"
 )
 
@@ -82,21 +84,37 @@ func peersFor(node *v1.Node, peers []*v1alpha1.BGPPeer, poolSel labels.Selector)
 	return names
 }
 
-// aggregate is the prefix announced for addr: the address itself, or the
-// pool's aggregation length.
-func aggregate(addr netip.Addr, adv *v1alpha1.BGPAdvertisement) netip.Prefix {
-	bits := addr.BitLen()
+// aggregate is the prefix announced for addr from pool: the address
+// itself, or the pool's aggregation length. An aggregate that would cover
+// addresses outside the pool's own ranges is refused: the prefix is
+// invalid and the reason says why, for the Announced condition.
+func aggregate(addr netip.Addr, pool *v1alpha1.IPPool) (netip.Prefix, string) {
+	adv, bits, name := pool.Spec.BGP, addr.BitLen(), "aggregationLength"
 	if addr.Is4() && adv.AggregationLength != nil {
 		bits = int(*adv.AggregationLength)
 	}
 	if addr.Is6() && adv.AggregationLengthV6 != nil {
-		bits = int(*adv.AggregationLengthV6)
+		bits, name = int(*adv.AggregationLengthV6), "aggregationLengthV6"
 	}
 	p, err := addr.Prefix(bits)
-	if err != nil {
-		return netip.PrefixFrom(addr, addr.BitLen())
+	if err != nil || bits == addr.BitLen() {
+		return netip.PrefixFrom(addr, addr.BitLen()), ""
 	}
-	return p
+	var b netipx.IPSetBuilder
+	var holds []string
+	for _, entry := range pool.Spec.Addresses {
+		r, err := entry.IPRange()
+		if err != nil || r.From().Is4() != addr.Is4() {
+			continue
+		}
+		b.AddRange(r)
+		holds = append(holds, string(entry))
+	}
+	if set, err := b.IPSet(); err == nil && set.ContainsPrefix(p) {
+		return p, ""
+	}
+	return netip.Prefix{}, fmt.Sprintf("not announced by BGP: IPPool %s's bgp.%s %d would announce %s, which covers addresses outside the pool (it holds %s)",
+		pool.Name, name, bits, p, strings.Join(holds, ", "))
 }
 
 func communityStrings(cs []v1alpha1.Community) []string {

@@ -382,30 +382,70 @@ func TestBGPSharing(t *testing.T) {
 }
 
 func TestAggregate(t *testing.T) {
+	pool := func(adv v1alpha1.BGPAdvertisement, addrs ...string) *v1alpha1.IPPool {
+		return bgpPoolWith("p", func(b *v1alpha1.BGPAdvertisement) { *b = adv }, addrs...)
+	}
+	wide := []string{"10.0.0.0/8", "fd00::/8"}
 	for _, tc := range []struct {
 		addr string
-		adv  v1alpha1.BGPAdvertisement
-		want string
+		pool *v1alpha1.IPPool
+		want string // "" when refused
 	}{
-		{"10.1.2.3", v1alpha1.BGPAdvertisement{}, "10.1.2.3/32"},
-		{"fd00::1:2:3", v1alpha1.BGPAdvertisement{}, "fd00::1:2:3/128"},
-		{"10.1.2.3", v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24)}, "10.1.2.0/24"},
-		{"10.1.2.3", v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](32)}, "10.1.2.3/32"},
-		{"10.1.2.3", v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](0)}, "0.0.0.0/0"},
-		{"fd00:1:2:3:4:5:6:7", v1alpha1.BGPAdvertisement{AggregationLengthV6: ptr[int32](64)}, "fd00:1:2:3::/64"},
-		{"fd00::1", v1alpha1.BGPAdvertisement{AggregationLengthV6: ptr[int32](128)}, "fd00::1/128"},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{}, wide...), "10.1.2.3/32"},
+		{"fd00::1:2:3", pool(v1alpha1.BGPAdvertisement{}, wide...), "fd00::1:2:3/128"},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24)}, wide...), "10.1.2.0/24"},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](32)}, wide...), "10.1.2.3/32"},
+		{"fd00:1:2:3:4:5:6:7", pool(v1alpha1.BGPAdvertisement{AggregationLengthV6: ptr[int32](64)}, wide...), "fd00:1:2:3::/64"},
+		{"fd00::1", pool(v1alpha1.BGPAdvertisement{AggregationLengthV6: ptr[int32](128)}, wide...), "fd00::1/128"},
 		// Each family uses only its own length.
-		{"10.1.2.3", v1alpha1.BGPAdvertisement{AggregationLengthV6: ptr[int32](64)}, "10.1.2.3/32"},
-		{"fd00::1", v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24)}, "fd00::1/128"},
-		{"10.1.2.3", v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24), AggregationLengthV6: ptr[int32](64)}, "10.1.2.0/24"},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLengthV6: ptr[int32](64)}, wide...), "10.1.2.3/32"},
+		{"fd00::1", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24)}, wide...), "fd00::1/128"},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24), AggregationLengthV6: ptr[int32](64)}, wide...), "10.1.2.0/24"},
 		// Out of range (the CRD forbids it): the address itself.
-		{"10.1.2.3", v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](33)}, "10.1.2.3/32"},
-		{"10.1.2.3", v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](-1)}, "10.1.2.3/32"},
-		{"fd00::1", v1alpha1.BGPAdvertisement{AggregationLengthV6: ptr[int32](129)}, "fd00::1/128"},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](33)}, wide...), "10.1.2.3/32"},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](-1)}, wide...), "10.1.2.3/32"},
+		{"fd00::1", pool(v1alpha1.BGPAdvertisement{AggregationLengthV6: ptr[int32](129)}, wide...), "fd00::1/128"},
+		// Never more than the pool holds.
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](0)}, wide...), ""},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](16)}, "10.1.2.0/24"), ""},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24)}, "10.1.2.0/24"), "10.1.2.0/24"},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24)}, "10.1.2.0-10.1.2.254"), ""},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24)}, "10.1.2.0-10.1.2.255"), "10.1.2.0/24"},
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](30)}, "10.1.2.2-10.1.2.9"), ""},
+		{"10.1.2.5", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](30)}, "10.1.2.2-10.1.2.9"), "10.1.2.4/30"},
+		// Entries together may hold the aggregate.
+		{"10.1.2.200", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24)}, "10.1.2.0/25", "10.1.2.128-10.1.2.255"), "10.1.2.0/24"},
+		// An entry of the other family holds nothing of this one.
+		{"10.1.2.3", pool(v1alpha1.BGPAdvertisement{AggregationLength: ptr[int32](24)}, "10.1.2.3/32", "fd00::/8"), ""},
+		{"fd00::1", pool(v1alpha1.BGPAdvertisement{AggregationLengthV6: ptr[int32](120)}, "fd00::/124"), ""},
+		{"fd00::1", pool(v1alpha1.BGPAdvertisement{AggregationLengthV6: ptr[int32](120)}, "fd00::-fd00::ff"), "fd00::/120"},
 	} {
-		got := aggregate(netip.MustParseAddr(tc.addr), &tc.adv)
-		if got != netip.MustParsePrefix(tc.want) {
-			t.Errorf("aggregate(%s, %+v) = %s, want %s", tc.addr, tc.adv, got, tc.want)
+		got, why := aggregate(netip.MustParseAddr(tc.addr), tc.pool)
+		if tc.want == "" {
+			if got.IsValid() || why == "" {
+				t.Errorf("aggregate(%s, %v %+v) = %s, %q; want it refused", tc.addr, tc.pool.Spec.Addresses, *tc.pool.Spec.BGP, got, why)
+			}
+			continue
+		}
+		if got != netip.MustParsePrefix(tc.want) || why != "" {
+			t.Errorf("aggregate(%s, %v %+v) = %s, %q; want %s", tc.addr, tc.pool.Spec.Addresses, *tc.pool.Spec.BGP, got, why, tc.want)
+		}
+	}
+}
+
+// An aggregate wider than the pool is not announced, and the Service's
+// Announced condition names the pool, the length and what the pool holds.
+func TestBGPPlan_AggregateWiderThanPoolIsNotAnnounced(t *testing.T) {
+	pool := bgpPoolWith("small", func(b *v1alpha1.BGPAdvertisement) { b.AggregationLength = ptr[int32](16) }, "10.1.2.0/24")
+	in := world([]string{"n1"}, []*v1alpha1.IPPool{pool}, service("web", "small", "10.1.2.3"))
+	a := onlyAdv(t, bgpPlan(in, twoPeers()), "10.1.2.3")
+	if len(a.nodes) != 0 || len(a.peers) != 0 {
+		t.Fatalf("nodes %v, peers %v: want none", a.nodes, a.peers)
+	}
+	msg := a.message()
+	for _, want := range []string{"10.1.2.3", "IPPool small", "aggregationLength 16", "10.1.0.0/16", "10.1.2.0/24"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message %q lacks %q", msg, want)
 		}
 	}
 }
@@ -421,8 +461,8 @@ func TestBGPPlanAttributes(t *testing.T) {
 		{name: "defaults", edit: func(*v1alpha1.BGPAdvertisement) {},
 			prefixes: map[string]string{"10.0.0.1": "10.0.0.1/32", "fd00::1": "fd00::1/128"}, communities: []string{}},
 		{name: "aggregated", edit: func(b *v1alpha1.BGPAdvertisement) {
-			b.AggregationLength, b.AggregationLengthV6 = ptr[int32](24), ptr[int32](64)
-		}, prefixes: map[string]string{"10.0.0.1": "10.0.0.0/24", "fd00::1": "fd00::/64"}, communities: []string{}},
+			b.AggregationLength, b.AggregationLengthV6 = ptr[int32](24), ptr[int32](112)
+		}, prefixes: map[string]string{"10.0.0.1": "10.0.0.0/24", "fd00::1": "fd00::/112"}, communities: []string{}},
 		{name: "communities and localPref", edit: func(b *v1alpha1.BGPAdvertisement) {
 			b.Communities = []v1alpha1.Community{"65000:100", "65000:1:2", "no-export"}
 			b.LocalPref = ptr[uint32](200)
@@ -632,11 +672,18 @@ func TestAnnouncedConditionWithBGP(t *testing.T) {
 			msg: "10.0.0.1/32 by BGP from n1,n2,n3 to peerA,peerB"},
 		{name: "bgp aggregated, dual stack", nodes: []string{"n1"},
 			pools: []*v1alpha1.IPPool{bgpPoolWith("b", func(b *v1alpha1.BGPAdvertisement) {
-				b.AggregationLength, b.AggregationLengthV6 = ptr[int32](24), ptr[int32](64)
+				b.AggregationLength, b.AggregationLengthV6 = ptr[int32](24), ptr[int32](112)
 			}, "10.0.0.0/24", "fd00::/112")},
 			svc:    service("s", "b", "10.0.0.1", "fd00::1"),
 			status: metav1.ConditionTrue, reason: ReasonAnnounced,
-			msg: "10.0.0.0/24 by BGP from n1 to peerA,peerB; fd00::/64 by BGP from n1 to peerA,peerB"},
+			msg: "10.0.0.0/24 by BGP from n1 to peerA,peerB; fd00::/112 by BGP from n1 to peerA,peerB"},
+		{name: "bgp aggregate wider than the pool", nodes: []string{"n1"},
+			pools: []*v1alpha1.IPPool{bgpPoolWith("b", func(b *v1alpha1.BGPAdvertisement) {
+				b.AggregationLength = ptr[int32](16)
+			}, "10.0.0.0/24")},
+			svc:    service("s", "b", "10.0.0.1"),
+			status: metav1.ConditionFalse, reason: ReasonNoEligibleNode,
+			msg: "10.0.0.1: not announced by BGP: IPPool b's bgp.aggregationLength 16 would announce 10.0.0.0/16, which covers addresses outside the pool (it holds 10.0.0.0/24)"},
 		{name: "bgp without node", nodes: []string{"n1"}, peers: []*v1alpha1.BGPPeer{},
 			pools: []*v1alpha1.IPPool{bgpPool("b", "10.0.0.0/24")}, svc: service("s", "b", "10.0.0.1"),
 			status: metav1.ConditionFalse, reason: ReasonNoEligibleNode,

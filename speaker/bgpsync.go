@@ -1,11 +1,14 @@
 package speaker
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
@@ -30,22 +32,32 @@ func (s *Speaker) peerList() []*v1alpha1.BGPPeer {
 	return fromStore[v1alpha1.BGPPeer](s, s.bgpPeers.GetStore().List(), "BGPPeer")
 }
 
+// bgpManager is what the announcer uses of bgp.Manager.
+type bgpManager interface {
+	SetPeers(ctx context.Context, peers []bgp.Peer) error
+	SetRoutes(ctx context.Context, routes []bgp.Route) error
+	Status(ctx context.Context) map[string]bgp.PeerStatus
+	Changes() <-chan struct{}
+	Shutdown(ctx context.Context)
+}
+
 // bgpAnnouncer keeps this node's BGP sessions and routes as the BGP plan
 // says, and writes this node's entries of BGPPeer status. It owns all BGP
 // state of the speaker.
 type bgpAnnouncer struct {
 	node      string
 	namespace string // of password Secrets that name none
-	client    kubernetes.Interface
 	dynamic   dynamic.Interface
 	logger    klog.Logger
-	manager   *bgp.Manager
+	manager   bgpManager
+	passwords passwordSource
 	// status has one key: write this node's entries of BGPPeer status.
 	status workqueue.TypedRateLimitingInterface[string]
 
 	mu sync.Mutex
-	// problems are BGPPeers this node cannot use, with the reason.
-	problems map[string]string
+	// problems are BGPPeers this node cannot use, with the reason; notes
+	// are said about sessions it keeps (a password it could not read).
+	problems, notes map[string]string
 	// lastPeers and lastRoutes are what the last Apply gave the manager.
 	lastPeers  []bgp.Peer
 	lastRoutes []bgp.Route
@@ -53,12 +65,15 @@ type bgpAnnouncer struct {
 	written map[string]v1alpha1.BGPPeerNodeStatus
 }
 
-func newBGPAnnouncer(cfg Config, manager *bgp.Manager) *bgpAnnouncer {
+// newBGPAnnouncer announces through manager; resync asks for a sync (a
+// password Secret changed).
+func newBGPAnnouncer(cfg Config, manager bgpManager, resync func()) *bgpAnnouncer {
 	return &bgpAnnouncer{
-		node: cfg.Node, namespace: cfg.Namespace, client: cfg.Client, dynamic: cfg.Dynamic,
+		node: cfg.Node, namespace: cfg.Namespace, dynamic: cfg.Dynamic,
 		logger: cfg.Logger.WithName("bgp"), manager: manager,
-		status:  workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
-		written: map[string]v1alpha1.BGPPeerNodeStatus{},
+		passwords: newPasswordWatch(cfg.Client, cfg.Namespace, resync),
+		status:    workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		written:   map[string]v1alpha1.BGPPeerNodeStatus{},
 	}
 }
 
@@ -71,6 +86,7 @@ func (b *bgpAnnouncer) Apply(ctx context.Context, p *plans) error {
 // before this node goes.
 func (b *bgpAnnouncer) Stop(ctx context.Context) {
 	b.manager.Shutdown(ctx)
+	b.passwords.stop()
 	b.status.ShutDown()
 }
 
@@ -88,27 +104,59 @@ func (b *bgpAnnouncer) run(ctx context.Context) {
 }
 
 // advertise makes this node's BGP sessions and routes what the plan says.
+// A BGPPeer this node cannot use is left out and reported in its status;
+// it never keeps the other peers from their sessions and routes.
 func (b *bgpAnnouncer) advertise(ctx context.Context, plan map[netip.Addr]*advertisement, peers []*v1alpha1.BGPPeer, node *v1.Node) error {
 	if node == nil {
 		return nil
 	}
-	var want []bgp.Peer
-	problems := map[string]string{}
-	for _, p := range peers {
-		sel, err := selectorOf(p.Spec.NodeSelector)
-		if err != nil || !sel.Matches(labels.Set(node.Labels)) {
-			continue
+	chosen, problems := choosePeers(peers, node, b.namespace)
+	refs := map[secretRef]bool{}
+	for _, c := range chosen {
+		if c.secret != (secretRef{}) {
+			refs[c.secret] = true
 		}
-		peer, err := b.sessionFor(ctx, p)
-		if err != nil {
-			problems[p.Name] = err.Error()
-			b.logger.Error(err, "BGPPeer not usable", "peer", p.Name)
-			continue
+	}
+	b.passwords.follow(refs)
+	b.mu.Lock()
+	last, lastProblems := b.lastPeers, b.problems
+	b.mu.Unlock()
+	var want []bgp.Peer
+	notes := map[string]string{}
+	for _, c := range chosen {
+		peer := c.peer
+		if c.secret != (secretRef{}) {
+			pw, err := b.passwords.password(c.secret)
+			i := slices.IndexFunc(last, func(p bgp.Peer) bool { return p.Name == peer.Name })
+			switch {
+			case err == nil:
+				peer.Password = pw
+			case i >= 0 && last[i].Password != "":
+				// The session goes on with the password it has.
+				peer.Password = last[i].Password
+				notes[peer.Name] = fmt.Sprintf("password Secret %s: %v; the session keeps the last password read", c.secret, err)
+			case errors.Is(err, errPasswordPending):
+				continue // the watch asks for a sync once it has read the Secret
+			default:
+				problems[peer.Name] = fmt.Sprintf("password Secret %s: %v", c.secret, err)
+				continue
+			}
 		}
 		want = append(want, peer)
 	}
-	if err := b.manager.SetPeers(ctx, want); err != nil {
-		return err
+	var errs []error
+	for _, err := range flatten(b.manager.SetPeers(ctx, want)) {
+		var pe *bgp.PeerError
+		if errors.As(err, &pe) && pe.Peer != "" {
+			problems[pe.Peer] = pe.Error()
+			continue
+		}
+		errs = append(errs, err)
+	}
+	for name, msg := range problems {
+		if lastProblems[name] != msg {
+			b.logger.Error(errors.New(msg), "BGPPeer not usable on this node; the other peers go on", "peer", name)
+		}
 	}
 	var routes []bgp.Route
 	for _, a := range plan {
@@ -126,30 +174,92 @@ func (b *bgpAnnouncer) advertise(ctx context.Context, plan map[netip.Addr]*adver
 	// Several addresses of one aggregate make one route.
 	routes = slices.CompactFunc(routes, func(x, y bgp.Route) bool { return x.Prefix == y.Prefix })
 	if err := b.manager.SetRoutes(ctx, routes); err != nil {
-		return err
+		errs = append(errs, err)
 	}
 	// Status is read from GoBGP (a listing per peer) only when what this
 	// node asked for changed; session changes queue it on their own.
 	b.mu.Lock()
-	changed := !maps.Equal(b.problems, problems) || !slices.EqualFunc(b.lastPeers, want, peerEqual) || !slices.EqualFunc(b.lastRoutes, routes, routeEqual)
-	b.problems, b.lastPeers, b.lastRoutes = problems, want, routes
+	changed := !maps.Equal(b.problems, problems) || !maps.Equal(b.notes, notes) ||
+		!slices.EqualFunc(b.lastPeers, want, peerEqual) || !slices.EqualFunc(b.lastRoutes, routes, routeEqual)
+	b.problems, b.notes, b.lastPeers, b.lastRoutes = problems, notes, want, routes
 	b.mu.Unlock()
 	if changed {
 		b.status.Add(syncKey)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
-// sessionFor turns a BGPPeer into a session, reading its password Secret
-// (only the Secret it names).
-func (b *bgpAnnouncer) sessionFor(ctx context.Context, p *v1alpha1.BGPPeer) (bgp.Peer, error) {
+// flatten lists the errors errors.Join put together.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+// chosenPeer is a BGPPeer this node peers with: its session without the
+// password, and the Secret that holds the password (zero for none).
+type chosenPeer struct {
+	peer   bgp.Peer
+	secret secretRef
+}
+
+// choosePeers are the BGPPeers node peers with, in name order, and those
+// it refuses with why: a spec the BGP speaker cannot use (the API server
+// accepts some: timers that are not whole seconds, a keepalive not below
+// the hold time once the defaults are filled in) or an address an earlier
+// BGPPeer by name already has (one session per router address).
+// namespace is that of password Secrets that name none.
+func choosePeers(peers []*v1alpha1.BGPPeer, node *v1.Node, namespace string) ([]chosenPeer, map[string]string) {
+	sorted := slices.SortedFunc(slices.Values(peers), func(a, b *v1alpha1.BGPPeer) int { return strings.Compare(a.Name, b.Name) })
+	var chosen []chosenPeer
+	refused := map[string]string{}
+	byAddr := map[netip.Addr]string{}
+	for _, p := range sorted {
+		sel, err := selectorOf(p.Spec.NodeSelector)
+		if err != nil {
+			refused[p.Name] = fmt.Sprintf("invalid nodeSelector: %v", err)
+			continue
+		}
+		if !sel.Matches(labels.Set(node.Labels)) {
+			continue
+		}
+		peer, err := peerSpec(p)
+		if err != nil {
+			refused[p.Name] = err.Error()
+			continue
+		}
+		if other, taken := byAddr[peer.Address]; taken {
+			refused[p.Name] = fmt.Sprintf("address %s is also BGPPeer %s's, which is used: one session per router address, the first BGPPeer by name", peer.Address, other)
+			continue
+		}
+		byAddr[peer.Address] = p.Name
+		c := chosenPeer{peer: peer}
+		if ref := p.Spec.PasswordSecretRef; ref != nil {
+			c.secret = secretRef{namespace: cmp.Or(ref.Namespace, namespace), name: ref.Name}
+		}
+		chosen = append(chosen, c)
+	}
+	return chosen, refused
+}
+
+// peerSpec turns a BGPPeer into a session without its password, or says
+// why the BGP speaker cannot use it.
+func peerSpec(p *v1alpha1.BGPPeer) (bgp.Peer, error) {
 	addr, err := netip.ParseAddr(p.Spec.Address)
 	if err != nil {
-		return bgp.Peer{}, fmt.Errorf("BGPPeer %s: address %q: %w", p.Name, p.Spec.Address, err)
+		return bgp.Peer{}, fmt.Errorf("address %q: %w", p.Spec.Address, err)
 	}
 	peer := bgp.Peer{
 		Name:            p.Name,
-		Address:         addr,
+		Address:         addr.Unmap(),
 		Port:            uint16(p.Spec.Port),
 		ASN:             uint32(p.Spec.ASN),
 		LocalASN:        uint32(p.Spec.LocalASN),
@@ -166,27 +276,14 @@ func (b *bgpAnnouncer) sessionFor(ctx context.Context, p *v1alpha1.BGPPeer) (bgp
 	}
 	if p.Spec.SourceAddress != "" {
 		if peer.SourceAddress, err = netip.ParseAddr(p.Spec.SourceAddress); err != nil {
-			return bgp.Peer{}, fmt.Errorf("BGPPeer %s: sourceAddress %q: %w", p.Name, p.Spec.SourceAddress, err)
+			return bgp.Peer{}, fmt.Errorf("sourceAddress %q: %w", p.Spec.SourceAddress, err)
 		}
 	}
-	if ref := p.Spec.PasswordSecretRef; ref != nil {
-		ns := ref.Namespace
-		if ns == "" {
-			ns = b.namespace
-		}
-		secret, err := b.client.CoreV1().Secrets(ns).Get(ctx, ref.Name, metav1.GetOptions{})
-		if apierrors.IsForbidden(err) {
-			return bgp.Peer{}, fmt.Errorf("BGPPeer %s: password Secret %s/%s: ironlb-speaker may not read it (it reads Secrets by name in %s only; the RBAC in deploy/ grants no more): %w",
-				p.Name, ns, ref.Name, b.namespace, err)
-		}
-		if err != nil {
-			return bgp.Peer{}, fmt.Errorf("BGPPeer %s: password Secret %s/%s: %w", p.Name, ns, ref.Name, err)
-		}
-		pw, ok := secret.Data["password"]
-		if !ok {
-			return bgp.Peer{}, fmt.Errorf("BGPPeer %s: Secret %s/%s has no key \"password\"", p.Name, ns, ref.Name)
-		}
-		peer.Password = string(pw)
+	if ref := p.Spec.PasswordSecretRef; ref != nil && ref.Name == "" {
+		return bgp.Peer{}, errors.New("passwordSecretRef names no Secret")
+	}
+	if err := peer.Validate(); err != nil {
+		return bgp.Peer{}, err
 	}
 	return peer, nil
 }
@@ -214,11 +311,10 @@ func (b *bgpAnnouncer) statusWorker(ctx context.Context) {
 func (b *bgpAnnouncer) writePeerStatus(ctx context.Context) error {
 	st := b.manager.Status(ctx)
 	b.mu.Lock()
-	problems := b.problems
+	problems, notes := b.problems, b.notes
 	written := b.written
 	b.mu.Unlock()
 	manager := v1alpha1.FieldManagerSpeaker + "-" + b.node
-	now := map[string]v1alpha1.BGPPeerNodeStatus{}
 	bgpSessionUp.Reset()
 	bgpPrefixes.Reset()
 	bgpUpdates.Reset()
@@ -230,14 +326,8 @@ func (b *bgpAnnouncer) writePeerStatus(ctx context.Context) error {
 		bgpSessionUp.WithLabelValues(name).Set(up)
 		bgpPrefixes.WithLabelValues(name).Set(float64(ps.Advertised))
 		bgpUpdates.WithLabelValues(name).Set(float64(ps.UpdatesSent))
-		now[name] = v1alpha1.BGPPeerNodeStatus{
-			Node: b.node, State: ps.State, Since: metav1.NewTime(ps.Since.Truncate(time.Second)),
-			PrefixesAdvertised: int32(ps.Advertised), PrefixesReceived: int32(ps.Received), Message: ps.LastError,
-		}
 	}
-	for name, msg := range problems {
-		now[name] = v1alpha1.BGPPeerNodeStatus{Node: b.node, State: "Invalid", Message: msg}
-	}
+	now := peerEntries(b.node, st, problems, notes)
 	var errs []error
 	for name, entry := range now {
 		if prev, ok := written[name]; ok && prev == entry {
@@ -264,6 +354,30 @@ func (b *bgpAnnouncer) writePeerStatus(ctx context.Context) error {
 	}
 	return nil
 }
+
+// peerEntries are this node's entries of BGPPeer status: the sessions as
+// GoBGP reports them (with what notes say about them), and the BGPPeers
+// this node refuses, as Invalid with the reason.
+func peerEntries(node string, st map[string]bgp.PeerStatus, problems, notes map[string]string) map[string]v1alpha1.BGPPeerNodeStatus {
+	now := map[string]v1alpha1.BGPPeerNodeStatus{}
+	for name, ps := range st {
+		msg := ps.LastError
+		if note := notes[name]; note != "" {
+			msg = strings.Join(slices.DeleteFunc([]string{note, msg}, func(s string) bool { return s == "" }), "; ")
+		}
+		now[name] = v1alpha1.BGPPeerNodeStatus{
+			Node: node, State: ps.State, Since: metav1.NewTime(ps.Since.Truncate(time.Second)),
+			PrefixesAdvertised: int32(ps.Advertised), PrefixesReceived: int32(ps.Received), Message: msg,
+		}
+	}
+	for name, msg := range problems {
+		now[name] = v1alpha1.BGPPeerNodeStatus{Node: node, State: stateInvalid, Message: msg}
+	}
+	return now
+}
+
+// stateInvalid is the state in BGPPeer status of a BGPPeer a node refuses.
+const stateInvalid = "Invalid"
 
 func entryObject(e v1alpha1.BGPPeerNodeStatus) map[string]any {
 	m := map[string]any{"node": e.Node, "state": e.State}

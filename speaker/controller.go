@@ -317,7 +317,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.bgp = newBGPAnnouncer(s.cfg, manager)
+	s.bgp = newBGPAnnouncer(s.cfg, manager, func() { s.queue.Add(syncKey) })
 	// The heartbeats outlive ctx by the time it takes to stop answering.
 	memberCtx, stopMembers := context.WithCancel(context.WithoutCancel(ctx))
 	membersDone := make(chan error, 1)

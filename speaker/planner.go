@@ -242,10 +242,15 @@ func l2Announcement(addr netip.Addr, keys []types.NamespacedName, parts []*addrP
 // that share it, in name order, as l2Announcement.
 func bgpAdvertisement(addr netip.Addr, keys []types.NamespacedName, parts []*addrPart) *advertisement {
 	pool := parts[0].pool
+	prefix, refused := aggregate(addr, pool)
 	a := &advertisement{
-		addr: addr, prefix: aggregate(addr, pool.Spec.BGP), pool: pool.Name,
+		addr: addr, prefix: prefix, pool: pool.Name,
 		communities: communityStrings(pool.Spec.BGP.Communities),
-		localPref: pool.Spec.BGP.LocalPref, services: keys,
+		localPref:   pool.Spec.BGP.LocalPref, services: keys,
+	}
+	if refused != "" {
+		a.reason = refused
+		return a
 	}
 	a.nodes, a.peers = parts[0].bgpList, parts[0].peersOf
 	if len(parts) > 1 {

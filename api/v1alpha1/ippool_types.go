@@ -16,6 +16,13 @@ const (
 )
 
 // IPPoolSpec is what an operator declares about a pool.
+//
+// An aggregate must not announce addresses the pool does not hold. CEL can read a CIDR's prefix
+// length, so an aggregation length shorter than that of a CIDR entry of its family is rejected
+// here; for ranges the speaker refuses such an aggregate (see the Announced condition).
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.bgp) || !has(self.bgp.aggregationLength) || self.addresses.all(a, a.contains('-') || !isCIDR(a) || cidr(a).ip().family() != 4 || self.bgp.aggregationLength >= cidr(a).prefixLength())",message="bgp.aggregationLength must not be shorter than the prefix length of any IPv4 CIDR in addresses: the aggregate would announce addresses outside the pool",fieldPath=".bgp.aggregationLength"
+// +kubebuilder:validation:XValidation:rule="!has(self.bgp) || !has(self.bgp.aggregationLengthV6) || self.addresses.all(a, a.contains('-') || !isCIDR(a) || cidr(a).ip().family() != 6 || self.bgp.aggregationLengthV6 >= cidr(a).prefixLength())",message="bgp.aggregationLengthV6 must not be shorter than the prefix length of any IPv6 CIDR in addresses: the aggregate would announce addresses outside the pool",fieldPath=".bgp.aggregationLengthV6"
 type IPPoolSpec struct {
 	// Addresses are CIDRs and ranges (a-b, one family) the pool hands out.
 	// +kubebuilder:validation:MinItems=1
@@ -100,14 +107,17 @@ type BGPAdvertisement struct {
 	// LocalPref is attached to routes sent to iBGP peers.
 	// +optional
 	LocalPref *uint32 `json:"localPref,omitempty"`
-	// AggregationLength is the IPv4 prefix length announced (32: one route per address).
-	// +kubebuilder:validation:Minimum=0
+	// AggregationLength is the IPv4 prefix length announced (32: one route per address). An
+	// aggregate must hold only addresses of the pool: a length shorter than a CIDR entry's is
+	// rejected, and an aggregate that covers addresses outside the pool's ranges is not announced.
+	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=32
 	// +kubebuilder:default=32
 	// +optional
 	AggregationLength *int32 `json:"aggregationLength,omitempty"`
-	// AggregationLengthV6 is the IPv6 prefix length announced (128: one route per address).
-	// +kubebuilder:validation:Minimum=0
+	// AggregationLengthV6 is the IPv6 prefix length announced (128: one route per address), under
+	// the same rule as AggregationLength.
+	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=128
 	// +kubebuilder:default=128
 	// +optional

@@ -200,7 +200,7 @@ func (m *Manager) SetPeers(ctx context.Context, peers []Peer) error {
 	stuck := map[string]bool{} // still configured in GoBGP as they were
 	for _, name := range changes.remove {
 		if err := m.removePeer(ctx, m.peers[name]); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, &PeerError{Peer: name, Err: err})
 			stuck[name] = true
 		}
 	}
@@ -209,11 +209,21 @@ func (m *Manager) SetPeers(ctx context.Context, peers []Peer) error {
 			continue
 		}
 		if err := m.addPeer(ctx, cfg); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, &PeerError{Peer: cfg.name, Err: err})
 		}
 	}
 	return errors.Join(errs...)
 }
+
+// PeerError is what went wrong with one peer in SetPeers, which joins one
+// per peer (errors.Join): the other peers were set as asked.
+type PeerError struct {
+	Peer string
+	Err  error
+}
+
+func (e *PeerError) Error() string { return e.Err.Error() }
+func (e *PeerError) Unwrap() error { return e.Err }
 
 // desiredPeers validates peers. An invalid peer whose name is configured
 // keeps its current configuration.
@@ -249,8 +259,11 @@ func (m *Manager) desiredPeers(peers []Peer) (map[string]peerConfig, []error) {
 			desired[p.Name] = cfg
 			byAddr[cfg.address] = p.Name
 		}
-		if err != nil && p.Name != "" {
-			invalid = append(invalid, p.Name)
+		if err != nil {
+			errs[len(errs)-1] = &PeerError{Peer: p.Name, Err: err}
+			if p.Name != "" {
+				invalid = append(invalid, p.Name)
+			}
 		}
 	}
 	for _, name := range invalid {

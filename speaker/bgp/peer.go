@@ -73,6 +73,13 @@ func seconds(what string, d, def time.Duration) (uint64, error) {
 	return uint64(d / time.Second), nil
 }
 
+// Validate says why SetPeers would refuse p, or nil: the checks of one
+// peer alone (not that two peers share a name or an address).
+func (p Peer) Validate() error {
+	_, err := validatePeer(p)
+	return err
+}
+
 func validatePeer(p Peer) (peerConfig, error) {
 	c := peerConfig{name: p.Name, port: p.Port, asn: p.ASN, localASN: p.LocalASN,
 		password: p.Password, multihop: p.EBGPMultihop, gracefulRestart: p.GracefulRestart}

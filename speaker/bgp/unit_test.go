@@ -234,6 +234,19 @@ func TestDesiredPeers(t *testing.T) {
 			t.Errorf("error %v, want one containing %q", err, want)
 		}
 	}
+	var named []string
+	for _, e := range errs {
+		var pe *PeerError
+		if !errors.As(e, &pe) {
+			t.Errorf("error %v names no peer", e)
+			continue
+		}
+		named = append(named, pe.Peer)
+	}
+	slices.Sort(named)
+	if want := []string{"kept", "new-invalid", "ok", "same-address"}; !slices.Equal(named, want) {
+		t.Errorf("errors name peers %v, want %v", named, want)
+	}
 	if len(desired) != 2 || desired["kept"] != cur || desired["ok"].name != "ok" {
 		t.Errorf("desired %v: want ok, and kept with its current configuration", desired)
 	}

@@ -87,6 +87,48 @@ func TestAPIServerRejectsMalformedPools(t *testing.T) {
 	}
 }
 
+// An aggregation length that would announce more than a CIDR of the pool holds is rejected by
+// the API server; pools of ranges are left to the speaker, which refuses such an aggregate.
+func TestAPIServerRejectsAggregatesWiderThanThePool(t *testing.T) {
+	e := newEnv(t)
+	withAgg := func(v4, v6 *int32, addrs ...string) v1alpha1.IPPoolSpec {
+		s := spec(addrs...)
+		s.BGP = &v1alpha1.BGPAdvertisement{AggregationLength: v4, AggregationLengthV6: v6}
+		return s
+	}
+	n := func(v int32) *int32 { return &v }
+	bad := map[string]struct {
+		spec v1alpha1.IPPoolSpec
+		want string
+	}{
+		"v4-zero":         {withAgg(n(0), nil, "172.31.7.0-172.31.7.9"), "should be greater than or equal to 1"},
+		"v6-zero":         {withAgg(nil, n(0), "fd31:7::-fd31:7::9"), "should be greater than or equal to 1"},
+		"v4-wider":        {withAgg(n(16), nil, "172.31.7.0/24"), "bgp.aggregationLength must not be shorter"},
+		"v4-wider-of-two": {withAgg(n(24), nil, "172.31.7.0/24", "172.31.8.0/28"), "bgp.aggregationLength must not be shorter"},
+		"v6-wider":        {withAgg(nil, n(64), "fd31:7::/112"), "bgp.aggregationLengthV6 must not be shorter"},
+		"v6-wider-dual":   {withAgg(n(24), n(96), "172.31.7.0/24", "fd31:7::/112"), "bgp.aggregationLengthV6 must not be shorter"},
+		"v4-wider-dual":   {withAgg(n(8), nil, "172.31.7.0/24", "fd31:7::/112"), "bgp.aggregationLength must not be shorter"},
+	}
+	for name, c := range bad {
+		if err := e.createPool("agg-bad-"+name, c.spec); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one containing %q", name, err, c.want)
+		}
+	}
+	good := map[string]v1alpha1.IPPoolSpec{
+		"v4-equal":     withAgg(n(24), nil, "172.31.9.0/24"),
+		"v4-narrower":  withAgg(n(28), nil, "172.31.10.0/24"),
+		"v6-equal":     withAgg(nil, n(112), "fd31:9::/112"),
+		"other-family": withAgg(n(24), n(120), "172.31.11.0/24", "fd31:11::/120"),
+		"defaults":     withAgg(nil, nil, "172.31.12.0/24", "fd31:12::/120"),
+		"ranges":       withAgg(n(16), n(64), "172.31.13.1-172.31.13.9", "fd31:13::1-fd31:13::9"),
+	}
+	for name, s := range good {
+		if err := e.createPool("agg-good-"+name, s); err != nil {
+			t.Errorf("%s: valid pool rejected: %v", name, err)
+		}
+	}
+}
+
 func (e *env) createPeer(name string, spec map[string]any) error {
 	body, _ := json.Marshal(map[string]any{
 		"apiVersion": "ironlb.io/v1alpha1", "kind": "BGPPeer",
