@@ -13,6 +13,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -241,6 +242,7 @@ func choosePeers(peers []*v1alpha1.BGPPeer, node *v1.Node, namespace string) ([]
 			continue
 		}
 		byAddr[peer.Address] = p.Name
+		peer.BFD = bfdFor(p.Spec.BFD, peer, node)
 		c := chosenPeer{peer: peer}
 		if ref := p.Spec.PasswordSecretRef; ref != nil {
 			c.secret = secretRef{namespace: cmp.Or(ref.Namespace, namespace), name: ref.Name}
@@ -248,6 +250,33 @@ func choosePeers(peers []*v1alpha1.BGPPeer, node *v1.Node, namespace string) ([]
 		chosen = append(chosen, c)
 	}
 	return chosen, refused
+}
+
+// bfdFor is the BFD session a BGPPeer's spec.bfd asks for on node: from
+// the BGP session's source address, else from the node's InternalIP of the
+// peer's family; none without spec.bfd or such an address.
+func bfdFor(spec *v1alpha1.BFDSettings, peer bgp.Peer, node *v1.Node) bgp.BFD {
+	if spec == nil {
+		return bgp.BFD{}
+	}
+	local := peer.SourceAddress
+	if !local.IsValid() {
+		local = internalIP(node, peer.Address)
+	}
+	if !local.IsValid() {
+		return bgp.BFD{}
+	}
+	b := bgp.BFD{Enabled: true, Local: local}
+	if spec.MinReceive != nil {
+		b.MinRx = spec.MinReceive.Duration
+	}
+	if spec.MinTransmit != nil {
+		b.MinTx = spec.MinTransmit.Duration
+	}
+	if spec.Multiplier != nil && *spec.Multiplier > 0 && *spec.Multiplier <= 255 {
+		b.Multiplier = uint8(*spec.Multiplier)
+	}
+	return b
 }
 
 // peerSpec turns a BGPPeer into a session without its password, or says
@@ -330,7 +359,7 @@ func (b *bgpAnnouncer) writePeerStatus(ctx context.Context) error {
 	now := peerEntries(b.node, st, problems, notes)
 	var errs []error
 	for name, entry := range now {
-		if prev, ok := written[name]; ok && prev == entry {
+		if prev, ok := written[name]; ok && equality.Semantic.DeepEqual(prev, entry) {
 			continue
 		}
 		if err := b.applyPeerStatus(ctx, name, manager, []any{entryObject(entry)}); err != nil {
@@ -365,10 +394,14 @@ func peerEntries(node string, st map[string]bgp.PeerStatus, problems, notes map[
 		if note := notes[name]; note != "" {
 			msg = strings.Join(slices.DeleteFunc([]string{note, msg}, func(s string) bool { return s == "" }), "; ")
 		}
-		now[name] = v1alpha1.BGPPeerNodeStatus{
+		entry := v1alpha1.BGPPeerNodeStatus{
 			Node: node, State: ps.State, Since: metav1.NewTime(ps.Since.Truncate(time.Second)),
 			PrefixesAdvertised: int32(ps.Advertised), PrefixesReceived: int32(ps.Received), Message: msg,
 		}
+		if b := ps.BFD; b != nil {
+			entry.BFD = &v1alpha1.BFDStatus{State: b.State, Since: metav1.NewTime(b.Since.Truncate(time.Second)), Message: b.Message}
+		}
+		now[name] = entry
 	}
 	for name, msg := range problems {
 		now[name] = v1alpha1.BGPPeerNodeStatus{Node: node, State: stateInvalid, Message: msg}
@@ -392,6 +425,16 @@ func entryObject(e v1alpha1.BGPPeerNodeStatus) map[string]any {
 	}
 	if e.Message != "" {
 		m["message"] = e.Message
+	}
+	if b := e.BFD; b != nil {
+		bfd := map[string]any{"state": b.State}
+		if !b.Since.IsZero() {
+			bfd["since"] = b.Since.UTC().Format(time.RFC3339)
+		}
+		if b.Message != "" {
+			bfd["message"] = b.Message
+		}
+		m["bfd"] = bfd
 	}
 	return m
 }

@@ -332,3 +332,62 @@ func TestPasswordWatch(t *testing.T) {
 		t.Errorf("after follow(nil): %v, want no watch", err)
 	}
 }
+
+func TestBFDFor(t *testing.T) {
+	n := node("n1", nil, false)
+	n.Status.Addresses = []v1.NodeAddress{
+		{Type: v1.NodeInternalIP, Address: "172.31.0.11"},
+		{Type: v1.NodeInternalIP, Address: "fd31::11"},
+	}
+	v4, v6 := netip.MustParseAddr("172.31.0.1"), netip.MustParseAddr("fd31::1")
+	source := netip.MustParseAddr("172.31.0.99")
+	ms := func(d int) *metav1.Duration { return &metav1.Duration{Duration: time.Duration(d) * time.Millisecond} }
+	five := int32(5)
+	for _, tc := range []struct {
+		name string
+		spec *v1alpha1.BFDSettings
+		peer bgp.Peer
+		want bgp.BFD
+	}{
+		{"no bfd section: none", nil, bgp.Peer{Address: v4}, bgp.BFD{}},
+		{"defaults, from the node's IPv4 InternalIP", &v1alpha1.BFDSettings{}, bgp.Peer{Address: v4},
+			bgp.BFD{Enabled: true, Local: netip.MustParseAddr("172.31.0.11")}},
+		{"an IPv6 peer, from the node's IPv6 InternalIP", &v1alpha1.BFDSettings{}, bgp.Peer{Address: v6},
+			bgp.BFD{Enabled: true, Local: netip.MustParseAddr("fd31::11")}},
+		{"from the session's source address", &v1alpha1.BFDSettings{}, bgp.Peer{Address: v4, SourceAddress: source},
+			bgp.BFD{Enabled: true, Local: source}},
+		{"timers", &v1alpha1.BFDSettings{MinReceive: ms(100), MinTransmit: ms(200), Multiplier: &five}, bgp.Peer{Address: v4},
+			bgp.BFD{Enabled: true, Local: netip.MustParseAddr("172.31.0.11"), MinRx: 100 * time.Millisecond, MinTx: 200 * time.Millisecond, Multiplier: 5}},
+	} {
+		if got := bfdFor(tc.spec, tc.peer, n); got != tc.want {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+	if got := bfdFor(&v1alpha1.BFDSettings{}, bgp.Peer{Address: v6}, node("bare", nil, false)); got.Enabled {
+		t.Errorf("a node without an address of the peer's family runs BFD: %+v", got)
+	}
+}
+
+// TestPeerEntries_BFD: a session's BFD state reaches its BGPPeer status
+// entry and the object applied; a session without BFD has none.
+func TestPeerEntries_BFD(t *testing.T) {
+	since := time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC)
+	st := map[string]bgp.PeerStatus{
+		"with":    {State: bgp.StateEstablished, BFD: &bgp.BFDStatus{State: "Down", Since: since, Message: "went down"}},
+		"without": {State: bgp.StateEstablished},
+	}
+	entries := peerEntries("n1", st, nil, nil)
+	if b := entries["with"].BFD; b == nil || b.State != "Down" || b.Message != "went down" || !b.Since.Time.Equal(since.Truncate(time.Second)) {
+		t.Errorf("entry with BFD: %+v", entries["with"].BFD)
+	}
+	if entries["without"].BFD != nil {
+		t.Errorf("entry without BFD has %+v", entries["without"].BFD)
+	}
+	obj := entryObject(entries["with"])
+	if b, ok := obj["bfd"].(map[string]any); !ok || b["state"] != "Down" || b["message"] != "went down" || b["since"] != "2026-01-02T03:04:05Z" {
+		t.Errorf("applied object: %v", obj)
+	}
+	if _, ok := entryObject(entries["without"])["bfd"]; ok {
+		t.Error("an entry without BFD applies a bfd field")
+	}
+}

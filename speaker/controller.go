@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -33,6 +34,7 @@ import (
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/clusterkey"
 	"github.com/ironlb/ironlb/internal/lbclass"
+	"github.com/ironlb/ironlb/speaker/bfd"
 	"github.com/ironlb/ironlb/speaker/bgp"
 	"github.com/ironlb/ironlb/speaker/member"
 )
@@ -90,6 +92,7 @@ type Speaker struct {
 
 	queue   workqueue.TypedRateLimitingInterface[string] // one key: bring the plans up to date
 	planner *planner                                     // only sync uses it
+	bfd     *bfd.Mux                                     // the BFD sessions of the BGP peers that ask for one
 
 	myIP netip.Addr
 
@@ -106,6 +109,12 @@ type Speaker struct {
 	returnedRV    string // the Services cache's resource version then
 	connectedOnce bool
 	lastMode      mode
+}
+
+// RegisterBFDMetrics registers the metrics of the speaker's BFD sessions
+// (ironlb_speaker_bfd_*) with reg.
+func (s *Speaker) RegisterBFDMetrics(reg prometheus.Registerer) error {
+	return s.bfd.RegisterMetrics(reg)
 }
 
 // announcer applies what one sync decided. Each announcer owns its state;
@@ -149,6 +158,7 @@ func New(cfg Config) (*Speaker, error) {
 		dynamic: dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0),
 		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		planner: newPlanner(),
+		bfd:     bfd.NewMux(cfg.Logger.WithName("bfd")),
 	}
 	interval := cmp.Or(cfg.HeartbeatInterval, member.DefaultInterval)
 	timeout := cmp.Or(cfg.HeartbeatTimeout, member.DefaultTimeout)
@@ -313,7 +323,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 		return err
 	}
 	s.refreshInfo()
-	manager, err := bgp.New(ctx, bgp.Config{RouterID: routerID(myIP), ListenPort: -1, Logger: s.logger.WithName("bgp")})
+	manager, err := bgp.New(ctx, bgp.Config{RouterID: routerID(myIP), ListenPort: -1, Logger: s.logger.WithName("bgp"), BFD: s.bfd})
 	if err != nil {
 		return err
 	}
@@ -344,6 +354,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 		a.Stop(shutdownCtx)
 	}
 	cancel()
+	_ = s.bfd.Close()
 	stopMembers()
 	return <-membersDone
 }

@@ -98,6 +98,9 @@ func run(kubeconfig string, cfg speaker.Config, qps float32, metricsAddr, health
 	if err := speaker.RegisterMetrics(reg); err != nil {
 		return err
 	}
+	if err := s.RegisterBFDMetrics(reg); err != nil {
+		return err
+	}
 	metrics := map[string]http.Handler{"/metrics": promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}
 	if profiling {
 		metrics["/debug/pprof/"] = http.HandlerFunc(pprof.Index)

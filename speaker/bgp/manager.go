@@ -13,6 +13,8 @@ import (
 	"github.com/osrg/gobgp/v3/pkg/server"
 	"google.golang.org/protobuf/types/known/anypb"
 	"k8s.io/klog/v2"
+
+	"github.com/ironlb/ironlb/speaker/bfd"
 )
 
 // timeNow is time.Now; a variable for tests.
@@ -41,6 +43,8 @@ type Config struct {
 	ListenPort int32
 	// Logger receives the Manager's and GoBGP's logs.
 	Logger klog.Logger
+	// BFD runs the BFD sessions peers ask for (Peer.BFD); nil refuses them.
+	BFD *bfd.Mux
 }
 
 // Manager keeps one GoBGP server's sessions and announcements equal to
@@ -62,6 +66,7 @@ type Manager struct {
 	changes chan struct{}
 
 	sessions  *sessions
+	bfd       *bfdSessions // nil without Config.BFD
 	stopWatch context.CancelFunc
 
 	// mu serializes SetPeers, SetRoutes and Shutdown, and guards the
@@ -104,6 +109,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		routes:  map[netip.Prefix]route{},
 	}
 	m.sessions = &sessions{logger: cfg.Logger, changed: m.signal, byAddr: map[netip.Addr]*session{}}
+	if cfg.BFD != nil {
+		m.bfd = newBFDSessions(cfg.BFD, cfg.Logger.WithName("bfd"), m.resetPeer, m.signal)
+	}
 	m.server = server.NewBgpServer(server.LoggerOption(&gobgpLogger{logger: cfg.Logger.WithName("gobgp"), observe: m.sessions.observeLog}))
 	// Serve is GoBGP's event loop. It has no way to stop; after Shutdown
 	// it idles.
@@ -212,7 +220,42 @@ func (m *Manager) SetPeers(ctx context.Context, peers []Peer) error {
 			errs = append(errs, &PeerError{Peer: cfg.name, Err: err})
 		}
 	}
+	errs = append(errs, m.setBFD(ctx, peers, desired)...)
 	return errors.Join(errs...)
+}
+
+// setBFD runs a BFD session for each desired peer that asks for one.
+func (m *Manager) setBFD(ctx context.Context, peers []Peer, desired map[string]peerConfig) []error {
+	var errs []error
+	want := map[string]bfdWant{}
+	for _, p := range peers {
+		cfg, ok := desired[p.Name]
+		if !ok || !p.BFD.Enabled {
+			continue
+		}
+		if m.bfd == nil {
+			errs = append(errs, &PeerError{Peer: p.Name, Err: fmt.Errorf("peer %s: BFD is not available in this speaker", p.Name)})
+			continue
+		}
+		want[p.Name] = bfdWant{peer: cfg.address, multihop: cfg.multihop, settings: p.BFD}
+	}
+	if m.bfd != nil {
+		m.bfd.set(ctx, want)
+	}
+	return errs
+}
+
+// resetPeer closes the session with peer at once (BFD found the path
+// down); GoBGP connects again as its timers say.
+func (m *Manager) resetPeer(peer netip.Addr, why string) {
+	m.sessions.setError(peer, why)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.server.ResetPeer(ctx, &api.ResetPeerRequest{Address: peer.String(), Communication: why}); err != nil {
+		m.logger.Error(err, "Resetting a BGP session after BFD went down", "peerAddress", peer)
+		return
+	}
+	m.logger.Info("Reset the BGP session: BFD found the path down", "peerAddress", peer, "why", why)
 }
 
 // PeerError is what went wrong with one peer in SetPeers, which joins one
@@ -483,6 +526,14 @@ func (m *Manager) Shutdown(ctx context.Context) {
 				m.logger.Error(err, "Withdrawing on shutdown")
 			}
 		}
+	}
+	// BFD says "administratively down" before BGP's Cease, so that no
+	// router takes the stop for a failure (RFC 5882 §3.2).
+	if m.bfd != nil {
+		m.bfd.shutdown(ctx)
+	}
+	for _, name := range sortedKeys(m.peers) {
+		p := m.peers[name]
 		err := m.server.DisablePeer(ctx, &api.DisablePeerRequest{Address: p.cfg.address.String(), Communication: "ironlb speaker shutting down"})
 		if err != nil {
 			m.logger.Error(err, "Closing a BGP session on shutdown", "peer", name)

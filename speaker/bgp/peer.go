@@ -45,6 +45,10 @@ type Peer struct {
 	// 4724), so that the router keeps this node's routes for a while when
 	// the speaker restarts.
 	GracefulRestart bool
+	// BFD runs a BFD session beside the BGP session; its settings are not
+	// part of the session's configuration: changing them never replaces
+	// the BGP session.
+	BFD BFD
 }
 
 // peerConfig is a validated Peer with the defaults filled in. Two peers

@@ -42,6 +42,8 @@ type PeerStatus struct {
 	// the NOTIFICATION either side sent, a hold timer expiry, a refused or
 	// timed-out connection. It is cleared when the session is established.
 	LastError string
+	// BFD is the peer's BFD session; nil when it has none.
+	BFD *BFDStatus
 }
 
 func stateName(s api.PeerState_SessionState) string {
@@ -394,6 +396,10 @@ func (m *Manager) Status(ctx context.Context) map[string]PeerStatus {
 	}
 	m.mu.Unlock()
 
+	var bfdStatus map[string]BFDStatus
+	if m.bfd != nil {
+		bfdStatus = m.bfd.status()
+	}
 	out := make(map[string]PeerStatus, len(addrs))
 	for name, addr := range addrs {
 		// An event still on its way, or one lost to a replaced session at
@@ -411,6 +417,9 @@ func (m *Manager) Status(ctx context.Context) map[string]PeerStatus {
 		st.UpdatesSent = fromGoBGP[addr].updates
 		if sess.state == StateEstablished {
 			st.Advertised = m.advertised(ctx, addr)
+		}
+		if b, ok := bfdStatus[name]; ok {
+			st.BFD = &b
 		}
 		out[name] = st
 	}
