@@ -392,3 +392,92 @@ func TestBothModes(t *testing.T) {
 		}
 	}
 }
+
+// TestBFD: with spec.bfd, every node's BFD session with the router comes
+// Up and BGPPeer status says so. A node that dies is dropped by the router
+// because BFD went down, not at the end of the 9 s hold time; a speaker
+// stopped with SIGTERM says "administratively down" first, so the router
+// does not count its stop as a BFD failure.
+func TestBFD(t *testing.T) {
+	f := framework.New(t)
+	peer(f, "router-bfd", false, func(s *v1alpha1.BGPPeerSpec) {
+		s.HoldTime = &metav1.Duration{Duration: 9 * time.Second}
+		s.KeepaliveTime = &metav1.Duration{Duration: 3 * time.Second}
+		s.BFD = &v1alpha1.BFDSettings{}
+	})
+	pool(f, "bfd", 6, v1alpha1.BGPAdvertisement{})
+	_, addrs := service(f, "web", "bfd", []int{1, 2, 3}, nil)
+	a := addrs[0]
+	nextHops(f, a, 1, 2, 3)
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.NodeUp(ctx, 3)
+		if !f.Alive(f.SpeakerName(2)) {
+			_ = f.Restart(f.SpeakerName(2))
+		}
+	})
+	f.Eventually("the router's BFD session with every node is up", 50, 200*time.Millisecond, func() error {
+		peers, err := f.RouterBFDPeers(f.Ctx)
+		if err != nil {
+			return err
+		}
+		for n := 1; n <= 3; n++ {
+			if st := peers[f.NodeAddrs(n)[0]]; st != "up" {
+				return fmt.Errorf("node%d: %q (all: %v)", n, st, peers)
+			}
+		}
+		return nil
+	})
+	f.Eventually("BGPPeer status shows BFD Up on every node", 50, 200*time.Millisecond, func() error {
+		st := peerStatus(f, "router-bfd")
+		up := 0
+		for _, n := range st.Nodes {
+			if n.BFD != nil && n.BFD.State == "Up" {
+				up++
+			}
+		}
+		if up != 3 {
+			return fmt.Errorf("status %+v", st.Nodes)
+		}
+		return nil
+	})
+
+	// Planned stop: no BFD failure at the router.
+	if err := f.Stop(f.SpeakerName(2), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	nextHops(f, a, 1, 3)
+	if down := bfdDownAt(f, 2); down != "" {
+		t.Errorf("the router took node2's planned stop for a BFD failure: %s", down)
+	}
+
+	// Death: the router drops the node because BFD went down.
+	if err := f.NodeDown(f.Ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	nextHops(f, a, 1)
+	if down := bfdDownAt(f, 3); down == "" {
+		t.Errorf("node3's session did not end by BFD; the router logged:\n%s", grep(f.Tail("frr-bgpd", 200), "ADJCHANGE"))
+	}
+	f.Curl(f.ExternalNS(), a, "endpoint=web-n1", 40)
+}
+
+// bfdDownAt returns the router's log line that says node n's BGP session
+// went down because BFD did, or "".
+func bfdDownAt(f *framework.F, n int) string {
+	for _, line := range strings.Split(f.Tail("frr-bgpd", 500), "\n") {
+		if strings.Contains(line, "neighbor "+f.NodeAddrs(n)[0].String()) && strings.Contains(line, "BFD down") {
+			return line
+		}
+	}
+	return ""
+}
+
+func grep(text, substr string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
