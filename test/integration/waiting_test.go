@@ -17,7 +17,8 @@ func TestWaitingServicesAreServedInTheOrderTheyStartedWaiting(t *testing.T) {
 	holders := e.served("holder", 0, 5)
 	var waiters []string
 	for i := 0; i < 5; i++ {
-		key := fmt.Sprintf("waiter-%d", i)
+		// Names sort against the order of waiting, so that listing order cannot pass for it.
+		key := fmt.Sprintf("waiter-%c", 'e'-i)
 		e.service(key)
 		e.waitFailed(key, "PoolExhausted")
 		waiters = append(waiters, key)
