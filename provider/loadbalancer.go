@@ -41,7 +41,7 @@ func (lb *loadBalancer) GetLoadBalancerName(_ context.Context, _ string, svc *v1
 
 // EnsureLoadBalancer allocates the Service's addresses, or confirms the ones it holds.
 func (lb *loadBalancer) EnsureLoadBalancer(_ context.Context, _ string, svc *v1.Service, _ []*v1.Node) (*v1.LoadBalancerStatus, error) {
-	res, err := lb.ensure(svc)
+	res, err := lb.ensure(svc, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -67,13 +67,14 @@ func (lb *loadBalancer) release(key string) (held, freed []netip.Addr) {
 	return held, lb.cloud.alloc.Release(key)
 }
 
-// ensure runs the allocator for svc. On failure the result still carries the addresses the
-// Service keeps.
-func (lb *loadBalancer) ensure(svc *v1.Service) (ipam.Result, error) {
+// ensure runs the allocator for svc; behind are the lines where others waited longer. On failure
+// the result still carries the addresses the Service keeps.
+func (lb *loadBalancer) ensure(svc *v1.Service, behind []ipam.Line) (ipam.Result, error) {
 	req, err := lb.request(svc)
 	if err != nil {
 		return ipam.Result{Addrs: lb.cloud.alloc.Holding(req.Service)}, err
 	}
+	req.Behind = behind
 	return lb.cloud.alloc.Allocate(req)
 }
 
@@ -100,9 +101,11 @@ func (lb *loadBalancer) restore(svc *v1.Service) error {
 }
 
 // ingressAddrs reads the addresses in a Service's status.
-func ingressAddrs(svc *v1.Service) []netip.Addr {
+func ingressAddrs(svc *v1.Service) []netip.Addr { return statusAddrs(&svc.Status.LoadBalancer) }
+
+func statusAddrs(st *v1.LoadBalancerStatus) []netip.Addr {
 	var out []netip.Addr
-	for _, ing := range svc.Status.LoadBalancer.Ingress {
+	for _, ing := range st.Ingress {
 		if a, err := netip.ParseAddr(ing.IP); err == nil {
 			out = append(out, a.Unmap())
 		}

@@ -88,6 +88,9 @@ func requestFor(svc *v1.Service, nsLabels map[string]string, honourOtherClouds b
 		Policy:          ipam.SingleStack,
 		SharingKey:      svc.Annotations[v1alpha1.AnnotationSharingKey],
 	}
+	// What the record holds that cannot be read is reported by the controller, never refused:
+	// a Service must not fail for what ironlb wrote on it.
+	req.Prefer, _ = recordedAddrs(svc.Annotations)
 	// The address families follow the ClusterIP's: kube-proxy programs a load balancer address
 	// only for the families the Service has.
 	for _, f := range svc.Spec.IPFamilies {

@@ -56,7 +56,8 @@ type ServiceController struct {
 	pools      *PoolController
 
 	mu      sync.Mutex
-	waiting map[string]bool // Services that failed for want of an address or a pool
+	waiting map[string]bool   // Services that failed for want of an address or a pool
+	line    map[string]waiter // of those, the ones refused for want of a free address
 }
 
 // NewServiceController wires the controller to its informers. The PoolController must be built
@@ -74,6 +75,7 @@ func NewServiceController(cloud *Cloud, client kubernetes.Interface, services co
 		recorder: recorder,
 		pools:    pools,
 		waiting:  map[string]bool{},
+		line:     map[string]waiter{},
 	}
 	c.current = cache.NewIntegerResourceVersionMutationCacheWithOptions(klog.Background(), services.Informer().GetStore(),
 		cache.MutationCacheOptions{TTL: 30 * time.Second, MaxCacheSize: 4096})
@@ -147,6 +149,7 @@ func (c *ServiceController) Run(ctx context.Context, workers int) {
 	restored, conflicts := c.restore(logger)
 	logger.Info("Restored addresses from Services", "services", restored, "conflicts", conflicts)
 	c.pools.markDirty()
+	c.serveWaiting(ctx)
 
 	go c.pools.runStatusWriter(ctx)
 	for i := 0; i < workers; i++ {
@@ -183,6 +186,31 @@ func (c *ServiceController) restore(logger klog.Logger) (restored, conflicts int
 		restored++
 	}
 	return restored, conflicts
+}
+
+// serveWaiting retries the Services that waited for an address before this start, one at a
+// time in the order they started waiting and before any worker runs, so that the line
+// survives a restart or a new leader: each is served, or takes its place in the line again.
+func (c *ServiceController) serveWaiting(ctx context.Context) {
+	all, err := c.services.List(everything)
+	if err != nil {
+		utilruntime.HandleError(err)
+		return
+	}
+	now := time.Now()
+	var ws []waiter
+	for _, svc := range all {
+		if since := waitingSince(findCondition(svc), now); since.Before(now) && c.cloud.classify.Handles(svc) {
+			ws = append(ws, waiter{key: serviceKey(svc), since: since})
+		}
+	}
+	slices.SortFunc(ws, waitedLonger)
+	for _, w := range ws {
+		if err := c.sync(ctx, w.key); err != nil {
+			utilruntime.HandleErrorWithContext(ctx, err, "Syncing Service failed; will retry", "service", w.key)
+			c.queue.AddRateLimited(w.key)
+		}
+	}
 }
 
 func (c *ServiceController) worker(ctx context.Context) {
@@ -256,7 +284,7 @@ func (c *ServiceController) forget(key string) { c.release(key) }
 // release frees what the Service holds, updates the pool counts and wakes the Services waiting
 // for an address. It returns what the Service held.
 func (c *ServiceController) release(key string) []netip.Addr {
-	c.setWaiting(key, false)
+	c.setWaiting(key, false, nil, time.Time{})
 	held, freed := c.cloud.lb.release(key)
 	if len(held) > 0 {
 		c.pools.markDirty()
@@ -305,14 +333,30 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	key := serviceKey(svc)
 	logger := klog.FromContext(ctx)
 	before := c.cloud.alloc.Holding(key)
-	res, err := c.cloud.lb.ensure(svc)
+	c.mu.Lock()
+	behind := linesAhead(c.line, key)
+	c.mu.Unlock()
+	res, err := c.cloud.lb.ensure(svc, behind)
 	after := res.Addrs
 	var aerr *ipam.Error
+	unkept := res.Unkept
 	if err != nil {
 		aerr = allocError(err)
 		allocations.WithLabelValues(string(aerr.Reason)).Inc()
+		unkept = aerr.Unkept
 	}
-	c.setWaiting(key, aerr != nil && aerr.Reason != ipam.ReasonInvalidRequest)
+	var exhausted []ipam.Line
+	if aerr != nil && aerr.Reason == ipam.ReasonPoolExhausted {
+		exhausted = aerr.Exhausted
+	}
+	c.setWaiting(key, aerr != nil && aerr.Reason != ipam.ReasonInvalidRequest, exhausted, waitingSince(findCondition(svc), time.Now()))
+	// The record counts only for a Service that held nothing; what it says is told once, when
+	// the Service gets its addresses or its condition changes.
+	var bad []string
+	if len(before) == 0 {
+		_, bad = recordedAddrs(svc.Annotations)
+	}
+	taken, ignored := recordNotes(unkept, bad)
 	if !slices.Equal(before, after) {
 		allocations.WithLabelValues("Allocated").Inc()
 		c.pools.markDirty()
@@ -325,7 +369,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	if pool == "" && len(after) > 0 {
 		pool = svc.Annotations[v1alpha1.AnnotationAllocatedFrom] // the pool it came from, now gone
 	}
-	cond := allocatedCondition(svc, res, aerr)
+	cond := allocatedCondition(svc, res, aerr, taken)
 	prev := findCondition(svc)
 
 	hasFinalizer := slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer)
@@ -333,6 +377,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	holds := len(after) > 0
 	lbStatus := loadBalancerStatus(after, svc)
 	if holds != hasFinalizer || holds != hasAnn || (holds && ann != pool) ||
+		(holds && svc.Annotations[v1alpha1.AnnotationAllocatedAddresses] != joinAddrs(after)) ||
 		!equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, lbStatus.Ingress) ||
 		!sameCondition(prev, &cond) {
 		if err := c.write(ctx, svc, lbStatus, pool, &cond); err != nil {
@@ -350,6 +395,18 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 				"spec.loadBalancerIP is deprecated; use the annotation %s: %q", v1alpha1.AnnotationIPs, svc.Spec.LoadBalancerIP)
 		}
 	}
+	if len(before) == 0 && (len(after) > 0 || !sameCondition(prev, &cond)) {
+		for _, note := range taken {
+			if len(after) > 0 {
+				note += "; allocated " + joinAddrs(after) + " instead"
+			}
+			c.recorder.Event(svc, v1.EventTypeWarning, ReasonRecordedAddressTaken, note)
+			logger.Info("Recorded address not given back", "service", klog.KObj(svc), "why", note)
+		}
+		for _, note := range ignored {
+			c.recorder.Event(svc, v1.EventTypeWarning, EventRecordIgnored, note)
+		}
+	}
 	if !sameCondition(prev, &cond) {
 		switch {
 		case aerr != nil:
@@ -362,24 +419,38 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	return nil
 }
 
-// allocatedCondition is the ironlb.io/IPAllocated condition for an allocation outcome.
-func allocatedCondition(svc *v1.Service, res ipam.Result, aerr *ipam.Error) metav1.Condition {
+// allocatedCondition is the ironlb.io/IPAllocated condition for an allocation outcome. taken
+// says which recorded addresses other Services hold (see recordNotes).
+func allocatedCondition(svc *v1.Service, res ipam.Result, aerr *ipam.Error, taken []string) metav1.Condition {
 	cond := metav1.Condition{Type: v1alpha1.ConditionIPAllocated, ObservedGeneration: svc.Generation}
+	prev := findCondition(svc)
+	allocated := fmt.Sprintf("%s from pool %s", joinAddrs(res.Addrs), res.Pool)
 	switch {
 	case aerr != nil:
 		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, string(aerr.Reason), aerr.Message
 		if len(res.Addrs) > 0 {
 			cond.Message += fmt.Sprintf("; the Service keeps %s", joinAddrs(res.Addrs))
 		}
+		if len(taken) > 0 {
+			cond.Message += "; " + strings.Join(taken, "; ")
+		}
 	case len(res.Warnings) > 0:
 		cond.Status, cond.Reason = metav1.ConditionTrue, EventAddressNotInPool
 		cond.Message = strings.Join(res.Warnings, "; ")
+	case len(taken) > 0:
+		cond.Status, cond.Reason = metav1.ConditionTrue, ReasonRecordedAddressTaken
+		cond.Message = allocated + "; " + strings.Join(taken, "; ")
+	case prev != nil && prev.Status == metav1.ConditionTrue && prev.Reason == ReasonRecordedAddressTaken &&
+		strings.HasPrefix(prev.Message, allocated+"; "):
+		// The record is told only when the addresses are placed; the condition says it for as
+		// long as the Service holds what it got instead.
+		cond.Status, cond.Reason, cond.Message = prev.Status, prev.Reason, prev.Message
 	default:
 		cond.Status, cond.Reason = metav1.ConditionTrue, "Allocated"
-		cond.Message = fmt.Sprintf("%s from pool %s", joinAddrs(res.Addrs), res.Pool)
+		cond.Message = allocated
 	}
 	cond.LastTransitionTime = metav1.Now()
-	if prev := findCondition(svc); prev != nil && prev.Status == cond.Status {
+	if prev != nil && prev.Status == cond.Status {
 		cond.LastTransitionTime = prev.LastTransitionTime
 	}
 	return cond
@@ -412,7 +483,10 @@ func loadBalancerApply(st *v1.LoadBalancerStatus) *corev1ac.LoadBalancerStatusAp
 var applyOptions = metav1.ApplyOptions{FieldManager: v1alpha1.FieldManagerCCM, Force: true}
 
 // write applies everything ironlb owns on a Service in one request: while it holds addresses,
-// the finalizer, the ironlb.io/allocated-from annotation and the ingress; and its condition.
+// the finalizer, the ironlb.io/allocated-from and ironlb.io/allocated-addresses annotations and
+// the ingress; and its condition. Server-side apply under ironlb's own field manager means
+// ironlb owns only these fields: a user's manifest need not list them, and a user's apply
+// neither takes them away nor is changed by ironlb.
 // Fields left out are given up, so writing no ingress and no condition takes back all of it.
 // The status subresource of a Service resets only spec, so metadata lands in the same write as
 // the status: the address is never published without the finalizer, and each Service costs one
@@ -422,7 +496,10 @@ func (c *ServiceController) write(ctx context.Context, svc *v1.Service, lb *v1.L
 	ac := corev1ac.Service(svc.Name, svc.Namespace)
 	st := corev1ac.ServiceStatus()
 	if holds {
-		ac.WithFinalizers(v1alpha1.LoadBalancerCleanupFinalizer).WithAnnotations(map[string]string{v1alpha1.AnnotationAllocatedFrom: pool})
+		ac.WithFinalizers(v1alpha1.LoadBalancerCleanupFinalizer).WithAnnotations(map[string]string{
+			v1alpha1.AnnotationAllocatedFrom:      pool,
+			v1alpha1.AnnotationAllocatedAddresses: joinAddrs(statusAddrs(lb)),
+		})
 		st.WithLoadBalancer(loadBalancerApply(lb))
 	}
 	if cond != nil {
@@ -448,7 +525,10 @@ func (c *ServiceController) write(ctx context.Context, svc *v1.Service, lb *v1.L
 	return nil
 }
 
-func (c *ServiceController) setWaiting(key string, waiting bool) {
+// setWaiting records whether the Service waits, and in which lines (exhausted). A Service that
+// stays in the line keeps its place (since counts only when it joins). When a Service leaves
+// a line, the heads of the lines are woken: the address it waited for may be free.
+func (c *ServiceController) setWaiting(key string, waiting bool, exhausted []ipam.Line, since time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if waiting {
@@ -457,6 +537,23 @@ func (c *ServiceController) setWaiting(key string, waiting bool) {
 		delete(c.waiting, key)
 	}
 	waitingServices.Set(float64(len(c.waiting)))
+
+	old, was := c.line[key]
+	lines := slices.Clone(exhausted)
+	slices.SortFunc(lines, compareLines)
+	if len(lines) == 0 {
+		delete(c.line, key)
+	} else {
+		if was {
+			since = old.since
+		}
+		c.line[key] = waiter{key: key, since: since, lines: lines}
+	}
+	if was && !slices.Equal(old.lines, lines) {
+		for _, h := range heads(c.line) {
+			c.queue.Add(h)
+		}
+	}
 }
 
 // wakeWaiting requeues the waiting Services that match. Only Services that wait are retried,
@@ -471,7 +568,21 @@ func (c *ServiceController) wakeWaiting(match func(key string) bool) {
 	}
 }
 
-func (c *ServiceController) addressesFreed() { c.wakeWaiting(func(string) bool { return true }) }
+// addressesFreed wakes the head of every line, and the Services that wait for another reason
+// (a sharing conflict or a requested address may have cleared). Waking the whole line would let
+// whichever worker runs first take the address.
+func (c *ServiceController) addressesFreed() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key := range c.waiting {
+		if _, inLine := c.line[key]; !inLine {
+			c.queue.Add(key)
+		}
+	}
+	for _, h := range heads(c.line) {
+		c.queue.Add(h)
+	}
+}
 
 // poolsChanged is called after the pools changed: waiting Services may now fit, and Services
 // whose address left (or came back into) a pool need their condition updated.

@@ -25,7 +25,7 @@ func testServiceWithCondition(cond *metav1.Condition) *v1.Service {
 
 func TestAllocatedCondition_SuccessNamesAddressesAndPool(t *testing.T) {
 	res := ipam.Result{Addrs: testAddrs("172.31.10.5", "fd31::5"), Pool: "public"}
-	got := allocatedCondition(testServiceWithCondition(nil), res, nil)
+	got := allocatedCondition(testServiceWithCondition(nil), res, nil, nil)
 	if got.Type != v1alpha1.ConditionIPAllocated || got.Status != metav1.ConditionTrue || got.Reason != "Allocated" {
 		t.Errorf("condition = %s %s/%s, want %s True/Allocated", got.Type, got.Status, got.Reason, v1alpha1.ConditionIPAllocated)
 	}
@@ -63,7 +63,7 @@ func TestAllocatedCondition_FailureIsFalseWithTheAllocatorsReason(t *testing.T) 
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := allocatedCondition(testServiceWithCondition(nil), tt.res, tt.aerr)
+			got := allocatedCondition(testServiceWithCondition(nil), tt.res, tt.aerr, nil)
 			if got.Status != metav1.ConditionFalse || got.Reason != string(tt.aerr.Reason) {
 				t.Errorf("condition %s/%s, want False/%s", got.Status, got.Reason, tt.aerr.Reason)
 			}
@@ -82,7 +82,7 @@ func TestAllocatedCondition_WarningsKeepItTrueWithReasonAddressNotInPool(t *test
 		Addrs:    testAddrs("172.31.10.5", "fd31::5"),
 		Warnings: []string{"172.31.10.5 is in no pool any more", "fd31::5 is in no pool any more"},
 	}
-	got := allocatedCondition(testServiceWithCondition(nil), res, nil)
+	got := allocatedCondition(testServiceWithCondition(nil), res, nil, nil)
 	if got.Status != metav1.ConditionTrue || got.Reason != EventAddressNotInPool {
 		t.Errorf("condition %s/%s, want True/%s", got.Status, got.Reason, EventAddressNotInPool)
 	}
@@ -114,7 +114,7 @@ func TestAllocatedCondition_TransitionTimeKeptWhileStatusUnchanged(t *testing.T)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			start := time.Now().Add(-time.Second)
-			got := allocatedCondition(testServiceWithCondition(tt.prev), tt.res, tt.aerr)
+			got := allocatedCondition(testServiceWithCondition(tt.prev), tt.res, tt.aerr, nil)
 			if tt.keep {
 				if !got.LastTransitionTime.Equal(&since) {
 					t.Errorf("lastTransitionTime = %v, want it kept at %v", got.LastTransitionTime, since)
@@ -222,7 +222,7 @@ func TestJoinAddrs_CommaSeparatedCanonicalForm(t *testing.T) {
 	if got := joinAddrs(nil); got != "" {
 		t.Errorf("joinAddrs(nil) = %q, want empty", got)
 	}
-	if !strings.Contains(allocatedCondition(testServiceWithCondition(nil), ipam.Result{Addrs: testAddrs("fd31:0::5"), Pool: "v6"}, nil).Message, "fd31::5") {
+	if !strings.Contains(allocatedCondition(testServiceWithCondition(nil), ipam.Result{Addrs: testAddrs("fd31:0::5"), Pool: "v6"}, nil, nil).Message, "fd31::5") {
 		t.Error("condition does not show the canonical IPv6 address")
 	}
 }

@@ -14,6 +14,10 @@ const (
 	AnnotationSharingKey = "ironlb.io/sharing-key"
 	// AnnotationAllocatedFrom is written by ironlb-ccm: the pool the Service's addresses came from.
 	AnnotationAllocatedFrom = "ironlb.io/allocated-from"
+	// AnnotationAllocatedAddresses is written by ironlb-ccm: the addresses the Service holds,
+	// "172.31.10.5,fd31::5". Backups and manifests carry it where they do not carry status, so a
+	// Service created again from them gets the same addresses back when they are free.
+	AnnotationAllocatedAddresses = "ironlb.io/allocated-addresses"
 	// AnnotationInternal marks a Service internal: addresses only from Internal pools.
 	AnnotationInternal = "service.beta.kubernetes.io/ironlb-load-balancer-internal"
 

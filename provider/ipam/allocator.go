@@ -109,6 +109,9 @@ func (a *Allocator) Allocate(req Request) (Result, error) {
 	self := a.svcs[req.Service]
 	pl := plan{req: req, self: self, me: holderOf(&req)}
 	err := validate(&pl)
+	if err == nil {
+		pl.loadPrefer()
+	}
 	if err == nil && self != nil {
 		if res, ok := a.keep(&pl); ok {
 			return res, nil
@@ -121,13 +124,17 @@ func (a *Allocator) Allocate(req Request) (Result, error) {
 		addrs, from, err = a.place(&pl, &buf)
 	}
 	if err != nil {
+		if e, ok := err.(*Error); ok {
+			e.Unkept = a.unkept(&pl, nil)
+		}
 		if self != nil {
 			return a.result(self), err
 		}
 		return Result{}, err
 	}
+	unkept := a.unkept(&pl, addrs)
 	a.replace(self, &req, addrs)
-	return Result{Addrs: slices.Clone(addrs), Pool: from.Name}, nil
+	return Result{Addrs: slices.Clone(addrs), Pool: from.Name, Unkept: unkept}, nil
 }
 
 // Release frees everything the Service holds and returns the addresses no Service holds any more.

@@ -20,11 +20,64 @@ type plan struct {
 	// group holds, per family, the addresses other members of the Service's sharing group hold
 	// that it may join; when there are any, the Service must take one of them.
 	group [2][]netip.Addr
+	// prefer holds, per family index, the preferred address still in play; unkept the preferred
+	// addresses already ruled out.
+	prefer [2]netip.Addr
+	unkept []Unkept
 }
 
 func (pl *plan) fams() []Family { return pl.famArr[:pl.nfam] }
 
 func (pl *plan) wants(f Family) bool { return slices.Contains(pl.fams(), f) }
+
+// behind reports whether others wait longer for a fresh address of family f from pool p.
+func (pl *plan) behind(p string, f Family) bool {
+	return slices.Contains(pl.req.Behind, Line{Pool: p, Family: f})
+}
+
+// holdsNothing reports whether the Service holds no address: only then do its preferred
+// addresses count, since a Service that holds addresses keeps them.
+func (pl *plan) holdsNothing() bool { return pl.self == nil || len(pl.self.addrs) == 0 }
+
+// loadPrefer takes the preferred addresses the Service can use at all and rules out the others.
+// An address of a family that is also requested explicitly is dropped without a word: the
+// request says the Service wants another address now.
+func (pl *plan) loadPrefer() {
+	if !pl.holdsNothing() {
+		return
+	}
+	for _, addr := range pl.req.Prefer {
+		addr = addr.Unmap().WithZone("")
+		if !addr.IsValid() {
+			continue
+		}
+		f := FamilyOf(addr)
+		fi := famIdx(f)
+		switch {
+		case !pl.wants(f):
+			pl.unkept = append(pl.unkept, Unkept{Addr: addr, Reason: ReasonWrongFamily})
+		case pl.requested[fi].IsValid() || pl.prefer[fi].IsValid():
+		default:
+			pl.prefer[fi] = addr
+		}
+	}
+}
+
+// unkept lists the preferred addresses the Service did not get (got is what it gets), and why.
+func (a *Allocator) unkept(pl *plan, got []netip.Addr) []Unkept {
+	out := slices.Clone(pl.unkept)
+	for _, addr := range pl.prefer {
+		if !addr.IsValid() || slices.Contains(got, addr) {
+			continue
+		}
+		u := Unkept{Addr: addr, Reason: ReasonNotInPool}
+		if o := a.conflictOn(&pl.me, pl.self, addr); o != nil {
+			u.Reason, u.Holder = ReasonInUse, o.name
+		}
+		out = append(out, u)
+	}
+	return out
+}
 
 func (pl *plan) visibility() Visibility {
 	if pl.req.Internal {
@@ -201,7 +254,18 @@ func (a *Allocator) place(pl *plan, out *[2]netip.Addr) ([]netip.Addr, *poolStat
 	if err := a.loadGroup(pl); err != nil {
 		return nil, nil, err
 	}
-	if pl.self != nil {
+	if pl.holdsNothing() {
+		// Trying the pool of a preferred address first gives it back when it is free.
+		for _, addr := range pl.prefer {
+			if p := a.usablePool(addr); addr.IsValid() && p != nil {
+				if i := slices.Index(pl.eligible, p); i > 0 {
+					copy(pl.eligible[1:i+1], pl.eligible[:i])
+					pl.eligible[0] = p
+				}
+				break
+			}
+		}
+	} else {
 		// Trying the current pool first keeps the Service where it is when it can stay.
 		for _, addr := range pl.self.addrs {
 			if p := a.usablePool(addr); p != nil {
@@ -407,8 +471,14 @@ func (a *Allocator) pick(p *poolState, f Family, pl *plan) (choice, pickResult) 
 			}
 		}
 	}
+	if r := pl.prefer[fi]; r.IsValid() && p.contains(r) && a.holders[r].len() == 0 && !(p.AvoidBuggyIPs && isBuggy(r)) {
+		return choice{addr: r}, pickOK
+	}
 	if len(p.famRanges[fi]) == 0 {
 		return choice{}, pickNoFamily
+	}
+	if pl.behind(p.Name, f) {
+		return choice{}, pickExhausted
 	}
 	for _, r := range p.famRanges[fi] {
 		if addr, pos, ok := a.used.free(r); ok {
@@ -478,13 +548,17 @@ func (fs *failures) err(pl *plan) error {
 		}
 	}
 	var full []string
+	var lines []Line
 	for fi, names := range fs.exhausted {
 		if len(names) > 0 {
 			full = append(full, fmt.Sprintf("no free %s address left in %s", families[fi], plural("pool", names)))
 		}
+		for _, n := range names {
+			lines = append(lines, Line{Pool: n, Family: families[fi]})
+		}
 	}
 	if len(full) > 0 {
-		return &Error{Reason: ReasonPoolExhausted, Message: strings.Join(full, "; ")}
+		return &Error{Reason: ReasonPoolExhausted, Message: strings.Join(full, "; "), Exhausted: lines}
 	}
 	for _, f := range pl.fams() {
 		has := false

@@ -81,6 +81,21 @@ type Request struct {
 	Internal        bool
 	SharingKey      string // ironlb.io/sharing-key; shared only within Namespace
 	Ports           []Port
+	// Prefer are addresses the Service held before it was deleted and created again (ironlb's
+	// record of them, which backups and manifests carry). A Service that holds nothing gets them
+	// back when they are free in a pool it may use; unlike IPs they are a wish, so when they
+	// cannot be given the Service gets others and the Result says why (Unkept).
+	Prefer []netip.Addr
+	// Behind are the lines (pool and family) in which other Services have waited longer: no
+	// fresh address of that family is taken from that pool for this Service, so a freed address
+	// goes to the head of the line. Requested, shared and preferred addresses are not fresh.
+	Behind []Line
+}
+
+// Line is where Services wait for a fresh address: one family of one pool.
+type Line struct {
+	Pool   string
+	Family Family
 }
 
 // Result is what a Service holds after Allocate.
@@ -90,6 +105,17 @@ type Result struct {
 	// Warnings are problems that do not take the addresses away, e.g. an address that is no
 	// longer in any pool after the pool was shrunk or deleted.
 	Warnings []string
+	// Unkept are the preferred addresses (Request.Prefer) the Service did not get, and why.
+	Unkept []Unkept
+}
+
+// Unkept is a preferred address the Service did not get.
+type Unkept struct {
+	Addr netip.Addr
+	// Reason is ReasonInUse (another Service holds it), ReasonWrongFamily (the Service does not
+	// use its family) or ReasonNotInPool (no pool the Service may use holds it).
+	Reason Reason
+	Holder string // the Service holding it, for ReasonInUse
 }
 
 // Reason classifies an allocation failure; the provider uses it as the condition reason.
@@ -112,6 +138,11 @@ const (
 type Error struct {
 	Reason  Reason
 	Message string
+	// Exhausted are the lines with no free address for the Service, for ReasonPoolExhausted:
+	// where it waits.
+	Exhausted []Line
+	// Unkept are the preferred addresses the Service could not get (it got nothing at all).
+	Unkept []Unkept
 }
 
 func (e *Error) Error() string { return e.Message }
