@@ -42,8 +42,8 @@ type BGPPeerSpec struct {
 	// +optional
 	ConnectTime *metav1.Duration `json:"connectTime,omitempty"`
 	// PasswordSecretRef names a Secret whose "password" key holds the TCP MD5 password. With no
-	// namespace, the speaker's own (ironlb-system). The speaker watches the Secret by name; the
-	// RBAC in deploy/ lets it do so in ironlb-system only, so keep password Secrets there.
+	// namespace, the speaker's own (ironlb-system). The RBAC in deploy/ lets the speaker read
+	// Secrets by name in ironlb-system only, so keep password Secrets there.
 	// +optional
 	PasswordSecretRef *corev1.SecretReference `json:"passwordSecretRef,omitempty"`
 	// EBGPMultihop allows an eBGP peer more than one hop away.

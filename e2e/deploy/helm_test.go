@@ -161,7 +161,7 @@ func TestHelmMatchesKustomize(t *testing.T) {
 }
 
 // TestHelmPasswordSecretsRole: with ci/full-values.yaml the speaker's Secret
-// Role grants `list` and `watch` on exactly the password Secrets the values name (the
+// Role grants `get` on exactly the password Secrets the values name (the
 // peers' passwordSecretRefs in the release namespace and
 // speaker.passwordSecrets); a passwordSecretRef into another namespace
 // fails the rendering.
@@ -204,7 +204,7 @@ func TestHelmPasswordSecretsRole(t *testing.T) {
 	role := helmFind(t, helmParse(t, helmTemplate(f, "--values", helmFullValues)), "Role", lab.Namespace, "ironlb-speaker-bgp-passwords")
 	rules, _, _ := unstructured.NestedSlice(role.Object, "rules")
 	wantRules := []any{map[string]any{
-		"apiGroups": []any{""}, "resources": []any{"secrets"}, "verbs": []any{"list", "watch"},
+		"apiGroups": []any{""}, "resources": []any{"secrets"}, "verbs": []any{"get"},
 		"resourceNames": helmNormalize(t, want),
 	}}
 	for _, d := range helmDiff("Role ironlb-speaker-bgp-passwords .rules", wantRules, helmNormalize(t, rules)) {
