@@ -287,7 +287,8 @@ func TestAdvertise_PasswordFromWatchKeepsLastGood(t *testing.T) {
 	}
 }
 
-// The watch reads the Secret it names and follows its changes.
+// The reader reads the Secrets it follows, by name and with get only (the
+// RBAC of deploy/ grants no list or watch), and follows their changes.
 func TestPasswordWatch(t *testing.T) {
 	client := fake.NewClientset(
 		&v1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ironlb-system", Name: "pw"}, Data: map[string][]byte{"password": []byte("one")}},
@@ -295,6 +296,7 @@ func TestPasswordWatch(t *testing.T) {
 	)
 	changed := make(chan struct{}, 10)
 	w := newPasswordWatch(client, "ironlb-system", func() { changed <- struct{}{} })
+	w.every = 20 * time.Millisecond
 	defer w.stop()
 	ref, missing := secretRef{"ironlb-system", "pw"}, secretRef{"ironlb-system", "nope"}
 	w.follow(map[secretRef]bool{ref: true, missing: true})
@@ -325,7 +327,12 @@ func TestPasswordWatch(t *testing.T) {
 	if err := client.CoreV1().Secrets("ironlb-system").Delete(ctx, "pw", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor("the deletion", func() bool { _, err := w.password(ref); return err != nil && strings.Contains(err.Error(), "deleted") })
+	waitFor("the deletion", func() bool { _, err := w.password(ref); return err != nil && strings.Contains(err.Error(), "not found") })
+	for _, a := range client.Actions() {
+		if a.GetResource().Resource == "secrets" && a.GetVerb() != "get" && a.GetVerb() != "update" && a.GetVerb() != "delete" {
+			t.Errorf("the reader asked to %s Secrets: RBAC grants get only", a.GetVerb())
+		}
+	}
 
 	w.follow(nil)
 	if _, err := w.password(ref); !errors.Is(err, errPasswordPending) {

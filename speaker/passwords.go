@@ -1,24 +1,27 @@
 package speaker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 )
 
-// BGP passwords are read from the Secrets that BGPPeers name, each watched
-// by name (field selector metadata.name, which RBAC can limit to those
-// names) while some BGPPeer of this node names it. A sync only looks into
-// what the watches hold: it never waits for the API server, so a slow or
-// failing read delays neither L2 work nor the other peers.
+// BGP passwords are read from the Secrets that BGPPeers name, each by name
+// (RBAC grants get in the speaker's namespace, no list or watch: the
+// speaker cannot find out which Secrets exist) in the background while some
+// BGPPeer of this node names it: at once, then every passwordRefresh. A
+// sync only looks into what was read: it never waits for the API server,
+// so a slow or failing read delays neither L2 work nor the other peers.
+
+// passwordRefresh is how often a followed Secret is read again.
+const passwordRefresh = 30 * time.Second
 
 // secretRef names a password Secret.
 type secretRef struct{ namespace, name string }
@@ -39,17 +42,18 @@ type passwordSource interface {
 	stop()
 }
 
-// passwordWatch watches password Secrets by name.
+// passwordWatch reads password Secrets by name in the background.
 type passwordWatch struct {
 	client  kubernetes.Interface
-	own     string // the speaker's namespace, the only one RBAC lets it read
-	changed func() // asks for a sync
+	own     string        // the speaker's namespace, the only one RBAC lets it read
+	changed func()        // asks for a sync
+	every   time.Duration // passwordRefresh but in tests
 
 	mu      sync.Mutex
 	watches map[secretRef]*secretWatch
 }
 
-// secretWatch is one Secret's watch and what it last saw.
+// secretWatch is one Secret's reader and what it last read.
 type secretWatch struct {
 	done     chan struct{}
 	read     bool
@@ -58,7 +62,7 @@ type secretWatch struct {
 }
 
 func newPasswordWatch(client kubernetes.Interface, namespace string, changed func()) *passwordWatch {
-	return &passwordWatch{client: client, own: namespace, changed: changed, watches: map[secretRef]*secretWatch{}}
+	return &passwordWatch{client: client, own: namespace, changed: changed, every: passwordRefresh, watches: map[secretRef]*secretWatch{}}
 }
 
 func (w *passwordWatch) follow(refs map[secretRef]bool) {
@@ -89,62 +93,54 @@ func (w *passwordWatch) password(ref secretRef) (string, error) {
 
 func (w *passwordWatch) stop() { w.follow(nil) }
 
-// start watches ref. Called with w.mu held.
+// start reads ref now and every w.every until it is no longer
+// followed. Called with w.mu held.
 func (w *passwordWatch) start(ref secretRef) *secretWatch {
 	sw := &secretWatch{done: make(chan struct{})}
-	inf := coreinformers.NewFilteredSecretInformer(w.client, ref.namespace, 0, cache.Indexers{}, func(o *metav1.ListOptions) {
-		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", ref.name).String()
-	})
-	// set records a reading; unlessRead only when nothing was read before.
-	set := func(pw string, err error, unlessRead bool) {
-		w.mu.Lock()
-		if w.watches[ref] != sw || (unlessRead && sw.read) {
-			w.mu.Unlock()
-			return // no longer followed, or an event came first
-		}
-		changed := !sw.read || sw.password != pw || fmt.Sprint(sw.err) != fmt.Sprint(err)
-		sw.read, sw.password, sw.err = true, pw, err
-		w.mu.Unlock()
-		if changed {
-			w.changed()
-		}
-	}
-	update := func(obj any) {
-		if s, ok := obj.(*v1.Secret); ok && s.Name == ref.name {
-			pw, err := passwordOf(ref, s)
-			set(pw, err, false)
-		}
-	}
-	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    update,
-		UpdateFunc: func(_, obj any) { update(obj) },
-		DeleteFunc: func(obj any) {
-			if s, ok := unwrap(obj).(*v1.Secret); ok && s.Name == ref.name {
-				set("", fmt.Errorf("Secret %s was deleted", ref), false)
-			}
-		},
-	})
-	// After a good read the informer keeps what it has while it retries;
-	// only a Secret never read reports the error.
-	_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
-		if inf.HasSynced() {
-			return
-		}
-		if apierrors.IsForbidden(err) {
-			err = fmt.Errorf("ironlb-speaker may not read it (it reads password Secrets by name in %s only; see the RBAC in deploy/): %w", w.own, err)
-		}
-		set("", err, false)
-	})
-	go inf.Run(sw.done)
 	go func() {
-		if !cache.WaitForCacheSync(sw.done, inf.HasSynced) {
-			return
-		}
-		if _, exists, _ := inf.GetStore().GetByKey(ref.String()); !exists {
-			set("", fmt.Errorf("Secret %s not found", ref), true)
+		tick := time.NewTicker(w.every)
+		defer tick.Stop()
+		for {
+			w.read(ref, sw)
+			select {
+			case <-sw.done:
+				return
+			case <-tick.C:
+			}
 		}
 	}()
 	return sw
+}
+
+// read gets ref once and records what it found. After a good read, a
+// failure other than the Secret being gone keeps what was read: the API
+// server may only be out of reach for a while.
+func (w *passwordWatch) read(ref secretRef, sw *secretWatch) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var pw string
+	s, err := w.client.CoreV1().Secrets(ref.namespace).Get(ctx, ref.name, metav1.GetOptions{})
+	// A failure to reach or ask the API server, not an answer about the Secret.
+	passing := err != nil && !apierrors.IsNotFound(err) && !apierrors.IsForbidden(err)
+	switch {
+	case err == nil:
+		pw, err = passwordOf(ref, s)
+	case apierrors.IsNotFound(err):
+		err = fmt.Errorf("Secret %s not found", ref)
+	case apierrors.IsForbidden(err):
+		err = fmt.Errorf("ironlb-speaker may not read it (it reads password Secrets by name in %s only; see the RBAC in deploy/): %w", w.own, err)
+	}
+	w.mu.Lock()
+	if w.watches[ref] != sw || passing && sw.read && sw.err == nil {
+		w.mu.Unlock()
+		return // no longer followed, or a passing failure after a good read
+	}
+	changed := !sw.read || sw.password != pw || fmt.Sprint(sw.err) != fmt.Sprint(err)
+	sw.read, sw.password, sw.err = true, pw, err
+	w.mu.Unlock()
+	if changed {
+		w.changed()
+	}
 }
 
 // passwordOf reads the "password" key of s.
