@@ -394,15 +394,15 @@ func TestBothModes(t *testing.T) {
 }
 
 // TestBFD: with spec.bfd, every node's BFD session with the router comes
-// Up and BGPPeer status says so. A node that dies is dropped by the router
-// because BFD went down, not at the end of the 9 s hold time; a speaker
-// stopped with SIGTERM says "administratively down" first, so the router
-// does not count its stop as a BFD failure.
+// Up and BGPPeer status says so. A speaker stopped with SIGTERM has withdrawn
+// its route when it exits. A node that dies is dropped by the router because
+// BFD went down: the hold time is 90 s, and the wait for the next hop to go
+// is bounded well below it.
 func TestBFD(t *testing.T) {
 	f := framework.New(t)
 	peer(f, "router-bfd", false, func(s *v1alpha1.BGPPeerSpec) {
-		s.HoldTime = &metav1.Duration{Duration: 9 * time.Second}
-		s.KeepaliveTime = &metav1.Duration{Duration: 3 * time.Second}
+		s.HoldTime = &metav1.Duration{Duration: 90 * time.Second}
+		s.KeepaliveTime = &metav1.Duration{Duration: 30 * time.Second}
 		s.BFD = &v1alpha1.BFDSettings{}
 	})
 	pool(f, "bfd", 6, v1alpha1.BGPAdvertisement{})
@@ -441,43 +441,23 @@ func TestBFD(t *testing.T) {
 		return nil
 	})
 
-	// Planned stop: no BFD failure at the router.
+	// Planned stop: withdrawn before the speaker exits.
 	if err := f.Stop(f.SpeakerName(2), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	nextHops(f, a, 1, 3)
-	if down := bfdDownAt(f, 2); down != "" {
-		t.Errorf("the router took node2's planned stop for a BFD failure: %s", down)
+	routes, err := f.RouterRoutes(f.Ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(routes[framework.Host(a)].NextHops, f.NodeAddrs(2)[0]) {
+		t.Errorf("node2's route is still on the router after its speaker exited: %v", routes[framework.Host(a)].NextHops)
 	}
 
-	// Death: the router drops the node because BFD went down.
+	// Death: BFD, not the 90 s hold time, drops the node (nextHops waits
+	// at most 20 s).
 	if err := f.NodeDown(f.Ctx, 3); err != nil {
 		t.Fatal(err)
 	}
 	nextHops(f, a, 1)
-	if down := bfdDownAt(f, 3); down == "" {
-		t.Errorf("node3's session did not end by BFD; the router logged:\n%s", grep(f.Tail("frr-bgpd", 200), "ADJCHANGE"))
-	}
 	f.Curl(f.ExternalNS(), a, "endpoint=web-n1", 40)
-}
-
-// bfdDownAt returns the router's log line that says node n's BGP session
-// went down because BFD did, or "".
-func bfdDownAt(f *framework.F, n int) string {
-	for _, line := range strings.Split(f.Tail("frr-bgpd", 500), "\n") {
-		if strings.Contains(line, "neighbor "+f.NodeAddrs(n)[0].String()) && strings.Contains(line, "BFD down") {
-			return line
-		}
-	}
-	return ""
-}
-
-func grep(text, substr string) string {
-	var out []string
-	for _, l := range strings.Split(text, "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
 }
