@@ -97,3 +97,32 @@ func TestParse_AcceptsYourDiscrZeroInDownAndAdminDownAndLongerDatagrams(t *testi
 		t.Errorf("datagram longer than the length field: %v", err)
 	}
 }
+
+// FuzzParse: any bytes either parse into a packet that marshals back to the
+// same first 24 bytes (a longer Length, which RFC 5880 allows, is written
+// back as 24: nothing past it is carried), or are
+// dropped with a DropError; nothing panics. `go test -fuzz FuzzParse`
+// explores further; the seeds run with every test.
+func FuzzParse(f *testing.F) {
+	f.Add(validPacket().Marshal())
+	f.Add([]byte{})
+	f.Add(make([]byte, 24))
+	f.Add(append(validPacket().Marshal(), 0xff, 0xff))
+	short := validPacket().Marshal()
+	f.Add(short[:23])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := Parse(b)
+		if err != nil {
+			var drop *DropError
+			if !errors.As(err, &drop) {
+				t.Fatalf("Parse(% x): %v is no DropError", b, err)
+			}
+			return
+		}
+		want := append([]byte(nil), b[:packetLen]...)
+		want[3] = packetLen
+		if got := p.Marshal(); string(got) != string(want) {
+			t.Fatalf("Parse(% x) = %+v, which marshals to % x", b, p, got)
+		}
+	})
+}
