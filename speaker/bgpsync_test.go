@@ -327,7 +327,10 @@ func TestPasswordWatch(t *testing.T) {
 	if err := client.CoreV1().Secrets("ironlb-system").Delete(ctx, "pw", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor("the deletion", func() bool { _, err := w.password(ref); return err != nil && strings.Contains(err.Error(), "not found") })
+	waitFor("the deletion", func() bool {
+		_, err := w.password(ref)
+		return err != nil && strings.Contains(err.Error(), "not found")
+	})
 	for _, a := range client.Actions() {
 		if a.GetResource().Resource == "secrets" && a.GetVerb() != "get" && a.GetVerb() != "update" && a.GetVerb() != "delete" {
 			t.Errorf("the reader asked to %s Secrets: RBAC grants get only", a.GetVerb())
