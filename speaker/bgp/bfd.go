@@ -102,8 +102,10 @@ func (b *bfdSessions) set(ctx context.Context, want map[string]bfdWant) {
 	for name, w := range want {
 		if r, ok := b.runs[name]; ok {
 			if r.want.settings != w.settings {
-				r.session.SetTimers(w.settings.MinRx, w.settings.MinTx, w.settings.Multiplier)
-				r.want = w
+				r.want = w // a session made later takes them from there
+				if r.session != nil {
+					r.session.SetTimers(w.settings.MinRx, w.settings.MinTx, w.settings.Multiplier)
+				}
 			}
 			continue
 		}
@@ -111,66 +113,56 @@ func (b *bfdSessions) set(ctx context.Context, want map[string]bfdWant) {
 	}
 }
 
-// start begins a session with w's peer. A session that cannot start (its
-// local address not there yet) is tried again every few seconds.
+// start begins a session with w's peer.
 func (b *bfdSessions) start(name string, w bfdWant) *bfdRun {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &bfdRun{want: w, cancel: cancel, done: make(chan struct{}), status: BFDStatus{
 		State: bfd.Down.String(), Since: time.Now(),
 		Message: fmt.Sprintf("no BFD packet from %s yet: does the router run BFD for this node?", w.peer),
 	}}
-	session, err := b.mux.New(w.config())
-	if err != nil {
-		r.status.Message = err.Error()
-		close(r.done)
-		b.logger.Error(err, "BFD session not started", "peer", name)
-		return r
-	}
-	r.session = session
 	go b.run(ctx, name, r)
 	return r
 }
 
-// run runs r's session, retrying when it cannot start, and follows its
-// state changes until ctx ends or the session is shut down.
+// run makes and runs r's session and follows its state changes until ctx
+// ends or the session is shut down. A session that cannot be made or run
+// (its local address not there yet) is tried again every few seconds.
 func (b *bfdSessions) run(ctx context.Context, name string, r *bfdRun) {
 	defer close(r.done)
 	for {
 		b.mu.Lock()
-		session := r.session
+		cfg := r.want.config()
 		b.mu.Unlock()
-		follow := make(chan struct{})
-		go func() {
-			defer close(follow)
-			for c := range session.Changes() {
-				b.observe(name, r, c)
+		session, err := b.mux.New(cfg)
+		if err == nil {
+			b.mu.Lock()
+			r.session = session
+			b.mu.Unlock()
+			follow := make(chan struct{})
+			go func() {
+				defer close(follow)
+				for c := range session.Changes() {
+					b.observe(name, r, c)
+				}
+			}()
+			err = session.Run(ctx)
+			<-follow
+			if err == nil {
+				return // shut down
 			}
-		}()
-		err := session.Run(ctx)
-		<-follow
-		if err == nil || ctx.Err() != nil {
+		}
+		if ctx.Err() != nil {
 			return
 		}
 		b.mu.Lock()
 		r.status.Message = err.Error()
 		b.mu.Unlock()
-		b.logger.Error(err, "BFD session stopped; starting it again", "peer", name)
+		b.logger.Error(err, "BFD session not running; trying again", "peer", name)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(5 * time.Second):
 		}
-		b.mu.Lock()
-		cfg := r.want.config()
-		b.mu.Unlock()
-		next, err := b.mux.New(cfg)
-		if err != nil {
-			b.logger.Error(err, "BFD session not started", "peer", name)
-			return
-		}
-		b.mu.Lock()
-		r.session = next
-		b.mu.Unlock()
 	}
 }
 
