@@ -59,6 +59,8 @@ type bgpAnnouncer struct {
 	// problems are BGPPeers this node cannot use, with the reason; notes
 	// are said about sessions it keeps (a password it could not read).
 	problems, notes map[string]string
+	// secrets are the password Secrets of this node's sessions, by peer.
+	secrets map[string]secretRef
 	// lastPeers and lastRoutes are what the last Apply gave the manager.
 	lastPeers  []bgp.Peer
 	lastRoutes []bgp.Route
@@ -72,7 +74,7 @@ func newBGPAnnouncer(cfg Config, manager bgpManager, resync func()) *bgpAnnounce
 	return &bgpAnnouncer{
 		node: cfg.Node, namespace: cfg.Namespace, dynamic: cfg.Dynamic,
 		logger: cfg.Logger.WithName("bgp"), manager: manager,
-		passwords: newPasswordWatch(cfg.Client, cfg.Namespace, resync),
+		passwords: newPasswordReader(cfg.Client, cfg.Namespace, resync),
 		status:    workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		written:   map[string]v1alpha1.BGPPeerNodeStatus{},
 	}
@@ -121,6 +123,12 @@ func (b *bgpAnnouncer) advertise(ctx context.Context, plan map[netip.Addr]*adver
 	b.passwords.follow(refs)
 	b.mu.Lock()
 	last, lastProblems := b.lastPeers, b.problems
+	b.secrets = map[string]secretRef{}
+	for _, c := range chosen {
+		if c.secret != (secretRef{}) {
+			b.secrets[c.peer.Name] = c.secret
+		}
+	}
 	b.mu.Unlock()
 	var want []bgp.Peer
 	notes := map[string]string{}
@@ -342,7 +350,13 @@ func (b *bgpAnnouncer) writePeerStatus(ctx context.Context) error {
 	b.mu.Lock()
 	problems, notes := b.problems, b.notes
 	written := b.written
+	secrets := b.secrets
 	b.mu.Unlock()
+	for name, ps := range st {
+		if ref, ok := secrets[name]; ok && ps.State != bgp.StateEstablished {
+			b.passwords.refresh(ref) // perhaps a rotated password
+		}
+	}
 	manager := v1alpha1.FieldManagerSpeaker + "-" + b.node
 	bgpSessionUp.Reset()
 	bgpPrefixes.Reset()

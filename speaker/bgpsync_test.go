@@ -174,6 +174,7 @@ type fakePasswords struct {
 
 func (f *fakePasswords) follow(refs map[secretRef]bool) { f.followed = refs }
 func (f *fakePasswords) stop()                          {}
+func (f *fakePasswords) refresh(secretRef)              {}
 func (f *fakePasswords) password(ref secretRef) (string, error) {
 	if err := f.err[ref]; err != nil {
 		return "", err
@@ -237,10 +238,10 @@ func TestAdvertise_RefusedPeerDoesNotStopOthers(t *testing.T) {
 	}
 }
 
-// Passwords come from the watches, never from the API server during a
+// Passwords come from the reader, never from the API server during a
 // sync; a Secret that cannot be read keeps an existing session's password
 // and says so, and refuses only a new session.
-func TestAdvertise_PasswordFromWatchKeepsLastGood(t *testing.T) {
+func TestAdvertise_PasswordFromReaderKeepsLastGood(t *testing.T) {
 	ref := secretRef{"ironlb-system", "pw"}
 	withPW := func(name, addr string) *v1alpha1.BGPPeer {
 		return peerAt(name, addr, func(s *v1alpha1.BGPPeerSpec) { s.PasswordSecretRef = &v1.SecretReference{Name: "pw"} })
@@ -288,15 +289,16 @@ func TestAdvertise_PasswordFromWatchKeepsLastGood(t *testing.T) {
 }
 
 // The reader reads the Secrets it follows, by name and with get only (the
-// RBAC of deploy/ grants no list or watch), and follows their changes.
-func TestPasswordWatch(t *testing.T) {
+// RBAC of deploy/ grants no list or watch), and again when a session that
+// uses one is not up (a rotated password), not in between.
+func TestPasswordReader(t *testing.T) {
 	client := fake.NewClientset(
 		&v1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ironlb-system", Name: "pw"}, Data: map[string][]byte{"password": []byte("one")}},
 		&v1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ironlb-system", Name: "other"}, Data: map[string][]byte{"password": []byte("wrong")}},
 	)
 	changed := make(chan struct{}, 10)
-	w := newPasswordWatch(client, "ironlb-system", func() { changed <- struct{}{} })
-	w.every = 20 * time.Millisecond
+	w := newPasswordReader(client, "ironlb-system", func() { changed <- struct{}{} })
+	w.every, w.retry = time.Hour, 0 // reads again only when asked
 	defer w.stop()
 	ref, missing := secretRef{"ironlb-system", "pw"}, secretRef{"ironlb-system", "nope"}
 	w.follow(map[secretRef]bool{ref: true, missing: true})
@@ -323,10 +325,15 @@ func TestPasswordWatch(t *testing.T) {
 	if _, err := client.CoreV1().Secrets("ironlb-system").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	if p, _ := w.password(ref); p != "one" {
+		t.Fatalf("password %q before a session asked for it again, want the one read", p)
+	}
+	w.refresh(ref) // a session that uses it went down
 	waitFor("the new password", func() bool { p, err := w.password(ref); return err == nil && p == "two" })
 	if err := client.CoreV1().Secrets("ironlb-system").Delete(ctx, "pw", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	w.refresh(ref)
 	waitFor("the deletion", func() bool {
 		_, err := w.password(ref)
 		return err != nil && strings.Contains(err.Error(), "not found")
@@ -339,7 +346,7 @@ func TestPasswordWatch(t *testing.T) {
 
 	w.follow(nil)
 	if _, err := w.password(ref); !errors.Is(err, errPasswordPending) {
-		t.Errorf("after follow(nil): %v, want no watch", err)
+		t.Errorf("after follow(nil): %v, want nothing read", err)
 	}
 }
 
