@@ -193,23 +193,7 @@ func TestGracefulStopAndNodeDeath(t *testing.T) {
 	_, addrs := service(f, "web", "stop", []int{1, 2, 3}, nil)
 	a := addrs[0]
 	nextHops(f, a, 1, 2, 3)
-	f.Cleanup(func(ctx context.Context) {
-		_ = f.NodeUp(ctx, 3)
-		if !f.Alive(f.SpeakerName(2)) {
-			_ = f.Restart(f.SpeakerName(2))
-		}
-	})
-	if err := f.Stop(f.SpeakerName(2), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	// The speaker has exited: its route must already be gone.
-	routes, err := f.RouterRoutes(f.Ctx, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if slices.Contains(routes[framework.Host(a)].NextHops, f.NodeAddrs(2)[0]) {
-		t.Errorf("node2's route is still on the router after its speaker exited: %v", routes[framework.Host(a)].NextHops)
-	}
+	stopNode2Speaker(f, a)
 	nextHops(f, a, 1, 3)
 	f.Curl(f.ExternalNS(), a, "endpoint=", 10)
 
@@ -409,12 +393,6 @@ func TestBFD(t *testing.T) {
 	_, addrs := service(f, "web", "bfd", []int{1, 2, 3}, nil)
 	a := addrs[0]
 	nextHops(f, a, 1, 2, 3)
-	f.Cleanup(func(ctx context.Context) {
-		_ = f.NodeUp(ctx, 3)
-		if !f.Alive(f.SpeakerName(2)) {
-			_ = f.Restart(f.SpeakerName(2))
-		}
-	})
 	f.Eventually("the router's BFD session with every node is up", 50, 200*time.Millisecond, func() error {
 		peers, err := f.RouterBFDPeers(f.Ctx)
 		if err != nil {
@@ -442,16 +420,7 @@ func TestBFD(t *testing.T) {
 	})
 
 	// Planned stop: withdrawn before the speaker exits.
-	if err := f.Stop(f.SpeakerName(2), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	routes, err := f.RouterRoutes(f.Ctx, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if slices.Contains(routes[framework.Host(a)].NextHops, f.NodeAddrs(2)[0]) {
-		t.Errorf("node2's route is still on the router after its speaker exited: %v", routes[framework.Host(a)].NextHops)
-	}
+	stopNode2Speaker(f, a)
 
 	// Death: BFD, not the 90 s hold time, drops the node (nextHops waits
 	// at most 20 s).
@@ -460,4 +429,27 @@ func TestBFD(t *testing.T) {
 	}
 	nextHops(f, a, 1)
 	f.Curl(f.ExternalNS(), a, "endpoint=web-n1", 40)
+}
+
+// stopNode2Speaker stops node2's speaker with SIGTERM and checks
+// that the router no longer routes a through node2 once it has exited; the
+// test brings node2's speaker and node3 (which it takes down later) back.
+func stopNode2Speaker(f *framework.F, a netip.Addr) {
+	f.T.Helper()
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.NodeUp(ctx, 3)
+		if !f.Alive(f.SpeakerName(2)) {
+			_ = f.Restart(f.SpeakerName(2))
+		}
+	})
+	if err := f.Stop(f.SpeakerName(2), 10*time.Second); err != nil {
+		f.T.Fatal(err)
+	}
+	routes, err := f.RouterRoutes(f.Ctx, false)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	if slices.Contains(routes[framework.Host(a)].NextHops, f.NodeAddrs(2)[0]) {
+		f.T.Errorf("node2's route is still on the router after its speaker exited: %v", routes[framework.Host(a)].NextHops)
+	}
 }

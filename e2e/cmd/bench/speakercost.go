@@ -13,6 +13,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/e2e/lab"
@@ -177,25 +178,16 @@ func (c *costBench) parallel(n int, do func(i int) error) error {
 	}
 }
 
-// retry runs do until it succeeds, at most five times while the API
-// server times out, is too busy or fails inside (a loaded machine), or
-// has a conflict; a create that finds its object done is done.
+// retry runs do until it succeeds, a few times while a loaded API server
+// times out, is too busy, fails inside or has a conflict; a create that
+// finds its object done is done.
 func (c *costBench) retry(do func() error) error {
-	var err error
-	for attempt := range 5 {
-		err = do()
-		switch {
-		case err == nil || apierrors.IsAlreadyExists(err):
-			return nil
-		case !apierrors.IsTimeout(err) && !apierrors.IsServerTimeout(err) && !apierrors.IsTooManyRequests(err) &&
-			!apierrors.IsInternalError(err) && !apierrors.IsConflict(err) && !errors.Is(err, context.DeadlineExceeded):
-			return err
-		}
-		select {
-		case <-c.ctx.Done():
-			return err
-		case <-time.After(time.Duration(attempt+1) * time.Second):
-		}
+	err := retry.OnError(retry.DefaultBackoff, func(err error) bool {
+		return apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || apierrors.IsTooManyRequests(err) ||
+			apierrors.IsInternalError(err) || apierrors.IsConflict(err) || errors.Is(err, context.DeadlineExceeded)
+	}, do)
+	if apierrors.IsAlreadyExists(err) {
+		return nil
 	}
 	return err
 }
