@@ -44,6 +44,21 @@ func newMux(t *testing.T) *Mux {
 	return m
 }
 
+// upPair starts sessions a (from x to y) and b (from y to x) on one Mux
+// and a free port, and waits until both are Up. The detection and transmit
+// times themselves are the machine's tests' business (machine_test.go): no
+// test here times the wall clock.
+func upPair(t *testing.T, x, y netip.Addr) (*Mux, *running, *running) {
+	t.Helper()
+	m := newMux(t)
+	port := freePort(t, x)
+	a := start(t, m, x, y, port, false)
+	b := start(t, m, y, x, port, false)
+	waitChange(t, a.Session, "a Up", isUp)
+	waitChange(t, b.Session, "b Up", isUp)
+	return m, a, b
+}
+
 type running struct {
 	*Session
 	cancel context.CancelFunc
@@ -113,27 +128,17 @@ var loopbackPairs = []struct {
 func TestSession_StoppedPeerIsDetectedWithDiag1(t *testing.T) {
 	for _, tc := range loopbackPairs {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newMux(t)
-			port := freePort(t, tc.a)
-			a := start(t, m, tc.a, tc.b, port, false)
-			b := start(t, m, tc.b, tc.a, port, false)
-			waitChange(t, a.Session, "a Up", isUp)
-			waitChange(t, b.Session, "b Up", isUp)
+			m, a, b := upPair(t, tc.a, tc.b)
 
 			if tc.a != tc.b { // IPv6's sessions share one peer label
 				if up := testutil.ToFloat64(m.metrics.sessionUp.WithLabelValues(tc.a.String())); up != 1 {
 					t.Errorf("session_up{peer=%q} = %v while Up, want 1", tc.a, up)
 				}
 			}
-			stopped := time.Now()
 			a.cancel()
 			c := waitChange(t, b.Session, "b Down", func(c Change) bool { return c.State == Down })
 			if c.Diag != DiagDetectionTimeExpired || c.RemoteAdminDown {
 				t.Errorf("b went Down with %+v, want diag 1 and no remote AdminDown", c)
-			}
-			// Detection time is 150 ms; allow for a slow machine.
-			if took := time.Since(stopped); took > 3*time.Second {
-				t.Errorf("detected after %v", took)
 			}
 			if b.State() != Down {
 				t.Errorf("State() %s, want Down", b.State())
@@ -153,21 +158,12 @@ func TestSession_StoppedPeerIsDetectedWithDiag1(t *testing.T) {
 func TestSession_ShutdownTellsPeerItIsAdministrativelyDown(t *testing.T) {
 	for _, tc := range loopbackPairs {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newMux(t)
-			port := freePort(t, tc.a)
-			a := start(t, m, tc.a, tc.b, port, false)
-			b := start(t, m, tc.b, tc.a, port, false)
-			waitChange(t, a.Session, "a Up", isUp)
-			waitChange(t, b.Session, "b Up", isUp)
+			_, a, b := upPair(t, tc.a, tc.b)
 
 			ctx, cancel := context.WithTimeout(context.Background(), eventually)
 			defer cancel()
-			begun := time.Now()
 			if err := a.Shutdown(ctx); err != nil {
 				t.Fatalf("Shutdown: %v", err)
-			}
-			if took := time.Since(begun); took > 3*time.Second {
-				t.Errorf("Shutdown took %v, want about 100 ms", took)
 			}
 			c := waitChange(t, b.Session, "b Down", func(c Change) bool { return c.State == Down })
 			if c.Diag != DiagNeighborSignaledDown || !c.RemoteAdminDown {
@@ -191,12 +187,7 @@ func TestSession_ShutdownTellsPeerItIsAdministrativelyDown(t *testing.T) {
 
 func TestSession_SetTimersWhileUpKeepsSessionUp(t *testing.T) {
 	tc := loopbackPairs[0]
-	m := newMux(t)
-	port := freePort(t, tc.a)
-	a := start(t, m, tc.a, tc.b, port, false)
-	b := start(t, m, tc.b, tc.a, port, false)
-	waitChange(t, a.Session, "a Up", isUp)
-	waitChange(t, b.Session, "b Up", isUp)
+	_, a, b := upPair(t, tc.a, tc.b)
 	a.SetTimers(200*ms, 200*ms, 5)
 	b.SetTimers(20*ms, 20*ms, 3)
 	select {
