@@ -313,3 +313,28 @@ func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestLocalEndpoints_OfListsInAFixedOrder: a Service's slices come in name
+// order every time, so the planner sees unchanged endpoints as unchanged
+// (it compares them with those it last read, in order).
+func TestLocalEndpoints_OfListsInAFixedOrder(t *testing.T) {
+	e := newLocalEndpoints(nil, func(types.NamespacedName) bool { return true }, func(bool) {}, klog.Background())
+	var objs []any
+	for _, name := range []string{"lb-d", "lb-a", "lb-c", "lb-b", "lb-e"} {
+		es := endpointSlice("lb", ep{node: "n1", ready: true})
+		es.Name = name
+		objs = append(objs, es)
+	}
+	if err := e.Replace(objs, "1"); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		var names []string
+		for _, es := range e.of(key("lb")) {
+			names = append(names, es.Name)
+		}
+		if !slices.Equal(names, []string{"lb-a", "lb-b", "lb-c", "lb-d", "lb-e"}) {
+			t.Fatalf("of lists %v, want name order", names)
+		}
+	}
+}

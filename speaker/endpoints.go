@@ -3,6 +3,8 @@ package speaker
 import (
 	"context"
 	"maps"
+	"slices"
+	"strings"
 	"sync"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -105,6 +107,8 @@ func (e *localEndpoints) of(svc types.NamespacedName) []*discoveryv1.EndpointSli
 	for key := range e.kept.byService[svc] {
 		out = append(out, e.kept.slices[key])
 	}
+	// In a fixed order: the planner compares them with those it last read.
+	slices.SortFunc(out, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 

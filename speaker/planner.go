@@ -42,8 +42,11 @@ type planner struct {
 
 // servicePart is what one Service says about its addresses.
 type servicePart struct {
-	version string // partVersion it was computed from; "" never matches
-	addrs   map[netip.Addr]*addrPart
+	// version and sliceVersions are the resource versions of the Service
+	// and its kept EndpointSlices it was computed from (current).
+	version       string
+	sliceVersions []string
+	addrs         map[netip.Addr]*addrPart
 	// notAnnounced says why some of its addresses are announced in no way.
 	notAnnounced string
 }
@@ -94,13 +97,15 @@ func (p *planner) plan(in inputs, peers []*v1alpha1.BGPPeer) (map[netip.Addr]*an
 	for _, svc := range in.services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 		seen[key] = true
-		version := partVersion(svc, in.slices[key])
-		if old := p.parts[key]; old != nil && version != "" && old.version == version {
+		if old := p.parts[key]; old != nil && old.current(svc, in.slices[key]) {
 			continue
 		}
 		p.forget(key, dirty)
 		part := p.partOf(in, peers, svc)
-		part.version = version
+		part.version = svc.ResourceVersion
+		for _, es := range in.slices[key] {
+			part.sliceVersions = append(part.sliceVersions, es.ResourceVersion)
+		}
 		p.computed++
 		p.parts[key] = part
 		for addr := range part.addrs {
@@ -286,22 +291,18 @@ func firstReason(parts []*addrPart, of func(*addrPart) (map[string]bool, string)
 	return "the Services sharing it have no eligible node in common"
 }
 
-// partVersion identifies what a Service's part was computed from: the
-// Service and its endpoints, as the API server versions them; "" (never
-// cached) when any of them has no version.
-func partVersion(svc *v1.Service, slices []*discoveryv1.EndpointSlice) string {
-	if svc.ResourceVersion == "" {
-		return ""
+// current reports whether part was computed from svc and slices as they
+// are, by their resource versions; never for an object without one.
+func (part *servicePart) current(svc *v1.Service, slices []*discoveryv1.EndpointSlice) bool {
+	if svc.ResourceVersion == "" || svc.ResourceVersion != part.version || len(slices) != len(part.sliceVersions) {
+		return false
 	}
-	var b strings.Builder
-	b.WriteString(svc.ResourceVersion)
-	for _, es := range slices {
-		if es.ResourceVersion == "" {
-			return ""
+	for i, es := range slices {
+		if es.ResourceVersion == "" || es.ResourceVersion != part.sliceVersions[i] {
+			return false
 		}
-		b.WriteString("/" + es.ResourceVersion)
 	}
-	return b.String()
+	return true
 }
 
 // worldKey is everything besides a Service and its endpoints that its part
