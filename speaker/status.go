@@ -189,9 +189,20 @@ type decision struct {
 	round                              uint64 // the last queueConditions that saw the Service
 }
 
-func (d decision) same(o decision) bool {
-	return d.version != "" && d.version == o.version && slices.Equal(d.l2, o.l2) && slices.Equal(d.bgp, o.bgp) &&
-		d.notAnnounced == o.notAnnounced && d.degraded == o.degraded && d.candidates == o.candidates
+// still reports whether d was decided from these inputs: the same Service
+// version, the same (shared) announcements of its addresses, the same notes
+// and writers. It builds nothing: it runs for every Service on every sync.
+func (d decision) still(svc *v1.Service, addrs []netip.Addr, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced, degraded, writers string) bool {
+	if svc.ResourceVersion == "" || svc.ResourceVersion != d.version || len(addrs) != len(d.l2) ||
+		notAnnounced != d.notAnnounced || degraded != d.degraded || writers != d.candidates {
+		return false
+	}
+	for i, addr := range addrs {
+		if plan[addr] != d.l2[i] || bplan[addr] != d.bgp[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func newConditionWriter(cfg Config, services cache.Store, events *eventSink) *conditionWriter {
@@ -232,14 +243,15 @@ func (w *conditionWriter) queueConditions(in inputs, plan map[netip.Addr]*announ
 	writers := strings.Join(slices.Sorted(maps.Keys(candidates)), ",")
 	for _, svc := range in.services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		d := decision{version: svc.ResourceVersion, notAnnounced: notAnnounced[key], degraded: degraded, candidates: writers, round: w.round}
-		for _, addr := range ingressAddrs(svc) {
-			d.l2, d.bgp = append(d.l2, plan[addr]), append(d.bgp, bplan[addr])
-		}
-		if prev, ok := w.decided[key]; ok && d.same(prev) {
+		addrs := ingressAddrs(svc)
+		if prev, ok := w.decided[key]; ok && prev.still(svc, addrs, plan, bplan, notAnnounced[key], degraded, writers) {
 			prev.round = w.round
 			w.decided[key] = prev
 			continue
+		}
+		d := decision{version: svc.ResourceVersion, notAnnounced: notAnnounced[key], degraded: degraded, candidates: writers, round: w.round}
+		for _, addr := range addrs {
+			d.l2, d.bgp = append(d.l2, plan[addr]), append(d.bgp, bplan[addr])
 		}
 		c := announcedCondition(svc, plan, bplan, notAnnounced[key], degraded)
 		d.mine = c != nil && writer(svc, plan, candidates) == w.node
