@@ -169,17 +169,24 @@ func alloc(r Request, want ...string) step {
 	return allocFrom(r, "", want...)
 }
 
+// allocate allocates r and expects it to get want.
+func allocate(t *testing.T, a *Allocator, r Request, want []string) Result {
+	t.Helper()
+	res, err := a.Allocate(r)
+	if err != nil {
+		t.Fatalf("Allocate(%s): %v", r.Service, err)
+	}
+	if !slices.Equal(strs(res.Addrs), want) {
+		t.Errorf("Allocate(%s) = %v, want %v", r.Service, strs(res.Addrs), want)
+	}
+	return res
+}
+
 // allocFrom expects the Service to get want from pool (not checked when pool is "").
 func allocFrom(r Request, pool string, want ...string) step {
 	return step{"allocate " + r.Service, func(t *testing.T, a *Allocator) {
 		t.Helper()
-		res, err := a.Allocate(r)
-		if err != nil {
-			t.Fatalf("Allocate(%s): %v", r.Service, err)
-		}
-		if !slices.Equal(strs(res.Addrs), want) {
-			t.Errorf("Allocate(%s) = %v, want %v", r.Service, strs(res.Addrs), want)
-		}
+		res := allocate(t, a, r, want)
 		if pool != "" && res.Pool != pool {
 			t.Errorf("Allocate(%s) pool = %q, want %q", r.Service, res.Pool, pool)
 		}

@@ -14,13 +14,7 @@ func behind(lines ...Line) opt { return func(r *Request) { r.Behind = lines } }
 func allocUnkept(r Request, want []string, unkept ...Unkept) step {
 	return step{"allocate " + r.Service, func(t *testing.T, a *Allocator) {
 		t.Helper()
-		res, err := a.Allocate(r)
-		if err != nil {
-			t.Fatalf("Allocate(%s): %v", r.Service, err)
-		}
-		if !slices.Equal(strs(res.Addrs), want) {
-			t.Errorf("Allocate(%s) = %v, want %v", r.Service, strs(res.Addrs), want)
-		}
+		res := allocate(t, a, r, want)
 		if !slices.Equal(res.Unkept, unkept) {
 			t.Errorf("Allocate(%s) unkept = %+v, want %+v", r.Service, res.Unkept, unkept)
 		}
