@@ -48,9 +48,10 @@ func main() {
 	l2Sizes := flag.String("l2-sizes", "3,30,100", "node counts for the L2 scale measures, comma-separated (none: skip them)")
 	l2Only := flag.Bool("l2-only", false, "only the L2 scale measures")
 	l2Each := flag.Duration("l2-budget", 0, "time for each L2 size, lab up and down included (0: by size, about 10 minutes for 3,30,100)")
-	costOthers := flag.Int("cost-others", 10000, "Services that are not LoadBalancers, for the speaker's cost (0: skip it)")
+	costOthers := flag.Int("cost-others", 10000, "Services that are not LoadBalancers, for the speaker's cost (0: skip them)")
 	costEndpoints := flag.Int("cost-endpoints", 5, "endpoints of each of those")
-	costLBs := flag.Int("cost-lbs", 10000, "LoadBalancer Services, for the speaker's cost")
+	costLBs := flag.Int("cost-lbs", 10000, "LoadBalancer Services, for the speaker's cost (0, with -cost-others 0: no speaker cost)")
+	costProfiles := flag.String("cost-profiles", "", "a folder for the measured speaker's heap profiles, one per reading (none: no profiles)")
 	costOnly := flag.Bool("cost-only", false, "only the speaker's cost")
 	flag.Parse()
 	sizes, err := parseSizes(*l2Sizes)
@@ -68,8 +69,8 @@ func main() {
 	if !*costOnly {
 		rows = append(rows, l2Scale(ctx, sizes, *l2Each)...)
 	}
-	if !*l2Only && *costOthers > 0 {
-		rows = append(rows, speakerCost(ctx, *costOthers, *costEndpoints, *costLBs)...)
+	if !*l2Only && *costOthers+*costLBs > 0 {
+		rows = append(rows, speakerCost(ctx, costConfig{others: *costOthers, endpointsPer: *costEndpoints, lbs: *costLBs, profiles: *costProfiles})...)
 	}
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)

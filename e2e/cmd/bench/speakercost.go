@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -39,25 +43,42 @@ const (
 )
 
 // costReading is one speaker's memory and CPU, and how often it recomputed.
+// live is its heap after a collection, read only with profiles.
 type costReading struct {
-	rss, heap, cpu, syncs float64
+	rss, heap, live, cpu, syncs float64
 }
 
-func speakerCost(parent context.Context, others, endpointsPer, lbs int) []row {
+// costConfig is what the speaker's cost is measured with: others Services
+// that are not LoadBalancers with endpointsPer endpoints each, then lbs
+// LoadBalancer Services (either may be 0). With profiles set, the speaker
+// serves Go's profiles and a heap profile is saved there at each reading.
+type costConfig struct {
+	others, endpointsPer, lbs int
+	profiles                  string
+}
+
+func speakerCost(parent context.Context, cfg costConfig) []row {
 	ctx, cancel := context.WithTimeout(parent, 40*time.Minute)
 	defer cancel()
+	var speakerArgs []string
+	if cfg.profiles != "" {
+		if err := os.MkdirAll(cfg.profiles, 0o755); err != nil {
+			fail(err)
+		}
+		speakerArgs = append(speakerArgs, "--profiling")
+	}
 	// ironlb-ccm keeps its Lease with the defaults of deploy/, not the
 	// lab's short ones: creating thousands of Services loads the machine,
 	// and this measures the speaker, not failover.
 	l, err := lab.Up(ctx, lab.Config{
-		Name: costLabName, CCM: true, Speakers: true, Attached: true, Progress: os.Stderr,
+		Name: costLabName, CCM: true, Speakers: true, Attached: true, Progress: os.Stderr, SpeakerArgs: speakerArgs,
 		CCMArgs: []string{"--leader-elect-lease-duration=15s", "--leader-elect-renew-deadline=10s", "--leader-elect-retry-period=2s"},
 	})
 	if err != nil {
 		fail(err)
 	}
 	defer l.Down(context.Background())
-	c := &costBench{l: l, ctx: ctx}
+	c := &costBench{l: l, ctx: ctx, profiles: cfg.profiles}
 	if _, err := l.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: costNamespace}}, metav1.CreateOptions{}); err != nil {
 		c.fail(err)
 	}
@@ -69,50 +90,69 @@ func speakerCost(parent context.Context, others, endpointsPer, lbs int) []row {
 		progress("speaker cost: %s: %s (%s)", what, value, note)
 	}
 
-	base := c.read("at rest")
-	add("RSS at rest", fmt.Sprintf("%.1f MiB (heap in use %.1f MiB)", base.rss, base.heap), "node 1's speaker, 3-node lab, no Service")
+	base := c.read("at-rest")
+	add("RSS at rest", base.memory(), "node 1's speaker, 3-node lab, no Service")
+	last := base
+	if cfg.others > 0 {
+		last = c.others(cfg, base, add)
+	}
+	if cfg.lbs > 0 {
+		progress("speaker cost: creating %d LoadBalancer Services", cfg.lbs)
+		if err := c.createLoadBalancers(cfg.lbs); err != nil {
+			c.fail(err)
+		}
+		full := c.read("with-lbs")
+		add(fmt.Sprintf("RSS with %d LoadBalancer Services", cfg.lbs), full.memory(),
+			fmt.Sprintf("%s%.0f recomputes meanwhile", map[bool]string{true: "the other Services still there; "}[cfg.others > 0], full.syncs-last.syncs))
+	}
+	return rows
+}
 
-	progress("speaker cost: creating %d headless Services and their EndpointSlices (%d endpoints each)", others, endpointsPer)
-	if err := c.createOthers(others, endpointsPer); err != nil {
+// others measures the speaker with Services that are not LoadBalancers: its
+// memory once they are there, and its CPU when their endpoints change.
+func (c *costBench) others(cfg costConfig, base costReading, add func(what, value, note string)) costReading {
+	progress("speaker cost: creating %d headless Services and their EndpointSlices (%d endpoints each)", cfg.others, cfg.endpointsPer)
+	if err := c.createOthers(cfg.others, cfg.endpointsPer); err != nil {
 		c.fail(err)
 	}
-	with := c.read("with other Services")
-	add(fmt.Sprintf("RSS with %d non-LoadBalancer Services (%d endpoints)", others, others*endpointsPer),
+	with := c.read("with-others")
+	add(fmt.Sprintf("RSS with %d non-LoadBalancer Services (%d endpoints)", cfg.others, cfg.others*cfg.endpointsPer),
 		fmt.Sprintf("%+.1f MiB (heap in use %+.1f MiB)", with.rss-base.rss, with.heap-base.heap),
 		fmt.Sprintf("against rest; %.0f recomputes while they were added", with.syncs-base.syncs))
 
 	// What the speaker spends at rest (heartbeats, Leases) over the same
 	// time is the baseline of the next row.
 	began := time.Now()
-	rest := c.read("at rest with other Services")
+	rest := c.read("at-rest-with-others")
 	restCPU := (rest.cpu - with.cpu) / time.Since(began).Seconds()
 
-	changes := min(1000, others)
+	changes := min(1000, cfg.others)
 	progress("speaker cost: %d endpoint changes of non-LoadBalancer Services", changes)
 	began = time.Now()
 	if err := c.moveEndpoints(changes); err != nil {
 		c.fail(err)
 	}
-	moved := c.read("after the endpoint changes")
+	moved := c.read("after-endpoint-changes")
 	took := time.Since(began)
 	add(fmt.Sprintf("CPU on %d endpoint changes of non-LoadBalancer Services", changes),
 		fmt.Sprintf("%.0f ms", (moved.cpu-rest.cpu)*1000),
 		fmt.Sprintf("%.0f recomputes; over %v, of which %.0f ms is what it spends at rest in that time", moved.syncs-rest.syncs, took.Round(time.Second), restCPU*took.Seconds()*1000))
+	return moved
+}
 
-	progress("speaker cost: creating %d LoadBalancer Services", lbs)
-	if err := c.createLoadBalancers(lbs); err != nil {
-		c.fail(err)
+// memory says a reading's RSS and heap.
+func (r costReading) memory() string {
+	s := fmt.Sprintf("%.1f MiB (heap in use %.1f MiB", r.rss, r.heap)
+	if r.live > 0 {
+		s += fmt.Sprintf(", live %.1f MiB", r.live)
 	}
-	full := c.read("with LoadBalancer Services")
-	add(fmt.Sprintf("RSS with %d LoadBalancer Services", lbs),
-		fmt.Sprintf("%.1f MiB (heap in use %.1f MiB)", full.rss, full.heap),
-		fmt.Sprintf("the other Services still there; %.0f recomputes meanwhile", full.syncs-moved.syncs))
-	return rows
+	return s + ")"
 }
 
 type costBench struct {
-	l   *lab.Lab
-	ctx context.Context
+	l        *lab.Lab
+	ctx      context.Context
+	profiles string
 }
 
 // fail takes the lab down and stops the bench.
@@ -144,7 +184,49 @@ func (c *costBench) read(when string) costReading {
 		*v = got
 	}
 	r.rss, r.heap = r.rss/(1<<20), r.heap/(1<<20)
+	if c.profiles != "" {
+		live, err := c.saveHeap(when)
+		if err != nil {
+			c.fail(fmt.Errorf("speaker heap profile %s: %w", when, err))
+		}
+		r.live = live / (1 << 20)
+	}
 	return r
+}
+
+// saveHeap saves node 1's speaker's heap profile, taken after a collection,
+// as <profiles>/<when>.heap.pb.gz, and returns its heap in use after that
+// collection.
+func (c *costBench) saveHeap(when string) (float64, error) {
+	url := "http://" + net.JoinHostPort(c.l.NodeAddrs(1)[0].String(), "10292")
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Get(url + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("%s/debug/pprof/heap: %s (is --profiling set?)", url, resp.Status)
+	}
+	f, err := os.Create(filepath.Join(c.profiles, when+".heap.pb.gz"))
+	if err != nil {
+		return 0, err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return 0, err
+	}
+	if err := f.Close(); err != nil {
+		return 0, err
+	}
+	m, err := c.l.SpeakerMetrics(1)
+	if err != nil {
+		return 0, err
+	}
+	live, ok := lab.MetricValue(m, "go_memstats_heap_inuse_bytes")
+	if !ok {
+		return 0, fmt.Errorf("no go_memstats_heap_inuse_bytes")
+	}
+	return live, nil
 }
 
 // parallel runs do(i) for i in [0, n), eight at a time, and returns the
