@@ -73,9 +73,11 @@ test: prereq verify-generate vet upstream test-unit test-images test-integration
 
 # The pinned upstream binaries, kubectl and helm included, built once into a cache keyed by
 # version (minutes cold, with progress; nothing warm), all in one go build so that they share
-# its work.
+# its work. hack/upstream compiles in seconds: the first thing a cold run shows is the build's
+# progress, and what the lab tool and the tests share with the upstream binaries (client-go,
+# the API types) comes from the Go build cache afterwards.
 upstream:
-	cd e2e && $(GO) run ./cmd/lab build
+	$(GO) run ./hack/upstream -for test
 
 # The end-to-end suites; each brings up a lab of its own and takes it down. After an
 # interrupted run, the next run (or make lab-down-tests) removes what was left.
@@ -87,6 +89,7 @@ test-e2e: prereq
 # A lab with a sample pool and Service, and the curl that reaches it. It replaces a lab of
 # its own (name "lab") and leaves the test suites' labs alone.
 lab: prereq
+	$(GO) run ./hack/upstream -for lab
 	cd e2e && $(GO) run ./cmd/lab up
 
 lab-down:
@@ -107,7 +110,7 @@ test-integration:
 # Allocator micro-benchmarks and Services per second on a real API server, as one table; one
 # speaker recompute at 10,000 Services and 100 nodes; then
 # L2 failover, creation-to-traffic and the speakers' API requests at rest in a lab (root).
-bench: prereq
+bench: prereq upstream
 	$(GO) run ./test/bench
 	$(GO) test -run '^$$' -bench 'Plans|Conditions' -benchtime 3x -benchmem ./speaker/
 	cd e2e && $(GO) run ./cmd/bench

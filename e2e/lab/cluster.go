@@ -48,7 +48,7 @@ func (l *Lab) buildBinaries(ctx context.Context) error {
 		want := slices.Clone(upstream.Lab)
 		kubectl := ""
 		if l.cfg.Kubectl {
-			if kubectl = kubectlFor(ctx); kubectl == "" {
+			if kubectl = testenv.Kubectl(ctx); kubectl == "" {
 				want = append(want, "kubectl")
 			}
 		}

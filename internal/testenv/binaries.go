@@ -223,9 +223,9 @@ func build(ctx context.Context, e2eDir, dir string, pinned map[string]string, na
 	defer os.RemoveAll(tmp)
 
 	kubeVersion := pinned[upstream.KubernetesModule]
-	major, minor, err := majorMinor(kubeVersion)
-	if err != nil {
-		return err
+	major, minor, ok := majorMinor(kubeVersion)
+	if !ok {
+		return fmt.Errorf("kubernetes version %q is not vMAJOR.MINOR.PATCH", kubeVersion)
 	}
 	var bins []upstream.Binary
 	var pkgs []string
@@ -336,17 +336,9 @@ func listDeps(ctx context.Context, e2eDir string, pkgs []string, p *buildProgres
 	return deps, nil
 }
 
-func buildLDFlags(version, major, minor string) string {
-	return fmt.Sprintf("-s -w -X %[1]s.gitVersion=%[2]s -X %[1]s.gitMajor=%[3]s -X %[1]s.gitMinor=%[4]s",
+func buildLDFlags(version string, major, minor int) string {
+	return fmt.Sprintf("-s -w -X %[1]s.gitVersion=%[2]s -X %[1]s.gitMajor=%[3]d -X %[1]s.gitMinor=%[4]d",
 		versionPkg, version, major, minor)
-}
-
-func majorMinor(version string) (major, minor string, err error) {
-	parts := strings.SplitN(strings.TrimPrefix(version, "v"), ".", 3)
-	if len(parts) < 2 {
-		return "", "", fmt.Errorf("kubernetes version %q is not vMAJOR.MINOR.PATCH", version)
-	}
-	return parts[0], parts[1], nil
 }
 
 func binaryName(pkg string) string {

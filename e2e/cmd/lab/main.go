@@ -5,7 +5,9 @@
 //	lab up     [--name lab] [--nodes 3] [--no-sample]
 //	lab status [--name lab]
 //	lab down   [--name lab | --all | --tests]
-//	lab build  (the upstream binaries only, kubectl and helm included)
+//
+// The upstream binaries it runs are built beforehand, with progress, by
+// hack/upstream (make lab and make test run it first).
 package main
 
 import (
@@ -19,8 +21,6 @@ import (
 	"time"
 
 	"github.com/ironlb/ironlb/e2e/lab"
-	"github.com/ironlb/ironlb/internal/testenv"
-	"github.com/ironlb/ironlb/internal/upstream"
 )
 
 func main() {
@@ -47,9 +47,6 @@ func main() {
 	case "status":
 		fs.Parse(args)
 		err = status(*name)
-	case "build":
-		fs.Parse(args)
-		err = build(ctx)
 	default:
 		usage()
 	}
@@ -60,24 +57,8 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: lab up|status|down|build [--name NAME] (see the README)")
+	fmt.Fprintln(os.Stderr, "usage: lab up|status|down [--name NAME] (see the README)")
 	os.Exit(2)
-}
-
-// build builds every upstream binary the lab and the tests run, or says
-// that the cache has them all.
-func build(ctx context.Context) error {
-	var names []string
-	for _, b := range upstream.Binaries {
-		names = append(names, b.Name)
-	}
-	bins, err := testenv.Binaries(ctx, names...)
-	if err == nil {
-		if note := bins.Reused(names); note != "" {
-			fmt.Fprintln(os.Stderr, note)
-		}
-	}
-	return err
 }
 
 // sayWhatUpDoes tells, before anything is built, what up does to the labs

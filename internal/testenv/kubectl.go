@@ -1,4 +1,4 @@
-package lab
+package testenv
 
 import (
 	"context"
@@ -9,23 +9,22 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ironlb/ironlb/internal/testenv"
 	"github.com/ironlb/ironlb/internal/upstream"
 )
 
-// kubectlFor is the kubectl the lab links into its bin/ for people: the one
-// the cache holds, else one on the PATH whose version kubectl's skew policy
+// Kubectl is the kubectl a lab links into its bin/ for people: the one the
+// cache holds, else one on the PATH whose version kubectl's skew policy
 // allows against the lab's API server (one minor version either way), else
-// "" and the lab builds it. The lab itself needs none.
-func kubectlFor(ctx context.Context) string {
-	dir, err := testenv.CacheDir(ctx)
+// "" and it has to be built. The lab itself needs none.
+func Kubectl(ctx context.Context) string {
+	dir, err := CacheDir(ctx)
 	if err != nil {
 		return ""
 	}
 	if len(upstream.Missing(dir, []string{"kubectl"})) == 0 {
 		return filepath.Join(dir, "kubectl")
 	}
-	root, err := testenv.RepoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return ""
 	}
