@@ -31,8 +31,8 @@ import (
 type planner struct {
 	world        string // worldKey of the parts
 	parts        map[types.NamespacedName]*servicePart
-	byAddr       map[netip.Addr]map[types.NamespacedName]bool
-	shared       map[string]*addrPart // by pool: the part of Services without local endpoints
+	byAddr       map[netip.Addr][]types.NamespacedName // the Services that hold an address, in name order
+	shared       map[string]*addrPart                  // by pool: the part of Services without local endpoints
 	l2           map[netip.Addr]*announcement
 	bgp          map[netip.Addr]*advertisement
 	notAnnounced map[types.NamespacedName]string
@@ -46,9 +46,25 @@ type servicePart struct {
 	// and its kept EndpointSlices it was computed from (current).
 	version       string
 	sliceVersions []string
-	addrs         map[netip.Addr]*addrPart
+	addrs         []addrOf // a Service has one address per family, so a list is smaller than a map
 	// notAnnounced says why some of its addresses are announced in no way.
 	notAnnounced string
+}
+
+// addrOf is a Service's part for one of its addresses.
+type addrOf struct {
+	addr netip.Addr
+	part *addrPart
+}
+
+// of is the part for addr.
+func (part *servicePart) of(addr netip.Addr) *addrPart {
+	for _, a := range part.addrs {
+		if a.addr == addr {
+			return a.part
+		}
+	}
+	return nil
 }
 
 // addrPart is what one Service says about one address: the pool it comes
@@ -76,7 +92,7 @@ func newPlanner() *planner {
 func (p *planner) reset(world string) {
 	p.world = world
 	p.parts = map[types.NamespacedName]*servicePart{}
-	p.byAddr = map[netip.Addr]map[types.NamespacedName]bool{}
+	p.byAddr = map[netip.Addr][]types.NamespacedName{}
 	p.shared = map[string]*addrPart{}
 	p.l2 = map[netip.Addr]*announcement{}
 	p.bgp = map[netip.Addr]*advertisement{}
@@ -108,12 +124,11 @@ func (p *planner) plan(in inputs, peers []*v1alpha1.BGPPeer) (map[netip.Addr]*an
 		}
 		p.computed++
 		p.parts[key] = part
-		for addr := range part.addrs {
-			if p.byAddr[addr] == nil {
-				p.byAddr[addr] = map[types.NamespacedName]bool{}
-			}
-			p.byAddr[addr][key] = true
-			dirty[addr] = true
+		for _, a := range part.addrs {
+			keys := p.byAddr[a.addr]
+			i, _ := slices.BinarySearchFunc(keys, key, compareKeys)
+			p.byAddr[a.addr] = slices.Insert(keys, i, key)
+			dirty[a.addr] = true
 		}
 		if part.notAnnounced != "" {
 			p.notAnnounced[key] = part.notAnnounced
@@ -141,12 +156,14 @@ func (p *planner) forget(key types.NamespacedName, dirty map[netip.Addr]bool) {
 	if old == nil {
 		return
 	}
-	for addr := range old.addrs {
-		delete(p.byAddr[addr], key)
-		if len(p.byAddr[addr]) == 0 {
-			delete(p.byAddr, addr)
+	for _, a := range old.addrs {
+		keys := slices.DeleteFunc(p.byAddr[a.addr], func(k types.NamespacedName) bool { return k == key })
+		if len(keys) == 0 {
+			delete(p.byAddr, a.addr)
+		} else {
+			p.byAddr[a.addr] = keys
 		}
-		dirty[addr] = true
+		dirty[a.addr] = true
 	}
 	delete(p.parts, key)
 	delete(p.notAnnounced, key)
@@ -155,13 +172,11 @@ func (p *planner) forget(key types.NamespacedName, dirty map[netip.Addr]bool) {
 // rebuild makes addr's announcement and advertisement again from the parts
 // of the Services that hold it, in name order.
 func (p *planner) rebuild(addr netip.Addr, in inputs) {
-	keys := slices.SortedFunc(maps.Keys(p.byAddr[addr]), func(x, y types.NamespacedName) int {
-		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
-	})
+	keys := p.byAddr[addr]
 	var l2Keys, bgpKeys []types.NamespacedName
 	var l2Parts, bgpParts []*addrPart
 	for _, key := range keys {
-		part := p.parts[key].addrs[addr]
+		part := p.parts[key].of(addr)
 		if part.pool.Spec.L2 != nil {
 			l2Keys, l2Parts = append(l2Keys, key), append(l2Parts, part)
 		}
@@ -181,9 +196,12 @@ func (p *planner) rebuild(addr netip.Addr, in inputs) {
 
 // partOf computes what svc says about its addresses.
 func (p *planner) partOf(in inputs, peers []*v1alpha1.BGPPeer, svc *v1.Service) *servicePart {
-	part := &servicePart{addrs: map[netip.Addr]*addrPart{}}
+	part := &servicePart{}
 	var notes []string
 	for _, addr := range ingressAddrs(svc) {
+		if part.of(addr) != nil {
+			continue // written twice in the status
+		}
 		pool := poolOf(in.pools, svc, addr)
 		switch {
 		case pool == nil:
@@ -191,14 +209,14 @@ func (p *planner) partOf(in inputs, peers []*v1alpha1.BGPPeer, svc *v1.Service) 
 		case pool.Spec.L2 == nil && pool.Spec.BGP == nil:
 			notes = append(notes, fmt.Sprintf("IPPool %s has neither l2 nor bgp: %s is allocated but not announced", pool.Name, addr))
 		case svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal:
-			part.addrs[addr] = addrPartOf(in, peers, svc, pool)
+			part.addrs = append(part.addrs, addrOf{addr, addrPartOf(in, peers, svc, pool)})
 		default:
 			shared := p.shared[pool.Name]
 			if shared == nil {
 				shared = addrPartOf(in, peers, svc, pool)
 				p.shared[pool.Name] = shared
 			}
-			part.addrs[addr] = shared
+			part.addrs = append(part.addrs, addrOf{addr, shared})
 		}
 	}
 	part.notAnnounced = strings.Join(notes, "; ")
@@ -289,6 +307,11 @@ func firstReason(parts []*addrPart, of func(*addrPart) (map[string]bool, string)
 		}
 	}
 	return "the Services sharing it have no eligible node in common"
+}
+
+// compareKeys orders Services by namespace, then name.
+func compareKeys(x, y types.NamespacedName) int {
+	return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
 }
 
 // current reports whether part was computed from svc and slices as they

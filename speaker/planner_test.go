@@ -146,3 +146,28 @@ func TestPlannerWithoutVersions(t *testing.T) {
 		t.Fatalf("computed %d, plan %v; want a's new address only", p.computed, describe(got))
 	}
 }
+
+// An address written twice in a Service's status is planned once, and
+// leaves the plan with the Service.
+func TestPlannerAddressWrittenTwice(t *testing.T) {
+	twice := service("a", "p", "10.0.0.1", "10.0.0.1")
+	twice.ResourceVersion = "1"
+	other := service("b", "p", "10.0.0.1")
+	other.ResourceVersion = "1"
+	in := world([]string{"n1", "n2"}, defaultPools, twice, other)
+	p := newPlanner()
+	got, _, _ := p.plan(in, nil)
+	a := got[netip.MustParseAddr("10.0.0.1")]
+	if a == nil || len(a.services) != 2 {
+		t.Fatalf("plan %v; want 10.0.0.1 shared by a and b once each", describe(got))
+	}
+	in.services = in.services[1:]
+	got, _, _ = p.plan(in, nil)
+	if a := got[netip.MustParseAddr("10.0.0.1")]; a == nil || len(a.services) != 1 || a.services[0] != key("b") {
+		t.Fatalf("after a is gone: plan %v, want 10.0.0.1 held by b alone", describe(got))
+	}
+	in.services = nil
+	if got, _, _ = p.plan(in, nil); len(got) != 0 || len(p.byAddr) != 0 {
+		t.Fatalf("after both are gone: plan %v, %d addresses held; want none", describe(got), len(p.byAddr))
+	}
+}
