@@ -19,8 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
@@ -82,7 +84,13 @@ func run(kubeconfig string, cfg speaker.Config, qps float32, metricsAddr, health
 	}
 	rc.QPS, rc.Burst = qps, int(2*qps)
 	rc.UserAgent = "ironlb-speaker/" + cfg.Node
-	if cfg.Client, err = kubernetes.NewForConfig(rc); err != nil {
+	// Services, EndpointSlices, Nodes and Leases in protobuf, as ironlb-ccm and
+	// the Kubernetes components read them: decoding it makes a fraction of
+	// JSON's garbage. The dynamic client (IPPools, BGPPeers) keeps to JSON.
+	typed := rest.CopyConfig(rc)
+	typed.ContentType = runtime.ContentTypeProtobuf
+	typed.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	if cfg.Client, err = kubernetes.NewForConfig(typed); err != nil {
 		return err
 	}
 	if cfg.Dynamic, err = dynamic.NewForConfig(rc); err != nil {
