@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -85,7 +86,7 @@ func l2Kills(nodes int) int {
 
 // l2Scale measures each size in turn; a size that fails or runs out of time
 // gives the rows it measured and one saying where it stopped.
-func l2Scale(ctx context.Context, sizes []int, budget time.Duration) []row {
+func l2Scale(ctx context.Context, sizes []int, budget time.Duration, profiles string) []row {
 	var rows []row
 	for _, n := range sizes {
 		if ctx.Err() != nil {
@@ -95,18 +96,19 @@ func l2Scale(ctx context.Context, sizes []int, budget time.Duration) []row {
 		if b == 0 {
 			b = l2Budget(n)
 		}
-		rows = append(rows, l2ScaleSize(ctx, n, b)...)
+		rows = append(rows, l2ScaleSize(ctx, n, b, profiles)...)
 	}
 	return rows
 }
 
 type l2Bench struct {
-	ctx   context.Context
-	l     *lab.Lab
-	nodes int
-	probe *lab.ARPProbe
-	addrs []netip.Addr
-	rows  []row
+	ctx      context.Context
+	l        *lab.Lab
+	nodes    int
+	probe    *lab.ARPProbe
+	addrs    []netip.Addr
+	rows     []row
+	profiles string // where node 2's speaker's profiles at rest go; "" for none
 }
 
 func (b *l2Bench) what(s string) string { return fmt.Sprintf("L2, %d nodes: %s", b.nodes, s) }
@@ -130,8 +132,8 @@ func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 }
 
-func l2ScaleSize(parent context.Context, nodes int, budget time.Duration) []row {
-	b := &l2Bench{nodes: nodes}
+func l2ScaleSize(parent context.Context, nodes int, budget time.Duration, profiles string) []row {
+	b := &l2Bench{nodes: nodes, profiles: profiles}
 	began := time.Now()
 	err := b.up(parent)
 	ctx, cancel := context.WithTimeout(parent, budget)
@@ -161,8 +163,16 @@ func (b *l2Bench) up(parent context.Context) error {
 	ctx, cancel := context.WithTimeout(parent, l2UpBudget(b.nodes))
 	defer cancel()
 	progress("L2 at %d nodes: lab up", b.nodes)
+	var speakerArgs []string
+	if b.profiles != "" {
+		if err := os.MkdirAll(b.profiles, 0o755); err != nil {
+			return err
+		}
+		speakerArgs = []string{"--profiling"}
+	}
 	l, err := lab.Up(ctx, lab.Config{
-		Name: l2LabName, Nodes: 1, SpeakerOnlyNodes: b.nodes - 1, CCM: true, Speakers: true, Attached: true, Progress: os.Stderr,
+		SpeakerArgs: speakerArgs,
+		Name:        l2LabName, Nodes: 1, SpeakerOnlyNodes: b.nodes - 1, CCM: true, Speakers: true, Attached: true, Progress: os.Stderr,
 		// One ironlb-ccm without leader election: a busy API server may
 		// answer its renewals late, and it would quit.
 		CCMArgs: []string{"--leader-elect=false"},
@@ -351,10 +361,26 @@ func (b *l2Bench) atRest() error {
 	}
 	progress("L2 at %d nodes: %v at rest", b.nodes, restWindow)
 	first := b.readAll()
+	profiled := make(chan error, 1)
+	if b.profiles != "" {
+		go func() {
+			profiled <- saveProfile(b.l, 2, fmt.Sprintf("profile?seconds=%d", int(restWindow.Seconds())),
+				filepath.Join(b.profiles, fmt.Sprintf("l2-%d-nodes-at-rest.cpu.pb.gz", b.nodes)))
+		}()
+	}
 	if err := sleep(b.ctx, restWindow); err != nil {
 		return err
 	}
 	last := b.readAll()
+	if b.profiles != "" {
+		err := <-profiled
+		if err == nil {
+			err = saveProfile(b.l, 2, "heap?gc=1", filepath.Join(b.profiles, fmt.Sprintf("l2-%d-nodes-at-rest.heap.pb.gz", b.nodes)))
+		}
+		if err != nil {
+			progress("L2 at %d nodes: profiles of node 2's speaker: %v", b.nodes, err)
+		}
+	}
 	var beats, cpu, rss []float64
 	for i := range first {
 		if !first[i].ok || !last[i].ok {

@@ -51,7 +51,7 @@ func main() {
 	costOthers := flag.Int("cost-others", 10000, "Services that are not LoadBalancers, for the speaker's cost (0: skip them)")
 	costEndpoints := flag.Int("cost-endpoints", 5, "endpoints of each of those")
 	costLBs := flag.Int("cost-lbs", 10000, "LoadBalancer Services, for the speaker's cost (0, with -cost-others 0: no speaker cost)")
-	costProfiles := flag.String("cost-profiles", "", "a folder for the measured speaker's heap profiles, one per reading (none: no profiles)")
+	profiles := flag.String("profiles", "", "a folder for Go profiles of the measured speakers: a heap profile per speaker-cost reading, and a CPU and a heap profile of node 2's speaker at rest for each L2 size (none: no profiles)")
 	costOnly := flag.Bool("cost-only", false, "only the speaker's cost")
 	flag.Parse()
 	sizes, err := parseSizes(*l2Sizes)
@@ -67,10 +67,10 @@ func main() {
 		rows = classic(ctx, *runs, *services)
 	}
 	if !*costOnly {
-		rows = append(rows, l2Scale(ctx, sizes, *l2Each)...)
+		rows = append(rows, l2Scale(ctx, sizes, *l2Each, *profiles)...)
 	}
 	if !*l2Only && *costOthers+*costLBs > 0 {
-		rows = append(rows, speakerCost(ctx, costConfig{others: *costOthers, endpointsPer: *costEndpoints, lbs: *costLBs, profiles: *costProfiles})...)
+		rows = append(rows, speakerCost(ctx, costConfig{others: *costOthers, endpointsPer: *costEndpoints, lbs: *costLBs, profiles: *profiles})...)
 	}
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)

@@ -195,27 +195,9 @@ func (c *costBench) read(when string) costReading {
 }
 
 // saveHeap saves node 1's speaker's heap profile, taken after a collection,
-// as <profiles>/<when>.heap.pb.gz, and returns its heap in use after that
-// collection.
+// and returns its heap in use after that collection.
 func (c *costBench) saveHeap(when string) (float64, error) {
-	url := "http://" + net.JoinHostPort(c.l.NodeAddrs(1)[0].String(), "10292")
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Get(url + "/debug/pprof/heap?gc=1")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("%s/debug/pprof/heap: %s (is --profiling set?)", url, resp.Status)
-	}
-	f, err := os.Create(filepath.Join(c.profiles, when+".heap.pb.gz"))
-	if err != nil {
-		return 0, err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return 0, err
-	}
-	if err := f.Close(); err != nil {
+	if err := saveProfile(c.l, 1, "heap?gc=1", filepath.Join(c.profiles, when+".heap.pb.gz")); err != nil {
 		return 0, err
 	}
 	m, err := c.l.SpeakerMetrics(1)
@@ -227,6 +209,29 @@ func (c *costBench) saveHeap(when string) (float64, error) {
 		return 0, fmt.Errorf("no go_memstats_heap_inuse_bytes")
 	}
 	return live, nil
+}
+
+// saveProfile saves node n's speaker's profile (a /debug/pprof/ path, with
+// its query) as path. The speaker must run with --profiling.
+func saveProfile(l *lab.Lab, n int, profile, path string) error {
+	url := "http://" + net.JoinHostPort(l.NodeAddrs(n)[0].String(), "10292") + "/debug/pprof/" + profile
+	resp, err := (&http.Client{Timeout: time.Minute}).Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // parallel runs do(i) for i in [0, n), eight at a time, and returns the
