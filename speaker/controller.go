@@ -700,6 +700,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 	in := s.inputs(alive)
 	peers := s.peerList()
 	plan, notAnnounced, bgp := s.planner.plan(in, peers)
+	partsComputed.Add(float64(s.planner.computed))
 
 	answering := s.l2.answering()
 	want := map[string][]netip.Addr{}

@@ -48,6 +48,12 @@ var (
 		Namespace: "ironlb", Subsystem: "speaker", Name: "syncs_total",
 		Help: "Recomputations of the plans (every address's owner, BGP advertisements, conditions).",
 	})
+	// partsComputed counts the Services whose part the planner computed
+	// again (planner.go): after one Service changed, one.
+	partsComputed = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "ironlb", Subsystem: "speaker", Name: "service_plans_computed_total",
+		Help: "Services whose addresses' plan a sync computed again; the others kept theirs. One Service changed: one; a node, pool, peer or live speaker changed: every Service.",
+	})
 	syncTriggers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "cache_changes_total",
 		Help: "Changes seen in the speaker's caches, by kind and result: queued (a sync follows) or ignored (no plan reads what changed).",
@@ -73,7 +79,7 @@ var (
 // syncs and the changes that caused them, ARP/NDP requests, replies and
 // gratuitous announcements, peers alive and heartbeats.
 func RegisterMetrics(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{addressesOwned, syncs, syncTriggers, membershipModeGauge, peersThroughLease, bgpSessionUp, bgpPrefixes, bgpUpdates} {
+	for _, c := range []prometheus.Collector{addressesOwned, syncs, partsComputed, syncTriggers, membershipModeGauge, peersThroughLease, bgpSessionUp, bgpPrefixes, bgpUpdates} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

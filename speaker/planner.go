@@ -37,7 +37,7 @@ type planner struct {
 	bgp          map[netip.Addr]*advertisement
 	notAnnounced map[types.NamespacedName]string
 
-	computed int // Service parts computed by the last plan (for tests)
+	computed int // Service parts computed by the last plan (a metric, and tests)
 }
 
 // servicePart is what one Service says about its addresses.
