@@ -71,15 +71,22 @@ func (l *Lab) buildBinaries(ctx context.Context) error {
 	// With a cold Go build cache these take minutes as well: say so.
 	began := time.Now()
 	l.progress("lab %s: building ironlb-ccm, ironlb-speaker and the echo backend (seconds, or minutes with a cold Go build cache)", l.cfg.Name)
-	products := make(chan error, 3)
-	go func() { products <- testenv.GoBuild(ctx, repo, "./cmd/ironlb-ccm", l.bins.CCM) }()
-	go func() { products <- testenv.GoBuild(ctx, repo, "./cmd/ironlb-speaker", l.bins.Speaker) }()
+	products := make(chan error, 2)
+	go func() { products <- testenv.GoBuildInto(ctx, repo, bin, "./cmd/ironlb-ccm", "./cmd/ironlb-speaker") }()
 	go func() { products <- testenv.GoBuild(ctx, filepath.Join(repo, "e2e"), "./cmd/echo", l.bins.Echo) }()
 	go func() {
 		var err error
-		for range 3 {
-			if e := <-products; e != nil && err == nil {
-				err = e
+		tick := time.NewTicker(30 * time.Second)
+		defer tick.Stop()
+		for left := 2; left > 0; {
+			select {
+			case e := <-products:
+				left--
+				if e != nil && err == nil {
+					err = e
+				}
+			case <-tick.C:
+				l.progress("lab %s: still building ironlb-ccm, ironlb-speaker and echo (%s)", l.cfg.Name, time.Since(began).Round(time.Second))
 			}
 		}
 		if err == nil {
