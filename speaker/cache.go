@@ -35,6 +35,7 @@ var serviceSelector = fields.OneTermEqualSelector("spec.type", string(v1.Service
 // from, its traffic policy, its addresses and its Announced condition. Of a
 // Service that is not ironlb's it keeps only what says so.
 func slimService(c lbclass.Classifier) cache.TransformFunc {
+	pools := &poolAnnotations{shared: map[string]map[string]string{}}
 	return func(obj any) (any, error) {
 		svc, ok := obj.(*v1.Service)
 		if !ok {
@@ -48,7 +49,7 @@ func slimService(c lbclass.Classifier) cache.TransformFunc {
 		}
 		out.Generation = svc.Generation
 		if pool, ok := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]; ok {
-			out.Annotations = map[string]string{v1alpha1.AnnotationAllocatedFrom: pool}
+			out.Annotations = pools.of(pool)
 		}
 		out.Spec.ExternalTrafficPolicy = svc.Spec.ExternalTrafficPolicy
 		for _, in := range svc.Status.LoadBalancer.Ingress {
@@ -61,6 +62,31 @@ func slimService(c lbclass.Classifier) cache.TransformFunc {
 		}
 		return out, nil
 	}
+}
+
+// poolAnnotations hands out one annotations map per pool, shared by every
+// cached Service of that pool (nothing changes a cached object): a map per
+// Service would cost a few hundred bytes each.
+type poolAnnotations struct {
+	mu     sync.Mutex
+	shared map[string]map[string]string
+}
+
+// maxSharedPools bounds the maps kept: the annotation is ironlb-ccm's, but
+// anyone who may edit a Service can write any value into it.
+const maxSharedPools = 1024
+
+func (p *poolAnnotations) of(pool string) map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if m, ok := p.shared[pool]; ok {
+		return m
+	}
+	m := map[string]string{v1alpha1.AnnotationAllocatedFrom: pool}
+	if len(p.shared) < maxSharedPools {
+		p.shared[pool] = m
+	}
+	return m
 }
 
 // slimMeta is the identity of an object, what a cache needs to key it.
