@@ -40,6 +40,9 @@ const (
 	// read: the Go runtime returns freed memory to the system over minutes,
 	// so the heap in use is read too.
 	costSettle = 30 * time.Second
+	// costAtRest is how long after the last creation a speaker's memory at
+	// rest is read: the runtime collects at least every two minutes.
+	costAtRest = 3 * time.Minute
 )
 
 // costReading is one speaker's memory and CPU, and how often it recomputed.
@@ -103,7 +106,18 @@ func speakerCost(parent context.Context, cfg costConfig) []row {
 		}
 		full := c.read("with-lbs")
 		add(fmt.Sprintf("RSS with %d LoadBalancer Services", cfg.lbs), full.memory(),
-			fmt.Sprintf("%s%.0f recomputes meanwhile", map[bool]string{true: "the other Services still there; "}[cfg.others > 0], full.syncs-last.syncs))
+			fmt.Sprintf("%s%.0f recomputes meanwhile; read %v after the last address", map[bool]string{true: "the other Services still there; "}[cfg.others > 0], full.syncs-last.syncs, costSettle))
+		// At rest nothing allocates, so nothing collects the garbage of the
+		// creations until the Go runtime's periodic collection (every two
+		// minutes); then it returns the freed memory to the system.
+		select {
+		case <-c.ctx.Done():
+			c.fail(c.ctx.Err())
+		case <-time.After(costAtRest - 2*costSettle): // read waits costSettle too
+		}
+		rest := c.read("with-lbs-at-rest")
+		add(fmt.Sprintf("RSS with %d LoadBalancer Services, at rest", cfg.lbs), rest.memory(),
+			fmt.Sprintf("read %v after the last address, after the runtime's periodic collection; %.0f recomputes meanwhile", costAtRest, rest.syncs-full.syncs))
 	}
 	return rows
 }
