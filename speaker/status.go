@@ -352,8 +352,14 @@ type eventSink struct {
 	recorder record.EventRecorder
 }
 
+// eventCacheSize bounds each of the event correlator's caches (client-go
+// keeps 4,096 entries by default, a few MiB with thousands of Services): it
+// aggregates repeats of one event and rate-limits one object's events, and a
+// speaker's events come in bursts of one per Service, not repeats.
+const eventCacheSize = 512
+
 func newEventSink(client kubernetes.Interface, node string) *eventSink {
-	b := record.NewBroadcaster()
+	b := record.NewBroadcaster(record.WithCorrelatorOptions(record.CorrelatorOptions{LRUCacheSize: eventCacheSize}))
 	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	return &eventSink{recorder: b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "ironlb-speaker", Host: node})}
 }
