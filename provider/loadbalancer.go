@@ -86,9 +86,8 @@ func (lb *loadBalancer) request(svc *v1.Service) (ipam.Request, error) {
 	return requestFor(svc, nsLabels, lb.cloud.opts.OtherCloudsInternal)
 }
 
-// restore records the addresses svc holds in its status, before any allocation happens.
-func (lb *loadBalancer) restore(svc *v1.Service) error {
-	addrs := ingressAddrs(svc)
+// restore records the addresses svc holds, before any allocation happens.
+func (lb *loadBalancer) restore(svc *v1.Service, addrs []netip.Addr) error {
 	if len(addrs) == 0 {
 		return nil
 	}

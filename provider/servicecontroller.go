@@ -55,9 +55,10 @@ type ServiceController struct {
 	recorder   record.EventRecorder
 	pools      *PoolController
 
-	mu      sync.Mutex
-	waiting map[string]bool   // Services that failed for want of an address or a pool
-	line    map[string]waiter // of those, the ones refused for want of a free address
+	mu        sync.Mutex
+	waiting   map[string]bool     // Services that failed for want of an address or a pool
+	line      map[string]waiter   // of those, the ones refused for want of a free address
+	standoffs map[string]standoff // Services another controller wrote the status of
 }
 
 // NewServiceController wires the controller to its informers. The PoolController must be built
@@ -72,10 +73,11 @@ func NewServiceController(cloud *Cloud, client kubernetes.Interface, services co
 		synced:     []cache.InformerSynced{services.Informer().HasSynced, namespaces.Informer().HasSynced, pools.HasSynced},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ironlb-service"}),
-		recorder: recorder,
-		pools:    pools,
-		waiting:  map[string]bool{},
-		line:     map[string]waiter{},
+		recorder:  recorder,
+		pools:     pools,
+		waiting:   map[string]bool{},
+		line:      map[string]waiter{},
+		standoffs: map[string]standoff{},
 	}
 	c.current = cache.NewIntegerResourceVersionMutationCacheWithOptions(klog.Background(), services.Informer().GetStore(),
 		cache.MutationCacheOptions{TTL: 30 * time.Second, MaxCacheSize: 4096})
@@ -171,14 +173,24 @@ func (c *ServiceController) restore(logger klog.Logger) (restored, conflicts int
 		}
 		return serviceKey(a) < serviceKey(b)
 	})
+	now := time.Now()
 	for _, svc := range all {
 		if !c.cloud.classify.Handles(svc) && !touched(svc) {
 			continue
 		}
-		if len(svc.Status.LoadBalancer.Ingress) == 0 {
+		addrs := ingressAddrs(svc)
+		if other, _ := conflictingWriter(svc.ManagedFields, now, standoff{}); other != "" {
+			// The status shows what the other controller wrote; what ironlb held is in its
+			// record. Without a record ironlb held nothing, and keeping what the status shows
+			// keeps the Service's address when ironlb takes over.
+			if recorded, _ := recordedAddrs(svc.Annotations); len(recorded) > 0 {
+				addrs = recorded
+			}
+		}
+		if len(addrs) == 0 {
 			continue
 		}
-		if err := c.cloud.lb.restore(svc); err != nil {
+		if err := c.cloud.lb.restore(svc, addrs); err != nil {
 			conflicts++
 			logger.Info("Service holds an address another Service already holds", "service", klog.KObj(svc), "err", err)
 			continue
@@ -285,6 +297,9 @@ func (c *ServiceController) forget(key string) { c.release(key) }
 // for an address. It returns what the Service held.
 func (c *ServiceController) release(key string) []netip.Addr {
 	c.setWaiting(key, false, nil, time.Time{})
+	c.mu.Lock()
+	delete(c.standoffs, key)
+	c.mu.Unlock()
 	held, freed := c.cloud.lb.release(key)
 	if len(held) > 0 {
 		c.pools.markDirty()
@@ -308,7 +323,7 @@ func (c *ServiceController) cleanup(ctx context.Context, svc *v1.Service) error 
 	_, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
 	if hasAnn || slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer) ||
 		len(svc.Status.LoadBalancer.Ingress) > 0 || findCondition(svc) != nil {
-		return c.write(ctx, svc, &v1.LoadBalancerStatus{}, "", nil)
+		return c.write(ctx, svc, &v1.LoadBalancerStatus{}, true, "", nil)
 	}
 	return nil
 }
@@ -328,14 +343,19 @@ func (c *ServiceController) removeFinalizer(ctx context.Context, svc *v1.Service
 	return nil
 }
 
-// ensure allocates (or confirms) svc's addresses and writes the outcome to the Service.
+// ensure allocates (or confirms) svc's addresses and writes the outcome to the Service. While
+// another controller writes status.loadBalancer, the addresses stay reserved for the Service but
+// ironlb does not publish them, and says so in its condition.
 func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	key := serviceKey(svc)
 	logger := klog.FromContext(ctx)
 	before := c.cloud.alloc.Holding(key)
 	c.mu.Lock()
 	behind := linesAhead(c.line, key)
+	prior := c.standoffs[key]
 	c.mu.Unlock()
+	now := time.Now()
+	other, until := conflictingWriter(svc.ManagedFields, now, prior)
 	res, err := c.cloud.lb.ensure(svc, behind)
 	after := res.Addrs
 	var aerr *ipam.Error
@@ -371,6 +391,10 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	}
 	cond := allocatedCondition(svc, res, aerr, taken)
 	prev := findCondition(svc)
+	publish := other == ""
+	if !publish {
+		cond = conflictCondition(prev, cond, after, other, prior.quietPeriod(other))
+	}
 
 	hasFinalizer := slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer)
 	ann, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
@@ -378,15 +402,26 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	lbStatus := loadBalancerStatus(after, svc)
 	if holds != hasFinalizer || holds != hasAnn || (holds && ann != pool) ||
 		(holds && svc.Annotations[v1alpha1.AnnotationAllocatedAddresses] != joinAddrs(after)) ||
-		!equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, lbStatus.Ingress) ||
+		(publish && !equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, lbStatus.Ingress)) ||
 		!sameCondition(prev, &cond) {
-		if err := c.write(ctx, svc, lbStatus, pool, &cond); err != nil {
+		if err := c.write(ctx, svc, lbStatus, publish, pool, &cond); err != nil {
 			return err
 		}
 	}
+	c.mu.Lock()
+	if next := prior.next(other, inConflict(prev)); next != prior {
+		c.standoffs[key] = next
+	}
+	c.mu.Unlock()
+	if !publish {
+		// Nothing else wakes the Service when the other writer falls silent.
+		c.queue.AddAfter(key, until.Sub(now))
+	} else if inConflict(prev) {
+		logger.Info("Took status.loadBalancer over from another controller", "service", klog.KObj(svc), "manager", prior.manager)
+	}
 
 	// Events only when something changed, so that resyncs stay quiet.
-	if !slices.Equal(ingressAddrs(svc), after) && len(after) > 0 {
+	if publish && !slices.Equal(ingressAddrs(svc), after) && len(after) > 0 {
 		msg := fmt.Sprintf("Allocated %s from pool %s", joinAddrs(after), pool)
 		c.recorder.Event(svc, v1.EventTypeNormal, EventIPAllocated, msg)
 		logger.Info("Allocated addresses", "service", klog.KObj(svc), "ips", joinAddrs(after), "pool", pool)
@@ -409,6 +444,9 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	}
 	if !sameCondition(prev, &cond) {
 		switch {
+		case !publish:
+			c.recorder.Event(svc, v1.EventTypeWarning, ReasonConflictingController, cond.Message)
+			logger.Info("Another controller writes status.loadBalancer; not writing it", "service", klog.KObj(svc), "manager", other)
 		case aerr != nil:
 			c.recorder.Eventf(svc, v1.EventTypeWarning, EventAllocationFailed, "%s: %s", aerr.Reason, cond.Message)
 			logger.Info("Allocation failed", "service", klog.KObj(svc), "reason", aerr.Reason, "message", cond.Message)
@@ -483,15 +521,15 @@ func loadBalancerApply(st *v1.LoadBalancerStatus) *corev1ac.LoadBalancerStatusAp
 var applyOptions = metav1.ApplyOptions{FieldManager: v1alpha1.FieldManagerCCM, Force: true}
 
 // write applies everything ironlb owns on a Service in one request: while it holds addresses,
-// the finalizer, the ironlb.io/allocated-from and ironlb.io/allocated-addresses annotations and
-// the ingress; and its condition. Server-side apply under ironlb's own field manager means
+// the finalizer, the ironlb.io/allocated-from and ironlb.io/allocated-addresses annotations and,
+// if publish, the ingress; and its condition. Server-side apply under ironlb's own field manager means
 // ironlb owns only these fields: a user's manifest need not list them, and a user's apply
 // neither takes them away nor is changed by ironlb.
 // Fields left out are given up, so writing no ingress and no condition takes back all of it.
 // The status subresource of a Service resets only spec, so metadata lands in the same write as
 // the status: the address is never published without the finalizer, and each Service costs one
 // write.
-func (c *ServiceController) write(ctx context.Context, svc *v1.Service, lb *v1.LoadBalancerStatus, pool string, cond *metav1.Condition) error {
+func (c *ServiceController) write(ctx context.Context, svc *v1.Service, lb *v1.LoadBalancerStatus, publish bool, pool string, cond *metav1.Condition) error {
 	holds := len(lb.Ingress) > 0
 	ac := corev1ac.Service(svc.Name, svc.Namespace)
 	st := corev1ac.ServiceStatus()
@@ -500,7 +538,9 @@ func (c *ServiceController) write(ctx context.Context, svc *v1.Service, lb *v1.L
 			v1alpha1.AnnotationAllocatedFrom:      pool,
 			v1alpha1.AnnotationAllocatedAddresses: joinAddrs(statusAddrs(lb)),
 		})
-		st.WithLoadBalancer(loadBalancerApply(lb))
+		if publish {
+			st.WithLoadBalancer(loadBalancerApply(lb))
+		}
 	}
 	if cond != nil {
 		st.WithConditions(conditionApply(*cond))

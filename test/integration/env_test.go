@@ -92,9 +92,15 @@ func newEnv(t *testing.T) *env {
 // eventually polls cond until it holds, failing the test with cond's last words after waitTimeout.
 func (e *env) eventually(what string, cond func() (bool, string)) {
 	e.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
+	e.within(waitTimeout, what, cond)
+}
+
+// within polls cond until it holds, failing the test with cond's last words after timeout.
+func (e *env) within(timeout time.Duration, what string, cond func() (bool, string)) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
 	last := ""
-	for i := 0; time.Now().Before(deadline) && i < int(waitTimeout/pollEvery); i++ {
+	for i := 0; time.Now().Before(deadline) && i < int(timeout/pollEvery); i++ {
 		ok, msg := cond()
 		if ok {
 			return
