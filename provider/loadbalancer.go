@@ -9,6 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	cloudprovider "k8s.io/cloud-provider"
 
+	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/provider/ipam"
 )
 
@@ -96,6 +97,7 @@ func (lb *loadBalancer) restore(svc *v1.Service, addrs []netip.Addr) error {
 		// A malformed annotation must not cost the Service its address: hold it as it is.
 		req.IPs, req.Pools = nil, nil
 	}
+	req.From = svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
 	return lb.cloud.alloc.Restore(req, addrs)
 }
 

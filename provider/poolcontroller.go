@@ -3,6 +3,7 @@ package provider
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -10,11 +11,13 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -45,26 +48,35 @@ type PoolController struct {
 	services func() []*v1.Service
 
 	mu      sync.Mutex
-	invalid map[string]error // pools the allocator could not use, by name
+	invalid map[string]error  // pools the allocator could not use, by name
+	seen    map[string]string // what each pool was at the last refresh, by name (see poolVersion)
+
+	protection poolProtection
 }
 
 // NewPoolController watches IPPools through client.
 func NewPoolController(cloud *Cloud, client dynamic.Interface, resync time.Duration) *PoolController {
 	factory := dynamicinformer.NewDynamicSharedInformerFactory(client, resync)
 	c := &PoolController{
-		cloud:    cloud,
-		client:   client,
-		factory:  factory,
-		informer: factory.ForResource(IPPoolResource).Informer(),
-		dirty:    make(chan struct{}, 1),
-		invalid:  map[string]error{},
+		cloud:      cloud,
+		client:     client,
+		factory:    factory,
+		informer:   factory.ForResource(IPPoolResource).Informer(),
+		dirty:      make(chan struct{}, 1),
+		invalid:    map[string]error{},
+		seen:       map[string]string{},
+		protection: poolProtection{written: map[types.UID]bool{}},
 	}
 	_, _ = c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(interface{}) { c.refresh() },
 		UpdateFunc: func(old, cur interface{}) {
-			// Status writes (ours) do not change the generation.
-			if old.(*unstructured.Unstructured).GetGeneration() != cur.(*unstructured.Unstructured).GetGeneration() {
+			// Status writes (ours) and finalizers change neither the generation nor whether
+			// the pool is being deleted.
+			o, n := old.(*unstructured.Unstructured), cur.(*unstructured.Unstructured)
+			if o.GetGeneration() != n.GetGeneration() || (o.GetDeletionTimestamp() == nil) != (n.GetDeletionTimestamp() == nil) {
 				c.refresh()
+			} else if !slices.Equal(o.GetFinalizers(), n.GetFinalizers()) {
+				c.markDirty()
 			}
 		},
 		DeleteFunc: func(interface{}) { c.refresh() },
@@ -94,11 +106,14 @@ func (c *PoolController) list() []*v1alpha1.IPPool {
 }
 
 // refresh gives the allocator the current pools. Holdings never change here; Services whose
-// addresses changed pool membership are handed to onChange so their condition is rewritten.
+// addresses changed pool membership, or whose pool changed, are handed to onChange so that their
+// condition and ironlb.io/allocated-from are rewritten.
 func (c *PoolController) refresh() {
 	var pools []ipam.Pool
 	invalid := map[string]error{}
+	seen := map[string]string{}
 	for _, p := range c.list() {
+		seen[p.Name] = poolVersion(p)
 		ap, err := poolFor(p)
 		if err != nil {
 			invalid[p.Name] = err
@@ -109,16 +124,30 @@ func (c *PoolController) refresh() {
 	}
 	c.mu.Lock()
 	c.invalid = invalid
-	c.mu.Unlock()
+	changed := map[string]bool{}
+	for name, v := range c.seen {
+		if seen[name] != v {
+			changed[name] = true
+		}
+	}
+	c.seen = seen
 	c.cloud.alloc.SetPools(pools)
+	c.mu.Unlock()
 	c.markDirty()
 	if c.onChange != nil {
-		c.onChange(c.movedServices())
+		c.onChange(c.movedServices(changed))
 	}
 }
 
-// movedServices lists Services whose recorded pool no longer matches where their address is.
-func (c *PoolController) movedServices() []string {
+// poolVersion is what a pool's Services depend on besides where their addresses are: which pool
+// it is and its visibility, which may no longer fit them.
+func poolVersion(p *v1alpha1.IPPool) string {
+	return fmt.Sprintf("%s/%s", p.UID, p.Spec.Visibility)
+}
+
+// movedServices lists Services whose recorded pool no longer matches where their address is,
+// or whose recorded pool changed what it depends on (poolVersion).
+func (c *PoolController) movedServices(changed map[string]bool) []string {
 	if c.services == nil {
 		return nil
 	}
@@ -134,7 +163,7 @@ func (c *PoolController) movedServices() []string {
 			pool, _ = c.cloud.alloc.PoolOf(addrs[0])
 		}
 		cond := findCondition(svc)
-		if pool != from || (cond != nil && cond.Reason == EventAddressNotInPool) {
+		if pool != from || changed[from] || (cond != nil && cond.Reason == EventAddressNotInPool) {
 			moved = append(moved, serviceKey(svc))
 		}
 	}
@@ -168,14 +197,24 @@ func (c *PoolController) runStatusWriter(ctx context.Context) {
 	}
 }
 
+// writeStatuses puts the finalizer on the pools that announce some Service's address and takes
+// it off the others, then writes every pool's status.
 func (c *PoolController) writeStatuses(ctx context.Context) error {
 	c.mu.Lock()
 	invalid := c.invalid
 	c.mu.Unlock()
+	users := c.cloud.alloc.PoolUsers()
 	var firstErr error
-	for _, p := range c.list() {
+	pools := c.list()
+	for _, p := range pools {
+		err := c.reconcileFinalizer(ctx, p, users[p.Name].Count)
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	for _, p := range pools {
 		st, known := c.cloud.alloc.PoolStatus(p.Name)
-		want := poolStatus(p, st, known, invalid[p.Name])
+		want := poolStatus(p, st, known, invalid[p.Name], users[p.Name])
 		recordPoolMetrics(p.Name, want)
 		if sameStatus(p.Status, want) {
 			continue
@@ -201,6 +240,9 @@ func (c *PoolController) applyStatus(ctx context.Context, name string, st v1alph
 		return err
 	}
 	_, err = c.client.Resource(IPPoolResource).ApplyStatus(ctx, name, &unstructured.Unstructured{Object: obj}, applyOptions)
+	if apierrors.IsNotFound(err) {
+		return nil // deleted since it was listed
+	}
 	if err != nil {
 		return fmt.Errorf("write status of IPPool %s: %w", name, err)
 	}

@@ -19,6 +19,7 @@ func poolFor(p *v1alpha1.IPPool) (ipam.Pool, error) {
 		AutoAssign:    p.Spec.AutoAssign == nil || *p.Spec.AutoAssign,
 		AvoidBuggyIPs: p.Spec.AvoidBuggyIPs,
 		CreatedUnix:   p.CreationTimestamp.Unix(),
+		Deleting:      p.DeletionTimestamp != nil,
 	}
 	if p.Spec.Visibility == v1alpha1.VisibilityInternal {
 		out.Visibility = ipam.Internal
@@ -52,8 +53,8 @@ func selector(ls *metav1.LabelSelector) (labels.Selector, error) {
 }
 
 // poolStatus computes an IPPool's status from the allocator's view. invalid is the reason the
-// pool could not be read, if any.
-func poolStatus(p *v1alpha1.IPPool, st ipam.PoolStatus, known bool, invalid error) v1alpha1.IPPoolStatus {
+// pool could not be read, if any; users are the Services its settings announce.
+func poolStatus(p *v1alpha1.IPPool, st ipam.PoolStatus, known bool, invalid error, users ipam.PoolUsers) v1alpha1.IPPoolStatus {
 	out := v1alpha1.IPPoolStatus{ObservedGeneration: p.Generation}
 	if known {
 		out.IPv4 = familyCount(st, ipam.IPv4)
@@ -62,6 +63,8 @@ func poolStatus(p *v1alpha1.IPPool, st ipam.PoolStatus, known bool, invalid erro
 	ready := metav1.Condition{Type: v1alpha1.PoolConditionReady, Status: metav1.ConditionTrue, Reason: "Ready", Message: "the pool hands out addresses"}
 	conflict := metav1.Condition{Type: v1alpha1.PoolConditionConflict, Status: metav1.ConditionFalse, Reason: "NoOverlap", Message: "the pool overlaps no other pool"}
 	switch {
+	case p.DeletionTimestamp != nil:
+		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, PoolReasonDeleting, deletingMessage(users)
 	case invalid != nil:
 		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, "InvalidAddresses", invalid.Error()
 	case len(st.ConflictsWith) > 0:
@@ -74,6 +77,26 @@ func poolStatus(p *v1alpha1.IPPool, st ipam.PoolStatus, known bool, invalid erro
 		out.Conditions = append(out.Conditions, keepTransitionTime(p.Status.Conditions, c))
 	}
 	return out
+}
+
+// PoolReasonDeleting is the reason of the Ready condition of a pool being deleted.
+const PoolReasonDeleting = "Deleting"
+
+// deletingMessage says what keeps a pool being deleted: the Services whose addresses its
+// settings still announce.
+func deletingMessage(users ipam.PoolUsers) string {
+	const show = 10
+	if users.Count == 0 {
+		return "the pool is being deleted and hands out no addresses; no Service's address is announced with it any more"
+	}
+	names := users.Services
+	more := ""
+	if len(names) > show {
+		more = fmt.Sprintf(" and %d more", len(names)-show)
+		names = names[:show]
+	}
+	return fmt.Sprintf("the pool is being deleted and hands out no addresses; it stays while Services keep addresses it announces (%d: %s%s): "+
+		"delete them, have them ask for other addresses, or add their addresses to another pool", users.Count, strings.Join(names, ", "), more)
 }
 
 func familyCount(st ipam.PoolStatus, f ipam.Family) *v1alpha1.FamilyCount {

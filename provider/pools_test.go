@@ -248,7 +248,7 @@ func TestPoolStatus_CountsPerFamilyAreCopied(t *testing.T) {
 		Allocated: map[ipam.Family]string{ipam.IPv4: "3", ipam.IPv6: "1"},
 		Available: map[ipam.Family]string{ipam.IPv4: "13", ipam.IPv6: "255"},
 	}
-	got := poolStatus(p, st, true, nil)
+	got := poolStatus(p, st, true, nil, ipam.PoolUsers{})
 	if want := (&v1alpha1.FamilyCount{Capacity: "16", Allocated: "3", Available: "13"}); !reflect.DeepEqual(got.IPv4, want) {
 		t.Errorf("IPv4 = %+v, want %+v", got.IPv4, want)
 	}
@@ -267,7 +267,7 @@ func TestPoolStatus_FamiliesThePoolLacksHaveNoCounts(t *testing.T) {
 		Allocated: map[ipam.Family]string{ipam.IPv6: "0"},
 		Available: map[ipam.Family]string{ipam.IPv6: "18446744073709551616"},
 	}
-	got := poolStatus(p, st, true, nil)
+	got := poolStatus(p, st, true, nil, ipam.PoolUsers{})
 	if got.IPv4 != nil {
 		t.Errorf("IPv4 = %+v, want none", got.IPv4)
 	}
@@ -275,7 +275,7 @@ func TestPoolStatus_FamiliesThePoolLacksHaveNoCounts(t *testing.T) {
 		t.Errorf("IPv6 = %+v, want capacity 2^64", got.IPv6)
 	}
 
-	unknown := poolStatus(p, ipam.PoolStatus{}, false, nil)
+	unknown := poolStatus(p, ipam.PoolStatus{}, false, nil, ipam.PoolUsers{})
 	if unknown.IPv4 != nil || unknown.IPv6 != nil {
 		t.Errorf("pool unknown to the allocator: counts %+v %+v, want none", unknown.IPv4, unknown.IPv6)
 	}
@@ -283,7 +283,7 @@ func TestPoolStatus_FamiliesThePoolLacksHaveNoCounts(t *testing.T) {
 
 func TestPoolStatus_UsablePoolIsReadyWithoutConflict(t *testing.T) {
 	p := testPool("public", "172.31.10.0/28")
-	got := poolStatus(p, ipam.PoolStatus{Capacity: map[ipam.Family]string{ipam.IPv4: "16"}}, true, nil)
+	got := poolStatus(p, ipam.PoolStatus{Capacity: map[ipam.Family]string{ipam.IPv4: "16"}}, true, nil, ipam.PoolUsers{})
 	ready := testPoolCondition(t, got, v1alpha1.PoolConditionReady)
 	if ready.Status != metav1.ConditionTrue || ready.Reason != "Ready" || ready.ObservedGeneration != 3 {
 		t.Errorf("Ready = %+v, want True/Ready at generation 3", ready)
@@ -299,7 +299,7 @@ func TestPoolStatus_UsablePoolIsReadyWithoutConflict(t *testing.T) {
 
 func TestPoolStatus_OverlapIsAConflictNamingTheOtherPool(t *testing.T) {
 	p := testPool("newer", "172.31.10.0/28")
-	got := poolStatus(p, ipam.PoolStatus{ConflictsWith: []string{"older", "oldest"}}, true, nil)
+	got := poolStatus(p, ipam.PoolStatus{ConflictsWith: []string{"older", "oldest"}}, true, nil, ipam.PoolUsers{})
 	conflict := testPoolCondition(t, got, v1alpha1.PoolConditionConflict)
 	if conflict.Status != metav1.ConditionTrue {
 		t.Errorf("Conflict status = %s, want True", conflict.Status)
@@ -324,7 +324,7 @@ func TestPoolStatus_InvalidAddressesMakeThePoolNotReady(t *testing.T) {
 	if perr == nil {
 		t.Fatal("poolFor accepted a reversed range")
 	}
-	got := poolStatus(p, ipam.PoolStatus{}, false, perr)
+	got := poolStatus(p, ipam.PoolStatus{}, false, perr, ipam.PoolUsers{})
 	ready := testPoolCondition(t, got, v1alpha1.PoolConditionReady)
 	if ready.Status != metav1.ConditionFalse || ready.Reason != "InvalidAddresses" {
 		t.Errorf("Ready = %s/%s, want False/InvalidAddresses", ready.Status, ready.Reason)
@@ -340,7 +340,7 @@ func TestPoolStatus_InvalidAddressesMakeThePoolNotReady(t *testing.T) {
 	}
 
 	// An invalid pool is not ready even if the allocator still reports a conflict for it.
-	got = poolStatus(p, ipam.PoolStatus{ConflictsWith: []string{"other"}}, true, errors.New("CIDR \"x\": bad"))
+	got = poolStatus(p, ipam.PoolStatus{ConflictsWith: []string{"other"}}, true, errors.New("CIDR \"x\": bad"), ipam.PoolUsers{})
 	if r := testPoolCondition(t, got, v1alpha1.PoolConditionReady); r.Reason != "InvalidAddresses" {
 		t.Errorf("Ready reason = %s, want InvalidAddresses", r.Reason)
 	}
@@ -353,7 +353,7 @@ func TestPoolStatus_TransitionTimeKeptWhileStatusUnchanged(t *testing.T) {
 		{Type: v1alpha1.PoolConditionReady, Status: metav1.ConditionTrue, Reason: "Ready", LastTransitionTime: since},
 		{Type: v1alpha1.PoolConditionConflict, Status: metav1.ConditionFalse, Reason: "NoOverlap", LastTransitionTime: since},
 	}
-	got := poolStatus(p, ipam.PoolStatus{}, true, nil)
+	got := poolStatus(p, ipam.PoolStatus{}, true, nil, ipam.PoolUsers{})
 	for _, c := range got.Conditions {
 		if !c.LastTransitionTime.Equal(&since) {
 			t.Errorf("%s lastTransitionTime = %v, want it kept at %v", c.Type, c.LastTransitionTime, since)
@@ -369,7 +369,7 @@ func TestPoolStatus_TransitionTimeIsNewWhenStatusChanges(t *testing.T) {
 		{Type: v1alpha1.PoolConditionConflict, Status: metav1.ConditionFalse, Reason: "NoOverlap", LastTransitionTime: since},
 	}
 	start := time.Now().Add(-time.Second)
-	got := poolStatus(p, ipam.PoolStatus{ConflictsWith: []string{"older"}}, true, nil)
+	got := poolStatus(p, ipam.PoolStatus{ConflictsWith: []string{"older"}}, true, nil, ipam.PoolUsers{})
 	for _, c := range got.Conditions {
 		if c.LastTransitionTime.Time.Before(start) {
 			t.Errorf("%s flipped to %s but lastTransitionTime is %v, want now", c.Type, c.Status, c.LastTransitionTime)
@@ -377,7 +377,7 @@ func TestPoolStatus_TransitionTimeIsNewWhenStatusChanges(t *testing.T) {
 	}
 
 	// A condition seen for the first time gets the current time too.
-	fresh := poolStatus(testPool("fresh", "172.31.10.0/28"), ipam.PoolStatus{}, true, nil)
+	fresh := poolStatus(testPool("fresh", "172.31.10.0/28"), ipam.PoolStatus{}, true, nil, ipam.PoolUsers{})
 	for _, c := range fresh.Conditions {
 		if c.LastTransitionTime.Time.Before(start) {
 			t.Errorf("new %s lastTransitionTime = %v, want now", c.Type, c.LastTransitionTime)

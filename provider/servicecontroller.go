@@ -399,6 +399,15 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	hasFinalizer := slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer)
 	ann, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
 	holds := len(after) > 0
+	if holds {
+		// The pool that announces the addresses must not go while they are served.
+		if err := c.pools.protect(ctx, pool); err != nil {
+			return err
+		}
+		if ann != pool {
+			c.pools.markDirty() // the pool it left may lose its finalizer
+		}
+	}
 	lbStatus := loadBalancerStatus(after, svc)
 	if holds != hasFinalizer || holds != hasAnn || (holds && ann != pool) ||
 		(holds && svc.Annotations[v1alpha1.AnnotationAllocatedAddresses] != joinAddrs(after)) ||

@@ -28,6 +28,7 @@ type advertisement struct {
 	localPref   *uint32
 	services    []types.NamespacedName
 	reason      string // why no node announces it
+	outside     string // why the pool announcing it does not hand it out (outsidePool)
 }
 
 // bgpNodes are the nodes that announce svc's address from pool, filling
@@ -87,7 +88,9 @@ func peersFor(node *v1.Node, peers []*v1alpha1.BGPPeer, poolSel labels.Selector)
 // aggregate is the prefix announced for addr from pool: the address
 // itself, or the pool's aggregation length. An aggregate that would cover
 // addresses outside the pool's own ranges is refused: the prefix is
-// invalid and the reason says why, for the Announced condition.
+// invalid and the reason says why, for the Announced condition. An address
+// the pool no longer holds is announced by itself: no aggregate of the
+// pool covers it.
 func aggregate(addr netip.Addr, pool *v1alpha1.IPPool) (netip.Prefix, string) {
 	adv, bits, name := pool.Spec.BGP, addr.BitLen(), "aggregationLength"
 	if addr.Is4() && adv.AggregationLength != nil {
@@ -110,8 +113,12 @@ func aggregate(addr netip.Addr, pool *v1alpha1.IPPool) (netip.Prefix, string) {
 		b.AddRange(r)
 		holds = append(holds, string(entry))
 	}
-	if set, err := b.IPSet(); err == nil && set.ContainsPrefix(p) {
+	set, err := b.IPSet()
+	if err == nil && set.ContainsPrefix(p) {
 		return p, ""
+	}
+	if err == nil && !set.Contains(addr) {
+		return netip.PrefixFrom(addr, addr.BitLen()), ""
 	}
 	return netip.Prefix{}, fmt.Sprintf("not announced by BGP: IPPool %s's bgp.%s %d would announce %s, which covers addresses outside the pool (it holds %s)",
 		pool.Name, name, bits, p, strings.Join(holds, ", "))
@@ -128,7 +135,7 @@ func communityStrings(cs []v1alpha1.Community) []string {
 // bgpMessage describes an advertisement for the Announced condition.
 func (a *advertisement) message() string {
 	if len(a.nodes) == 0 {
-		return fmt.Sprintf("%s: %s", a.addr, a.reason)
+		return fmt.Sprintf("%s: %s", a.addr, a.reason) + outsideNote(a.outside)
 	}
 	peers := map[string]bool{}
 	for _, ps := range a.peers {
@@ -136,5 +143,15 @@ func (a *advertisement) message() string {
 			peers[p] = true
 		}
 	}
-	return fmt.Sprintf("%s by BGP from %s to %s", a.prefix, strings.Join(a.nodes, ","), strings.Join(slices.Sorted(maps.Keys(peers)), ","))
+	return fmt.Sprintf("%s by BGP from %s to %s", a.prefix, strings.Join(a.nodes, ","), strings.Join(slices.Sorted(maps.Keys(peers)), ",")) +
+		outsideNote(a.outside)
+}
+
+// outsideNote adds to an address's part of the Announced condition why the
+// pool announcing it does not hand it out.
+func outsideNote(outside string) string {
+	if outside == "" {
+		return ""
+	}
+	return ", " + outside
 }

@@ -57,6 +57,9 @@ type announcement struct {
 	services   []types.NamespacedName
 	reason     string // why there is no owner
 	recorded   string // the owner the Services' record named, which ownerOf read
+	// outside, when not empty, says why the pool announcing it does not
+	// hand it out (outsidePool).
+	outside string
 	// missing lists nodes that match the pool but lack its interfaces.
 	missing map[string]string
 }
@@ -189,12 +192,20 @@ func ingressAddrs(svc *v1.Service) []netip.Addr {
 	return out
 }
 
-// poolOf is the pool addr came from: the one ironlb-ccm named on the
-// Service if it holds addr, else any pool that holds it.
+// poolOf is the pool whose settings announce addr of svc: the one
+// ironlb-ccm names on the Service (ironlb.io/allocated-from) if it holds
+// addr, else any pool that holds it. An address that left every pool is
+// still announced, with the settings of the pool named, as long as that
+// pool exists: ironlb-ccm keeps such an address for its Service (a pool
+// shrank, or is being deleted, which ironlb-ccm holds up until no Service
+// needs it), and so the speakers keep serving it. nil when none.
 func poolOf(pools []*v1alpha1.IPPool, svc *v1.Service, addr netip.Addr) *v1alpha1.IPPool {
 	named := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
-	var found *v1alpha1.IPPool
+	var found, namedPool *v1alpha1.IPPool
 	for _, p := range pools {
+		if p.Name == named {
+			namedPool = p
+		}
 		if !poolContains(p, addr) {
 			continue
 		}
@@ -205,7 +216,24 @@ func poolOf(pools []*v1alpha1.IPPool, svc *v1.Service, addr netip.Addr) *v1alpha
 			found = p
 		}
 	}
-	return found
+	if found != nil {
+		return found
+	}
+	return namedPool
+}
+
+// outsidePool says why addr, announced with the settings of pool, is not
+// one the pool hands out: the pool no longer holds it, or is being deleted;
+// "" when it is. The Announced condition says so; the Warning that says
+// what to do about it is ironlb-ccm's.
+func outsidePool(pool *v1alpha1.IPPool, addr netip.Addr) string {
+	switch {
+	case !poolContains(pool, addr):
+		return "in no IPPool: announced with the settings of IPPool " + pool.Name + ", which no longer holds it"
+	case pool.DeletionTimestamp != nil:
+		return "IPPool " + pool.Name + ", which announces it, is being deleted"
+	}
+	return ""
 }
 
 func poolContains(p *v1alpha1.IPPool, addr netip.Addr) bool {

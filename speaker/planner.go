@@ -187,10 +187,14 @@ func (p *planner) rebuild(addr netip.Addr, in inputs) {
 	delete(p.l2, addr)
 	delete(p.bgp, addr)
 	if len(l2Parts) > 0 {
-		p.l2[addr] = l2Announcement(addr, l2Keys, l2Parts, in)
+		a := l2Announcement(addr, l2Keys, l2Parts, in)
+		a.outside = outsidePool(a.poolObj, addr)
+		p.l2[addr] = a
 	}
 	if len(bgpParts) > 0 {
-		p.bgp[addr] = bgpAdvertisement(addr, bgpKeys, bgpParts)
+		a := bgpAdvertisement(addr, bgpKeys, bgpParts)
+		a.outside = outsidePool(bgpParts[0].pool, addr)
+		p.bgp[addr] = a
 	}
 }
 
@@ -204,6 +208,9 @@ func (p *planner) partOf(in inputs, peers []*v1alpha1.BGPPeer, svc *v1.Service) 
 		}
 		pool := poolOf(in.pools, svc, addr)
 		switch {
+		case pool == nil && svc.Annotations[v1alpha1.AnnotationAllocatedFrom] != "":
+			notes = append(notes, fmt.Sprintf("%s is in no IPPool, and IPPool %s it was allocated from does not exist", addr,
+				svc.Annotations[v1alpha1.AnnotationAllocatedFrom]))
 		case pool == nil:
 			notes = append(notes, fmt.Sprintf("%s is in no IPPool", addr))
 		case pool.Spec.L2 == nil && pool.Spec.BGP == nil:
@@ -331,7 +338,8 @@ func (part *servicePart) current(svc *v1.Service, slices []*discoveryv1.Endpoint
 // worldKey is everything besides a Service and its endpoints that its part
 // reads: of the nodes, their labels and whether their network is
 // unavailable; the pools' and peers' specs (their generations; the peers'
-// labels too, which pools select); the live speakers and their interfaces.
+// labels too, which pools select) and whether a pool is being deleted; the
+// live speakers and their interfaces.
 func worldKey(in inputs, peers []*v1alpha1.BGPPeer) string {
 	var b strings.Builder
 	for _, name := range slices.Sorted(maps.Keys(in.nodes)) {
@@ -340,7 +348,7 @@ func worldKey(in inputs, peers []*v1alpha1.BGPPeer) string {
 		writeMap(&b, n.Labels)
 	}
 	for _, p := range in.pools {
-		fmt.Fprintf(&b, "pool %s %s %d\n", p.Name, p.UID, p.Generation)
+		fmt.Fprintf(&b, "pool %s %s %d %t\n", p.Name, p.UID, p.Generation, p.DeletionTimestamp != nil)
 	}
 	for _, p := range peers {
 		fmt.Fprintf(&b, "peer %s %s %d", p.Name, p.UID, p.Generation)

@@ -37,6 +37,10 @@ const (
 	ReasonAnnounced      = "Announced"
 	ReasonNoEligibleNode = "NoEligibleNode"
 	ReasonNotAnnounced   = "NotAnnounced"
+	// ReasonAddressNotInPool: announced, but with the settings of a pool
+	// that no longer holds an address, or is being deleted (ironlb-ccm's
+	// condition has the same reason and says what to do).
+	ReasonAddressNotInPool = "AddressNotInPool"
 	// ReasonHeartbeatsBroken: announced, but heartbeats between some
 	// speakers do not flow, so failover goes through Leases and is slower.
 	ReasonHeartbeatsBroken = "HeartbeatsBroken"
@@ -50,11 +54,12 @@ const (
 // condition with an L2 address.
 func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced, degraded string) *metav1.Condition {
 	var parts []string
-	ok, any, l2 := true, false, false
+	ok, any, l2, outside := true, false, false, false
 	for _, addr := range ingressAddrs(svc) {
 		if b := bplan[addr]; b != nil {
 			any = true
 			ok = ok && len(b.nodes) > 0
+			outside = outside || b.outside != ""
 			parts = append(parts, b.message())
 		}
 		a := plan[addr]
@@ -62,12 +67,13 @@ func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bpla
 			continue
 		}
 		any, l2 = true, true
+		outside = outside || a.outside != ""
 		if a.owner == "" {
 			ok = false
-			parts = append(parts, fmt.Sprintf("%s: %s", addr, a.reason))
+			parts = append(parts, fmt.Sprintf("%s: %s", addr, a.reason)+outsideNote(a.outside))
 			continue
 		}
-		parts = append(parts, fmt.Sprintf("%s by %s on %s (%s)", addr, a.owner, strings.Join(a.interfaces, ","), a.protocol()))
+		parts = append(parts, fmt.Sprintf("%s by %s on %s (%s)", addr, a.owner, strings.Join(a.interfaces, ","), a.protocol())+outsideNote(a.outside))
 	}
 	c := &metav1.Condition{Type: v1alpha1.ConditionAnnounced, ObservedGeneration: svc.Generation}
 	switch {
@@ -79,6 +85,8 @@ func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bpla
 	case ok && l2 && degraded != "":
 		c.Status, c.Reason = metav1.ConditionTrue, ReasonHeartbeatsBroken
 		parts = append(parts, degraded)
+	case ok && outside:
+		c.Status, c.Reason = metav1.ConditionTrue, ReasonAddressNotInPool
 	case ok:
 		c.Status, c.Reason = metav1.ConditionTrue, ReasonAnnounced
 	default:

@@ -30,6 +30,13 @@ const (
 	// an address is released before its Service disappears.
 	LoadBalancerCleanupFinalizer = "service.kubernetes.io/load-balancer-cleanup"
 
+	// PoolProtectionFinalizer is on an IPPool while the settings of the pool announce the
+	// address of some Service (it holds the address, or the address left every pool after it was
+	// last in this one). ironlb-ccm adds it before it publishes such an address and removes it
+	// when the last such Service is released or moved, so that deleting the pool never stops the
+	// speakers from announcing an address a Service keeps.
+	PoolProtectionFinalizer = "ironlb.io/pool-protection"
+
 	// FieldManagerCCM is the server-side apply field manager of ironlb-ccm.
 	FieldManagerCCM = "ironlb-ccm"
 	// FieldManagerSpeaker is the server-side apply field manager of every ironlb-speaker.

@@ -16,8 +16,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/e2e/lab"
@@ -78,6 +80,7 @@ type F struct {
 	mu      sync.Mutex
 	offsets map[string]int64 // log path -> size when the test began
 	cleanup []func(context.Context)
+	pools   []string // IPPools the test made, deleted when it ends
 }
 
 // New gives t the package's lab and a namespace of its own.
@@ -120,6 +123,18 @@ func New(t *testing.T) *F {
 		}
 		if err := f.Client.CoreV1().Namespaces().Delete(cctx, f.Namespace, metav1.DeleteOptions{}); err != nil {
 			t.Errorf("cleanup: delete namespace %s: %v", f.Namespace, err)
+		}
+		// A pool that announces a Service's address stays (ironlb-ccm's finalizer) until the
+		// Service goes with the namespace: wait for it, so that the next test may make a pool
+		// of the same name.
+		for _, name := range f.pools {
+			err := wait.PollUntilContextCancel(cctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+				_, err := f.Dynamic.Resource(lab.IPPoolResource).Get(ctx, name, metav1.GetOptions{})
+				return apierrors.IsNotFound(err), nil
+			})
+			if err != nil {
+				t.Errorf("cleanup: IPPool %s is still there: %v", name, err)
+			}
 		}
 	})
 	return f
@@ -298,7 +313,7 @@ func (f *F) WaitOwner(addr netip.Addr, what string, ok func(n int) bool) int {
 
 // Pool creates an IPPool of prefixes that only Services naming it use
 // (autoAssign false); mutate sets its l2 or bgp section. It is deleted when
-// the test ends.
+// the test ends, and gone before the next test begins.
 func (f *F) Pool(name string, prefixes []netip.Prefix, mutate func(*v1alpha1.IPPoolSpec)) {
 	f.T.Helper()
 	spec := v1alpha1.IPPoolSpec{AutoAssign: new(bool)}
@@ -311,6 +326,7 @@ func (f *F) Pool(name string, prefixes []netip.Prefix, mutate func(*v1alpha1.IPP
 	if err := f.CreatePool(f.Ctx, name, spec); err != nil {
 		f.T.Fatal(err)
 	}
+	f.pools = append(f.pools, name)
 	f.Cleanup(func(ctx context.Context) {
 		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, name, metav1.DeleteOptions{})
 	})

@@ -7,12 +7,15 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
@@ -399,4 +402,93 @@ func TestMissingInterface(t *testing.T) {
 			t.Errorf("node%d answers %s without the pool's interface", n, a)
 		}
 	}
+}
+
+// TestPoolShrunkThenDeletedKeepsServing: the addresses of a Service leave
+// its pool, and then the pool is deleted; the Service keeps them, and the
+// same node keeps answering for them, with the pool's settings, all along.
+// The pool stays, being deleted, until the Service goes.
+func TestPoolShrunkThenDeletedKeepsServing(t *testing.T) {
+	f := framework.New(t)
+	pool(f, "shrinking", 1, nil)
+	svc, addrs := service(f, "web", "shrinking", []int{1, 2}, nil)
+	owners := announced(f, svc, addrs)
+	for _, a := range addrs {
+		reach(f, a, "endpoint=web-n")
+	}
+	stillServed := func(when string) {
+		t.Helper()
+		f.Eventually(fmt.Sprintf("the Announced condition of %s says its addresses are in no pool %s", svc, when), 50, 200*time.Millisecond, func() error {
+			s, err := f.Client.CoreV1().Services(svc.Namespace).Get(f.Ctx, svc.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if c := findAnnounced(s); c == nil || c.Status != metav1.ConditionTrue || c.Reason != "AddressNotInPool" {
+				return fmt.Errorf("condition %+v", c)
+			}
+			if got := ingressAddrs(s); !slices.Equal(got, addrs) {
+				return fmt.Errorf("the Service holds %v, not %v any more", got, addrs)
+			}
+			return nil
+		})
+		for _, a := range addrs {
+			reach(f, a, "endpoint=web-n")
+			if n := f.Owner(a); n != owners[a] {
+				t.Errorf("%s %s: answered by node%d, want node%d as before", a, when, n, owners[a])
+			}
+		}
+	}
+
+	// Shrink the pool to one address of each family that the Service does
+	// not hold.
+	var rest []any
+	for i, p := range f.L2TestPool(1) {
+		other := p.Addr()
+		if other == addrs[i] {
+			other = other.Next()
+		}
+		rest = append(rest, other.String()+"-"+other.String())
+	}
+	pools := f.Dynamic.Resource(lab.IPPoolResource)
+	u, err := pools.Get(f.Ctx, "shrinking", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unstructured.SetNestedSlice(u.Object, rest, "spec", "addresses"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pools.Update(f.Ctx, u, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("shrink IPPool shrinking: %v", err)
+	}
+	stillServed("after the pool shrank")
+
+	if err := pools.Delete(f.Ctx, "shrinking", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u, err = pools.Get(f.Ctx, "shrinking", metav1.GetOptions{})
+	if err != nil || u.GetDeletionTimestamp() == nil || !slices.Contains(u.GetFinalizers(), v1alpha1.PoolProtectionFinalizer) {
+		t.Fatalf("IPPool shrinking after delete: %v, finalizers %v; want it kept, being deleted", err, u.GetFinalizers())
+	}
+	stillServed("after the pool was deleted")
+
+	if err := f.Client.CoreV1().Services(svc.Namespace).Delete(f.Ctx, svc.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.Eventually("IPPool shrinking to go with its last Service", 50, 200*time.Millisecond, func() error {
+		if _, err := pools.Get(f.Ctx, "shrinking", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("get: %v", err)
+		}
+		return nil
+	})
+}
+
+// ingressAddrs are the addresses in a Service's status.
+func ingressAddrs(s *corev1.Service) []netip.Addr {
+	var out []netip.Addr
+	for _, in := range s.Status.LoadBalancer.Ingress {
+		if a, err := netip.ParseAddr(in.IP); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
 }

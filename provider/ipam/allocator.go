@@ -15,6 +15,7 @@ type Allocator struct {
 	pools       map[string]*poolState
 	ordered     []*poolState // usable pools in the order new allocations try them
 	conflicting []*poolState // pools in Conflict: counted, never allocated from
+	deleting    []*poolState // pools being deleted, by name: counted, never allocated from
 	index       []rangeRef   // ranges of usable pools, sorted
 	hasInternal bool
 
@@ -36,6 +37,9 @@ type svcState struct {
 	addrBuf  [2]netip.Addr
 	internal bool
 	pools    []string // Request.Pools at the time
+	// pool is the pool whose settings announced its addresses at the last Allocate or Restore
+	// (Result.Pool): the one they stay with once they leave every usable pool.
+	pool string
 }
 
 // New returns an allocator with no pools.
@@ -96,7 +100,17 @@ func (a *Allocator) Restore(req Request, addrs []netip.Addr) error {
 			ordered = append(ordered, addr)
 		}
 	}
-	a.replace(self, &req, ordered)
+	self = a.replace(self, &req, ordered)
+	self.pool = req.From
+	self.pool = a.poolOf(self)
+	// The request is taken as the one the addresses were given for, so that pools edited while
+	// no leader ran move nothing (see keep). An address still in the pool it was recorded from,
+	// which the Service no longer names, says otherwise: the request changed meanwhile, and the
+	// Service moves as it would have.
+	if p := a.pools[self.pool]; p != nil && self.pool == req.From && len(req.Pools) > 0 && !slices.Contains(req.Pools, p.Name) &&
+		slices.ContainsFunc(ordered, func(addr netip.Addr) bool { return a.usablePool(addr) == p }) {
+		self.pools = []string{p.Name}
+	}
 	return nil
 }
 
@@ -133,7 +147,8 @@ func (a *Allocator) Allocate(req Request) (Result, error) {
 		return Result{}, err
 	}
 	unkept := a.unkept(&pl, addrs)
-	a.replace(self, &req, addrs)
+	self = a.replace(self, &req, addrs)
+	self.pool = from.Name
 	return Result{Addrs: slices.Clone(addrs), Pool: from.Name, Unkept: unkept}, nil
 }
 
@@ -168,8 +183,8 @@ func (a *Allocator) Holding(service string) []netip.Addr {
 
 // replace makes addrs the Service's holding and records the request they were given for.
 // Addresses it held before and still holds are untouched, so a shared address never goes through
-// a moment without holders.
-func (a *Allocator) replace(self *svcState, req *Request, addrs []netip.Addr) {
+// a moment without holders. It returns the Service's record, new if self was nil.
+func (a *Allocator) replace(self *svcState, req *Request, addrs []netip.Addr) *svcState {
 	if self == nil {
 		self = &svcState{}
 		a.svcs[req.Service] = self
@@ -194,6 +209,7 @@ func (a *Allocator) replace(self *svcState, req *Request, addrs []netip.Addr) {
 		self.pools = slices.Clone(req.Pools)
 	}
 	a.joinGroup(self)
+	return self
 }
 
 func (a *Allocator) hold(self *svcState, addr netip.Addr) {
@@ -221,30 +237,31 @@ func (a *Allocator) drop(self *svcState, addr netip.Addr) bool {
 	return true
 }
 
-// result describes what the Service holds now, with a warning for each address that left every
-// usable pool.
+// result describes what the Service holds now and the pool whose settings announce it, with a
+// warning for each address that left every usable pool.
 func (a *Allocator) result(self *svcState) Result {
-	res := Result{Addrs: slices.Clone(self.addrs)}
+	self.pool = a.poolOf(self)
+	res := Result{Addrs: slices.Clone(self.addrs), Pool: self.pool}
 	for _, addr := range self.addrs {
-		if p := a.usablePool(addr); p != nil {
-			if res.Pool == "" {
-				res.Pool = p.Name
-			}
-			continue
+		if a.usablePool(addr) == nil {
+			res.Warnings = append(res.Warnings, a.orphanWarning(addr))
 		}
-		res.Warnings = append(res.Warnings, a.orphanWarning(addr))
 	}
 	return res
 }
 
+const keepsIt = "the Service keeps it until it is deleted or asks for another address"
+
 func (a *Allocator) orphanWarning(addr netip.Addr) string {
-	for _, p := range a.conflicting {
-		if p.contains(addr) {
-			return "address " + addr.String() + " is only in pool " + p.Name + ", which is in conflict with " +
-				joinNames(p.conflicts) + "; the Service keeps it until it is deleted or asks for another address"
-		}
+	if p := a.conflictingPool(addr); p != nil {
+		return "address " + addr.String() + " is only in pool " + p.Name + ", which is in conflict with " +
+			joinNames(p.conflicts) + "; " + keepsIt
 	}
-	return "address " + addr.String() + " is no longer in any pool; the Service keeps it until it is deleted or asks for another address"
+	if p := a.deletingPool(addr); p != nil {
+		return "address " + addr.String() + " is only in pool " + p.Name + ", which is being deleted; " + keepsIt +
+			", and the pool stays until then"
+	}
+	return "address " + addr.String() + " is no longer in any pool; " + keepsIt
 }
 
 func sortAddrs(addrs []netip.Addr) {

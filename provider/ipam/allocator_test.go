@@ -355,8 +355,8 @@ func TestAllocate_ExistingHoldings(t *testing.T) {
 		steps: []step{
 			allocFrom(svc("default/web", inPools("lab-a")), "lab-a", "172.31.0.10"),
 			setPools(pool("lab-b", v4b)),
-			allocWarns(svc("default/web", inPools("lab-a")), "", "172.31.0.10 is no longer in any pool", "172.31.0.10"),
-			allocWarns(svc("default/web", inPools("lab-a")), "", `pool "lab-a" named by the Service does not exist`, "172.31.0.10"),
+			allocWarns(svc("default/web", inPools("lab-a")), "lab-a", "172.31.0.10 is no longer in any pool", "172.31.0.10"),
+			allocWarns(svc("default/web", inPools("lab-a")), "lab-a", `pool "lab-a" named by the Service does not exist`, "172.31.0.10"),
 			allocFails(svc("default/web", inPools("lab-a", "lab-c")), ReasonUnknownPool, msg(`pools "lab-a", "lab-c"`), "172.31.0.10"),
 		},
 	}, {
@@ -376,7 +376,7 @@ func TestAllocate_ExistingHoldings(t *testing.T) {
 		steps: []step{
 			alloc(svc("default/web"), "172.31.0.10"),
 			setPools(created(pool("lab-a", "172.31.0.15"), 1), created(pool("lab-b", v4a), 2)),
-			allocWarns(svc("default/web"), "", "only in pool lab-b, which is in conflict with lab-a", "172.31.0.10"),
+			allocWarns(svc("default/web"), "lab-b", "only in pool lab-b, which is in conflict with lab-a", "172.31.0.10"),
 		},
 	}, {
 		name:  "a changed requested address moves the Service and frees the old one",
@@ -441,12 +441,13 @@ func TestAllocate_ExistingHoldings(t *testing.T) {
 			counts("lab-a", IPv4, "10", "0", "10"),
 		},
 	}, {
-		name:  "a pool turning internal moves its external Services on their next allocation",
+		name:  "a pool turning internal keeps its external Services where they are, with a warning",
 		pools: []Pool{pool("lab-a", v4a), pool("lab-b", v4b)},
 		steps: []step{
 			alloc(svc("default/web"), "172.31.0.10"),
 			setPools(internalPool("lab-a", v4a), pool("lab-b", v4b)),
-			allocFrom(svc("default/web"), "lab-b", "172.31.1.10"),
+			allocWarns(svc("default/web"), "lab-a", "172.31.0.10 is in pool lab-a, which serves only internal Services", "172.31.0.10"),
+			allocFrom(svc("default/new"), "lab-b", "172.31.1.10"),
 		},
 	}, {
 		name:  "naming another pool moves the Service",
@@ -497,7 +498,7 @@ func TestAllocate_ExistingHoldings(t *testing.T) {
 		steps: []step{
 			alloc(svc("default/web", ips("172.31.0.15")), "172.31.0.15"),
 			setPools(),
-			allocWarns(svc("default/web", ips("172.31.0.15")), "", "no longer in any pool", "172.31.0.15"),
+			allocWarns(svc("default/web", ips("172.31.0.15")), "lab-a", "no longer in any pool", "172.31.0.15"),
 		},
 	}})
 }

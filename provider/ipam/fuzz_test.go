@@ -58,6 +58,7 @@ type fuzzModel struct {
 	pools    []Pool
 	holds    map[string][]netip.Addr
 	recorded map[string]Request
+	served   map[string]bool // recorded by a successful Allocate, not by Restore
 }
 
 func FuzzAllocateRelease(f *testing.F) {
@@ -87,18 +88,20 @@ func TestAllocateRelease_RandomSequencesKeepInvariants(t *testing.T) {
 }
 
 func runFuzzOps(t *testing.T, in *byteReader) {
-	m := &fuzzModel{t: t, a: New(), holds: map[string][]netip.Addr{}, recorded: map[string]Request{}}
+	m := &fuzzModel{t: t, a: New(), holds: map[string][]netip.Addr{}, recorded: map[string]Request{}, served: map[string]bool{}}
 	m.setPools(in)
 	// Restores come first, as at start-up.
 	for range in.next(4) {
 		m.restore(in)
 	}
 	for len(in.data) > 0 && !t.Failed() {
-		switch in.next(8) {
+		switch in.next(9) {
 		case 0:
 			m.setPools(in)
 		case 1, 2:
 			m.release(in)
+		case 3:
+			m.again(in)
 		default:
 			m.allocate(in)
 		}
@@ -127,6 +130,7 @@ func (m *fuzzModel) setPools(in *byteReader) {
 		if flags&4 != 0 {
 			p.Visibility = Internal
 		}
+		p.Deleting = in.next(6) == 0
 		if flags&8 != 0 {
 			p = reserved(p, in.next(3), "", "")
 			if flags&16 != 0 {
@@ -172,6 +176,7 @@ func (m *fuzzModel) restore(in *byteReader) {
 	}
 	m.holds[r.Service] = m.a.Holding(r.Service)
 	m.recorded[r.Service] = r
+	m.served[r.Service] = false
 }
 
 func (m *fuzzModel) release(in *byteReader) {
@@ -180,6 +185,7 @@ func (m *fuzzModel) release(in *byteReader) {
 	held := m.holds[name]
 	delete(m.holds, name)
 	delete(m.recorded, name)
+	delete(m.served, name)
 	var want []netip.Addr
 	for _, addr := range held {
 		if !m.heldByAnyone(addr) {
@@ -202,8 +208,18 @@ func (m *fuzzModel) heldByAnyone(addr netip.Addr) bool {
 	return false
 }
 
-func (m *fuzzModel) allocate(in *byteReader) {
-	r := m.request(in)
+func (m *fuzzModel) allocate(in *byteReader) { m.allocateFor(m.request(in)) }
+
+// again allocates a Service with the request it was last served (or restored) for, as a resync
+// or a pool change does.
+func (m *fuzzModel) again(in *byteReader) {
+	r, ok := m.recorded[fuzzServices[in.next(len(fuzzServices))]]
+	if ok {
+		m.allocateFor(r)
+	}
+}
+
+func (m *fuzzModel) allocateFor(r Request) {
 	before := m.holds[r.Service]
 	res, err := m.a.Allocate(r)
 	if err != nil {
@@ -254,8 +270,17 @@ func (m *fuzzModel) allocate(in *byteReader) {
 	if r.Policy == RequireDualStack && len(res.Addrs) != 2 {
 		m.t.Fatalf("Allocate(%+v) = %v, want both families", r, res.Addrs)
 	}
+	// Pool edits never move a Service that asks for what it was served for before.
+	if prev := m.recorded[r.Service]; m.served[r.Service] && sameRequest(prev, r) {
+		for _, addr := range before {
+			if !slices.Contains(res.Addrs, addr) {
+				m.t.Fatalf("Allocate(%+v) = %v: the same request as before moved it from %v", r, res.Addrs, before)
+			}
+		}
+	}
 	m.holds[r.Service] = slices.Clone(res.Addrs)
 	m.recorded[r.Service] = r
+	m.served[r.Service] = true
 }
 
 func (m *fuzzModel) pool(name string) Pool {
@@ -330,6 +355,11 @@ func (m *fuzzModel) check() {
 			}
 		}
 	}
+}
+
+func sameRequest(x, y Request) bool {
+	return x.Policy == y.Policy && slices.Equal(x.Families, y.Families) && slices.Equal(x.Pools, y.Pools) &&
+		x.Internal == y.Internal && x.SharingKey == y.SharingKey && slices.Equal(x.Ports, y.Ports) && slices.Equal(x.IPs, y.IPs)
 }
 
 func mayShareRecorded(x, y Request) bool {

@@ -150,7 +150,8 @@ func overlaps(a, b []netipx.IPRange) bool {
 }
 
 // SetPools replaces the pool set. It never changes what any Service holds. Pools that overlap an
-// older pool (Pool.CreatedUnix, then name) are in Conflict and are not used for new allocations.
+// older pool (Pool.CreatedUnix, then name) are in Conflict and are not used for new allocations,
+// nor are pools being deleted.
 func (a *Allocator) SetPools(pools []Pool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -168,10 +169,18 @@ func (a *Allocator) SetPools(pools []Pool) {
 	for _, in := range pools {
 		byName[in.Name] = newPool(in, cursors)
 	}
+	// Pools being deleted take no part: they hand out nothing, and a pool that takes over their
+	// ranges must not wait for them to go.
 	byAge := make([]*poolState, 0, len(byName))
+	a.deleting = a.deleting[:0]
 	for _, p := range byName {
+		if p.Deleting {
+			a.deleting = append(a.deleting, p)
+			continue
+		}
 		byAge = append(byAge, p)
 	}
+	slices.SortFunc(a.deleting, func(x, y *poolState) int { return cmp.Compare(x.Name, y.Name) })
 	slices.SortFunc(byAge, func(x, y *poolState) int {
 		return cmp.Or(cmp.Compare(x.CreatedUnix, y.CreatedUnix), cmp.Compare(x.Name, y.Name))
 	})
@@ -272,6 +281,76 @@ func (a *Allocator) countHeld(addr netip.Addr, held bool) {
 	for _, p := range a.conflicting {
 		adjust(p)
 	}
+	for _, p := range a.deleting {
+		adjust(p)
+	}
+}
+
+// deletingPool returns the first pool being deleted, by name, that contains addr.
+func (a *Allocator) deletingPool(addr netip.Addr) *poolState {
+	for _, p := range a.deleting {
+		if p.contains(addr) {
+			return p
+		}
+	}
+	return nil
+}
+
+// poolOf is the pool whose settings announce what the Service holds: the usable pool of the first
+// of its addresses that is in one; else the pool they were last in, which may have shrunk, be in
+// conflict or being deleted; else a pool being deleted that holds one of them (a Service restored
+// without a record of its pool). It is the name of a pool that no longer exists when nothing
+// better is known.
+func (a *Allocator) poolOf(s *svcState) string {
+	for _, addr := range s.addrs {
+		if p := a.usablePool(addr); p != nil {
+			return p.Name
+		}
+	}
+	if a.pools[s.pool] == nil {
+		for _, addr := range s.addrs {
+			if p := a.deletingPool(addr); p != nil {
+				return p.Name
+			}
+		}
+	}
+	return s.pool
+}
+
+// PoolUsers are the Services whose addresses a pool's settings announce.
+type PoolUsers struct {
+	Count int
+	// Services are their names, sorted, for a pool being deleted only: its status says who keeps
+	// it. Other pools are only counted.
+	Services []string
+}
+
+// PoolUsers reports, by pool name, the Services whose addresses its settings announce (see
+// Result.Pool): those holding addresses in it, and those whose addresses left every usable pool
+// after they were last in it. Such a pool must not go away, or its Services would not be
+// announced any more; one without users may.
+func (a *Allocator) PoolUsers() map[string]PoolUsers {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]PoolUsers{}
+	for name, s := range a.svcs {
+		pool := a.poolOf(s)
+		if len(s.addrs) == 0 || pool == "" {
+			continue
+		}
+		// A pool the allocator was not given (one it could not read) is counted too: its
+		// Services still need it.
+		u := out[pool]
+		u.Count++
+		if p := a.pools[pool]; p != nil && p.Deleting {
+			u.Services = append(u.Services, name)
+		}
+		out[pool] = u
+	}
+	for _, u := range out {
+		slices.Sort(u.Services)
+	}
+	return out
 }
 
 // PoolStatus is what the provider writes into an IPPool's status.

@@ -150,9 +150,11 @@ func validate(pl *plan) error {
 	return nil
 }
 
-// keep reports whether what the Service holds still fits its request, and records the request if
-// so. Addresses that left every pool still fit: deleting or shrinking a pool must not move a
-// Service, so they stay until the Service itself asks for something else.
+// keep reports whether the Service keeps what it holds, and records the request if so. What it
+// holds is kept while it fits the request, and also, as long as the Service asks for what it
+// asked for when it got it, when a pool edit made it no longer fit: a pool that shrank, was
+// deleted, changed its visibility, or lost the range to a pool the Service does not name, never
+// moves a Service. Only a changed request does.
 func (a *Allocator) keep(pl *plan) (Result, bool) {
 	self, req := pl.self, &pl.req
 	if len(self.addrs) == 0 {
@@ -174,18 +176,26 @@ func (a *Allocator) keep(pl *plan) (Result, bool) {
 			return Result{}, false
 		}
 	}
+	same := self.internal == req.Internal && sameNames(self.pools, req.Pools)
 	// A named pool that does not exist is a mistake in the request, unless the Service named it
 	// all along and the pool was deleted since, which must not move the Service.
-	var gone []string
+	var notes []string
 	for _, name := range req.Pools {
-		if a.pools[name] == nil {
-			if !sameNames(self.pools, req.Pools) {
-				return Result{}, false
-			}
-			gone = append(gone, name)
+		p := a.pools[name]
+		if p != nil && !p.Deleting {
+			continue
+		}
+		if !same {
+			return Result{}, false
+		}
+		if p == nil {
+			notes = append(notes, fmt.Sprintf("pool %q named by the Service does not exist", name))
+		} else {
+			notes = append(notes, fmt.Sprintf("pool %q named by the Service is being deleted", name))
 		}
 	}
-	var from *poolState
+	var from *poolState // the usable pool of its first address in one, fitting or not
+	var misfits []string
 	for _, addr := range self.addrs {
 		if a.conflictOn(&pl.me, self, addr) != nil {
 			return Result{}, false
@@ -194,13 +204,16 @@ func (a *Allocator) keep(pl *plan) (Result, bool) {
 		if p == nil {
 			// Without a pool there is nothing to check the address against; what the Service
 			// asked for when it got it still holds as long as it asks for the same.
-			if self.internal != req.Internal || !sameNames(self.pools, req.Pools) {
+			if !same {
 				return Result{}, false
 			}
 			continue
 		}
-		if p.visibility() != pl.visibility() || (len(req.Pools) > 0 && !slices.Contains(req.Pools, p.Name)) {
-			return Result{}, false
+		if why := misfit(p, pl); why != "" {
+			if !same {
+				return Result{}, false
+			}
+			misfits = append(misfits, fmt.Sprintf("address %s is in pool %s, %s; %s", addr, p.Name, why, keepsIt))
 		}
 		if from == nil {
 			from = p
@@ -209,7 +222,7 @@ func (a *Allocator) keep(pl *plan) (Result, bool) {
 
 	var buf [2]netip.Addr
 	addrs := append(buf[:0], self.addrs...)
-	if pl.policy == PreferDualStack && len(addrs) < pl.nfam && from != nil {
+	if pl.policy == PreferDualStack && len(addrs) < pl.nfam && from != nil && misfit(from, pl) == "" {
 		// The pool may have gained the other family since; adding it moves nothing.
 		if a.loadGroup(pl) == nil {
 			for _, f := range pl.fams() {
@@ -226,10 +239,21 @@ func (a *Allocator) keep(pl *plan) (Result, bool) {
 	// The Service may list its families in another order than when it got the addresses.
 	a.replace(self, req, inFamilyOrder(pl.fams(), addrs))
 	res := a.result(self)
-	for _, name := range gone {
-		res.Warnings = append(res.Warnings, fmt.Sprintf("pool %q named by the Service does not exist", name))
-	}
+	res.Warnings = append(res.Warnings, misfits...)
+	res.Warnings = append(res.Warnings, notes...)
 	return res, true
+}
+
+// misfit says why the Service would not get an address of the usable pool p now, as far as its
+// visibility and the pools it names go; "" when it would.
+func misfit(p *poolState, pl *plan) string {
+	switch {
+	case p.visibility() != pl.visibility():
+		return fmt.Sprintf("which serves only %s Services", strings.ToLower(string(p.visibility())))
+	case len(pl.req.Pools) > 0 && !slices.Contains(pl.req.Pools, p.Name):
+		return fmt.Sprintf("which the Service does not name (it names %s)", strings.Join(pl.req.Pools, ", "))
+	}
+	return ""
 }
 
 func inFamilyOrder(fams []Family, addrs []netip.Addr) []netip.Addr {
@@ -366,6 +390,9 @@ func (a *Allocator) checkRequested(pl *plan) error {
 			msg := fmt.Sprintf("requested address %s is not in any pool this Service may use (pools: %s)", r, poolNames(pl.eligible))
 			if p == nil {
 				p = a.conflictingPool(r)
+			}
+			if p == nil {
+				p = a.deletingPool(r)
 			}
 			if p != nil {
 				msg += "; " + a.whyNot(p, pl)
@@ -593,6 +620,8 @@ func (a *Allocator) noPoolError(pl *plan) error {
 // whyNot explains why p may not serve the Service.
 func (a *Allocator) whyNot(p *poolState, pl *plan) string {
 	switch {
+	case p.Deleting:
+		return fmt.Sprintf("pool %s is being deleted", p.Name)
 	case len(p.conflicts) > 0:
 		return fmt.Sprintf("pool %s is in conflict with %s", p.Name, joinNames(p.conflicts))
 	case p.visibility() != pl.visibility():

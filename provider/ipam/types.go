@@ -60,6 +60,10 @@ type Pool struct {
 	// Created orders pools for conflict resolution: when two pools overlap, the older one (then
 	// the one whose name sorts first) stays usable and the other is in Conflict.
 	CreatedUnix int64
+	// Deleting is true while the IPPool is being deleted. Such a pool hands out nothing and is in
+	// conflict with no pool, so a pool that takes over its ranges is usable at once; the Services
+	// that hold its addresses keep them (PoolUsers says which, so that it is kept until then).
+	Deleting bool
 }
 
 // Port is one (protocol, port) pair a Service exposes.
@@ -90,6 +94,11 @@ type Request struct {
 	// fresh address of that family is taken from that pool for this Service, so a freed address
 	// goes to the head of the line. Requested, shared and preferred addresses are not fresh.
 	Behind []Line
+	// From is the pool the Service's addresses were last announced with (ironlb's record of it,
+	// ironlb.io/allocated-from). Only Restore reads it: for addresses that left every pool it is
+	// the pool they stay with, and for an address still in that pool it tells a request changed
+	// while no leader ran from a pool edited meanwhile.
+	From string
 }
 
 // Line is where Services wait for a fresh address: one family of one pool.
@@ -101,9 +110,13 @@ type Line struct {
 // Result is what a Service holds after Allocate.
 type Result struct {
 	Addrs []netip.Addr // in the order of Request.Families
-	Pool  string       // the pool all addresses come from; empty if they are in no pool any more
-	// Warnings are problems that do not take the addresses away, e.g. an address that is no
-	// longer in any pool after the pool was shrunk or deleted.
+	// Pool is the pool whose settings announce the addresses: the one that holds them, or, for
+	// addresses that left every usable pool, the pool they were last in (shrunk, in conflict,
+	// being deleted or gone). Empty only for a restored Service with no record of its pool.
+	Pool string
+	// Warnings are problems that do not take the addresses away: an address that is no longer in
+	// any usable pool after the pool was shrunk or deleted, or one that a pool edit left in a pool
+	// the Service would not get it from now (another visibility, a pool it does not name).
 	Warnings []string
 	// Unkept are the preferred addresses (Request.Prefer) the Service did not get, and why.
 	Unkept []Unkept
