@@ -35,7 +35,6 @@ var serviceSelector = fields.OneTermEqualSelector("spec.type", string(v1.Service
 // from, its traffic policy, its addresses and its Announced condition. Of a
 // Service that is not ironlb's it keeps only what says so.
 func slimService(c lbclass.Classifier) cache.TransformFunc {
-	pools := &poolAnnotations{shared: map[string]map[string]string{}}
 	return func(obj any) (any, error) {
 		svc, ok := obj.(*v1.Service)
 		if !ok {
@@ -48,8 +47,16 @@ func slimService(c lbclass.Classifier) cache.TransformFunc {
 			return out, nil
 		}
 		out.Generation = svc.Generation
-		if pool, ok := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]; ok {
-			out.Annotations = pools.of(pool)
+		// The pool the addresses came from, and ironlb-ccm's record of them:
+		// an address that left every pool is answered only if the record
+		// names it (poolOf).
+		for _, k := range []string{v1alpha1.AnnotationAllocatedFrom, v1alpha1.AnnotationAllocatedAddresses} {
+			if v, ok := svc.Annotations[k]; ok {
+				if out.Annotations == nil {
+					out.Annotations = map[string]string{}
+				}
+				out.Annotations[k] = v
+			}
 		}
 		out.Spec.ExternalTrafficPolicy = svc.Spec.ExternalTrafficPolicy
 		for _, in := range svc.Status.LoadBalancer.Ingress {
@@ -62,31 +69,6 @@ func slimService(c lbclass.Classifier) cache.TransformFunc {
 		}
 		return out, nil
 	}
-}
-
-// poolAnnotations hands out one annotations map per pool, shared by every
-// cached Service of that pool (nothing changes a cached object): a map per
-// Service would cost a few hundred bytes each.
-type poolAnnotations struct {
-	mu     sync.Mutex
-	shared map[string]map[string]string
-}
-
-// maxSharedPools bounds the maps kept: the annotation is ironlb-ccm's, but
-// anyone who may edit a Service can write any value into it.
-const maxSharedPools = 1024
-
-func (p *poolAnnotations) of(pool string) map[string]string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if m, ok := p.shared[pool]; ok {
-		return m
-	}
-	m := map[string]string{v1alpha1.AnnotationAllocatedFrom: pool}
-	if len(p.shared) < maxSharedPools {
-		p.shared[pool] = m
-	}
-	return m
 }
 
 // slimMeta is the identity of an object, what a cache needs to key it.

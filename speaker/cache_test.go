@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -217,24 +216,6 @@ func TestSlimService_ForeignServiceKeepsOnlyItsIdentityAndClass(t *testing.T) {
 	got := mustSlim(t, slimService(classifier), svc).(*v1.Service)
 	if classifier.Handles(got) || got.Labels != nil || got.Annotations != nil || len(got.Status.LoadBalancer.Ingress) != 0 {
 		t.Errorf("kept %+v", got)
-	}
-}
-
-// Services of one pool share one annotations map, with the pool's name;
-// another pool has its own.
-func TestSlimService_ServicesOfAPoolShareTheirAnnotations(t *testing.T) {
-	slim := slimService(classifier)
-	a := mustSlim(t, slim, service("a", "p", "172.31.0.1")).(*v1.Service)
-	b := mustSlim(t, slim, service("b", "p", "172.31.0.2")).(*v1.Service)
-	c := mustSlim(t, slim, service("c", "q", "172.31.1.1")).(*v1.Service)
-	if a.Annotations[v1alpha1.AnnotationAllocatedFrom] != "p" || c.Annotations[v1alpha1.AnnotationAllocatedFrom] != "q" {
-		t.Fatalf("annotations %v, %v; want pools p and q", a.Annotations, c.Annotations)
-	}
-	if reflect.ValueOf(a.Annotations).Pointer() != reflect.ValueOf(b.Annotations).Pointer() {
-		t.Error("two Services of pool p have a map each, want one shared")
-	}
-	if reflect.ValueOf(a.Annotations).Pointer() == reflect.ValueOf(c.Annotations).Pointer() {
-		t.Error("pools p and q share one map")
 	}
 }
 

@@ -31,6 +31,8 @@ func TestPoolOf_WhichPoolAnnouncesAnAddress(t *testing.T) {
 		addr    string
 		pool    string // "" for none
 		outside string // substring; "" for none
+		// unrecorded: ironlb-ccm's record names another address.
+		unrecorded bool
 	}{
 		{name: "the pool named holds it", pools: []*v1alpha1.IPPool{other, shrunk}, named: "shrunk", addr: "10.0.0.5", pool: "shrunk"},
 		{name: "the pool named holds it, another too", pools: []*v1alpha1.IPPool{overlap, shrunk}, named: "shrunk", addr: "10.0.0.5", pool: "shrunk"},
@@ -42,10 +44,16 @@ func TestPoolOf_WhichPoolAnnouncesAnAddress(t *testing.T) {
 			outside: "IPPool dying, which announces it, is being deleted"},
 		{name: "left every pool, none named", pools: []*v1alpha1.IPPool{other, shrunk}, addr: "10.9.9.9"},
 		{name: "left every pool, the pool named is gone", pools: []*v1alpha1.IPPool{other}, named: "shrunk", addr: "10.0.0.200"},
+		{name: "in no pool and not in ironlb's record: another controller's address", pools: []*v1alpha1.IPPool{other, shrunk}, named: "shrunk", addr: "10.0.0.200",
+			unrecorded: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := netip.MustParseAddr(tc.addr)
-			p := poolOf(tc.pools, service("s", tc.named, tc.addr), addr)
+			svc := service("s", tc.named, tc.addr)
+			if tc.unrecorded {
+				svc.Annotations[v1alpha1.AnnotationAllocatedAddresses] = "10.0.0.5"
+			}
+			p := poolOf(tc.pools, svc, addr)
 			switch {
 			case tc.pool == "" && p != nil:
 				t.Fatalf("poolOf = %s, want none", p.Name)

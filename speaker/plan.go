@@ -198,7 +198,11 @@ func ingressAddrs(svc *v1.Service) []netip.Addr {
 // still announced, with the settings of the pool named, as long as that
 // pool exists: ironlb-ccm keeps such an address for its Service (a pool
 // shrank, or is being deleted, which ironlb-ccm holds up until no Service
-// needs it), and so the speakers keep serving it. nil when none.
+// needs it), and so the speakers keep serving it; but only an address
+// ironlb-ccm recorded for the Service (ironlb.io/allocated-addresses), so
+// that an address another controller writes into the status (two load
+// balancers, a migration) is never answered for outside ironlb's pools.
+// nil when none.
 func poolOf(pools []*v1alpha1.IPPool, svc *v1.Service, addr netip.Addr) *v1alpha1.IPPool {
 	named := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
 	var found, namedPool *v1alpha1.IPPool
@@ -216,10 +220,21 @@ func poolOf(pools []*v1alpha1.IPPool, svc *v1.Service, addr netip.Addr) *v1alpha
 			found = p
 		}
 	}
-	if found != nil {
+	if found != nil || namedPool == nil || !recordedFor(svc, addr) {
 		return found
 	}
 	return namedPool
+}
+
+// recordedFor reports whether ironlb-ccm's record of svc's addresses
+// (ironlb.io/allocated-addresses) names addr.
+func recordedFor(svc *v1.Service, addr netip.Addr) bool {
+	for _, s := range strings.Split(svc.Annotations[v1alpha1.AnnotationAllocatedAddresses], ",") {
+		if a, err := netip.ParseAddr(strings.TrimSpace(s)); err == nil && a.Unmap() == addr {
+			return true
+		}
+	}
+	return false
 }
 
 // outsidePool says why addr, announced with the settings of pool, is not

@@ -21,7 +21,7 @@ import (
 func service(name, pool string, addrs ...string) *v1.Service {
 	s := &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Generation: 3}}
 	if pool != "" {
-		s.Annotations = map[string]string{v1alpha1.AnnotationAllocatedFrom: pool}
+		s.Annotations = map[string]string{v1alpha1.AnnotationAllocatedFrom: pool, v1alpha1.AnnotationAllocatedAddresses: strings.Join(addrs, ",")}
 	}
 	s.Spec.Type, s.Spec.ExternalTrafficPolicy = v1.ServiceTypeLoadBalancer, v1.ServiceExternalTrafficPolicyCluster
 	for _, a := range addrs {
