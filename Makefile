@@ -69,7 +69,7 @@ prereq:
 
 # Every test: unit tests, integration tests that run ironlb-ccm against a real
 # kube-apiserver and etcd, and end-to-end tests in the lab (root needed).
-test: prereq verify-generate vet upstream test-unit test-images test-integration test-e2e
+test: prereq upstream verify-generate vet test-unit test-images test-integration test-e2e
 
 # The pinned upstream binaries, kubectl and helm included, built once into a cache keyed by
 # version (minutes cold, with progress; nothing warm), all in one go build so that they share
