@@ -14,6 +14,7 @@ import (
 	"go4.org/netipx"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/speaker/bgp"
 )
 
 // advertisement is one address announced by BGP: every eligible node sends
@@ -132,19 +133,77 @@ func communityStrings(cs []v1alpha1.Community) []string {
 	return out
 }
 
-// bgpMessage describes an advertisement for the Announced condition.
+// message describes an advertisement for the Announced condition.
 func (a *advertisement) message() string {
 	if len(a.nodes) == 0 {
 		return fmt.Sprintf("%s: %s", a.addr, a.reason) + outsideNote(a.outside)
 	}
+	return fmt.Sprintf("%s by BGP from %s to %s", a.prefix, strings.Join(a.nodes, ","), strings.Join(a.peerNames(), ",")) +
+		outsideNote(a.outside)
+}
+
+// unsentMessage says, for the Announced condition, that no session that
+// should carry the advertisement is Established. It names the nodes and
+// peers but not the sessions' states, which change on every connection
+// attempt and are in BGPPeer status.
+func (a *advertisement) unsentMessage() string {
+	return fmt.Sprintf("%s not advertised: no BGP session from %s to %s is Established (BGPPeer status.nodes has each session's state)",
+		a.prefix, strings.Join(a.nodes, ","), strings.Join(a.peerNames(), ",")) + outsideNote(a.outside)
+}
+
+// peerNames are the peers some node sends the advertisement to, sorted.
+func (a *advertisement) peerNames() []string {
 	peers := map[string]bool{}
 	for _, ps := range a.peers {
 		for _, p := range ps {
 			peers[p] = true
 		}
 	}
-	return fmt.Sprintf("%s by BGP from %s to %s", a.prefix, strings.Join(a.nodes, ","), strings.Join(slices.Sorted(maps.Keys(peers)), ",")) +
-		outsideNote(a.outside)
+	return slices.Sorted(maps.Keys(peers))
+}
+
+// sessions are the BGP sessions that are Established: by BGPPeer name, the
+// nodes whose session with it is.
+type sessions map[string]map[string]bool
+
+// sessionsOf reads the Established sessions from the BGPPeers' status,
+// where each speaker reports its own node's session (bgpsync.go). A node
+// whose speaker stopped without a word keeps the state it last reported.
+func sessionsOf(peers []*v1alpha1.BGPPeer) sessions {
+	up := sessions{}
+	for _, p := range peers {
+		for _, n := range p.Status.Nodes {
+			if n.State != bgp.StateEstablished {
+				continue
+			}
+			if up[p.Name] == nil {
+				up[p.Name] = map[string]bool{}
+			}
+			up[p.Name][n.Node] = true
+		}
+	}
+	return up
+}
+
+// equal reports whether s and t hold the same sessions.
+func (s sessions) equal(t sessions) bool {
+	return maps.EqualFunc(s, t, maps.Equal)
+}
+
+// carried reports whether some node that advertises a sends it over an
+// Established session with one of the peers it sends to: then a router has
+// the route. It stops at the first such session, so it costs a lookup or
+// two while sessions are up, and runs for each of a Service's addresses on
+// every sync.
+func (a *advertisement) carried(up sessions) bool {
+	for _, n := range a.nodes {
+		for _, p := range a.peers[n] {
+			if up[p][n] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // outsideNote adds to an address's part of the Announced condition why the

@@ -62,6 +62,18 @@ func twoPeers() []*v1alpha1.BGPPeer {
 	return []*v1alpha1.BGPPeer{bgpPeer("peerA", nil, nil), bgpPeer("peerB", nil, nil)}
 }
 
+// allUp has every node's session with each of peers Established.
+func allUp(peers []*v1alpha1.BGPPeer, nodes ...string) sessions {
+	up := sessions{}
+	for _, p := range peers {
+		up[p.Name] = map[string]bool{}
+		for _, n := range nodes {
+			up[p.Name][n] = true
+		}
+	}
+	return up
+}
+
 // everyNode maps each node to the same peers.
 func everyNode(peers []string, nodes ...string) map[string][]string {
 	m := map[string][]string{}
@@ -663,6 +675,7 @@ func TestAnnouncedConditionWithBGP(t *testing.T) {
 		nodes        []string
 		pools        []*v1alpha1.IPPool
 		peers        []*v1alpha1.BGPPeer // default: twoPeers
+		up           sessions            // Established sessions; default: every node's with every peer
 		svc          *v1.Service
 		edit         func(in *inputs)
 		status       metav1.ConditionStatus // "" for nil
@@ -673,6 +686,45 @@ func TestAnnouncedConditionWithBGP(t *testing.T) {
 			pools: []*v1alpha1.IPPool{bgpPool("b", "10.0.0.0/24")}, svc: service("s", "b", "10.0.0.1"),
 			status: metav1.ConditionTrue, reason: ReasonAnnounced,
 			msg: "10.0.0.1/32 by BGP from n1,n2,n3 to peerA,peerB"},
+		{name: "bgp, one node's session with one peer Established", nodes: []string{"n1", "n2", "n3"},
+			pools: []*v1alpha1.IPPool{bgpPool("b", "10.0.0.0/24")}, svc: service("s", "b", "10.0.0.1"),
+			up:     sessions{"peerB": {"n2": true}},
+			status: metav1.ConditionTrue, reason: ReasonAnnounced,
+			msg: "10.0.0.1/32 by BGP from n1,n2,n3 to peerA,peerB"},
+		{name: "bgp, no session Established", nodes: []string{"n1", "n2"},
+			pools: []*v1alpha1.IPPool{bgpPool("b", "10.0.0.0/24")}, svc: service("s", "b", "10.0.0.1"),
+			up:     sessions{},
+			status: metav1.ConditionFalse, reason: ReasonNoEstablishedSession,
+			msg: "10.0.0.1/32 not advertised: no BGP session from n1,n2 to peerA,peerB is Established (BGPPeer status.nodes has each session's state)"},
+		{name: "bgp, Established sessions only of nodes and peers that do not carry it", nodes: []string{"n1", "n2"},
+			pools: []*v1alpha1.IPPool{bgpSelectors("b", map[string]string{"edge": "yes"}, map[string]string{"tier": "edge"}, "10.0.0.0/24")},
+			peers: []*v1alpha1.BGPPeer{bgpPeer("edge", map[string]string{"tier": "edge"}, nil), bgpPeer("core", nil, nil)},
+			edit:  func(in *inputs) { setLabels(in, "n1", map[string]string{"edge": "yes"}) },
+			svc:   service("s", "b", "10.0.0.1"),
+			// n2 is Established with edge but does not advertise; n1
+			// does, and is Established with core only, which the pool
+			// does not select.
+			up:     sessions{"edge": {"n2": true}, "core": {"n1": true, "n2": true}},
+			status: metav1.ConditionFalse, reason: ReasonNoEstablishedSession,
+			msg: "10.0.0.1/32 not advertised: no BGP session from n1 to edge is Established (BGPPeer status.nodes has each session's state)"},
+		{name: "bgp dual stack, one family's sessions down", nodes: []string{"n1"},
+			pools:  []*v1alpha1.IPPool{bgpPool("b", "10.0.0.0/24"), bgpSelectors("b6", nil, map[string]string{"family": "6"}, "fd00::/112")},
+			peers:  []*v1alpha1.BGPPeer{bgpPeer("v4", nil, nil), bgpPeer("v6", map[string]string{"family": "6"}, nil)},
+			up:     sessions{"v4": {"n1": true}},
+			svc:    service("s", "", "10.0.0.1", "fd00::1"),
+			status: metav1.ConditionFalse, reason: ReasonNoEstablishedSession,
+			msg: "10.0.0.1/32 by BGP from n1 to v4,v6; fd00::1/128 not advertised: no BGP session from n1 to v6 is Established (BGPPeer status.nodes has each session's state)"},
+		{name: "bgp without Established session, l2 answers", nodes: []string{"n1"},
+			pools: []*v1alpha1.IPPool{bothPool("p", "10.0.0.0/24")}, svc: service("s", "p", "10.0.0.1"),
+			up:     sessions{},
+			status: metav1.ConditionFalse, reason: ReasonNoEstablishedSession,
+			msg: "10.0.0.1/32 not advertised: no BGP session from n1 to peerA,peerB is Established (BGPPeer status.nodes has each session's state); 10.0.0.1 by n1 on eth0 (ARP)"},
+		{name: "no eligible node outweighs no session", nodes: []string{"n1"},
+			pools:  []*v1alpha1.IPPool{bgpPool("b", "10.0.0.0/24"), bgpSelectors("x", map[string]string{"x": "y"}, nil, "fd00::/112")},
+			svc:    service("s", "", "10.0.0.1", "fd00::1"),
+			up:     sessions{},
+			status: metav1.ConditionFalse, reason: ReasonNoEligibleNode,
+			msg: "10.0.0.1/32 not advertised: no BGP session from n1 to peerA,peerB is Established (BGPPeer status.nodes has each session's state); fd00::1: no node announces it (n1: not selected by the pool's bgp.nodeSelector)"},
 		{name: "bgp aggregated, dual stack", nodes: []string{"n1"},
 			pools: []*v1alpha1.IPPool{bgpPoolWith("b", func(b *v1alpha1.BGPAdvertisement) {
 				b.AggregationLength, b.AggregationLengthV6 = ptr[int32](24), ptr[int32](112)
@@ -750,11 +802,15 @@ func TestAnnouncedConditionWithBGP(t *testing.T) {
 			if peers == nil {
 				peers = twoPeers()
 			}
+			up := tc.up
+			if up == nil {
+				up = allUp(peers, tc.nodes...)
+			}
 			plan, notAnnounced := l2Plan(in)
 			if got := notAnnounced[key("s")]; got != tc.notAnnounced {
 				t.Errorf("notAnnounced = %q, want %q", got, tc.notAnnounced)
 			}
-			c := announcedCondition(tc.svc, plan, bgpPlan(in, peers), notAnnounced[key("s")], "")
+			c := announcedCondition(tc.svc, plan, bgpPlan(in, peers), up, notAnnounced[key("s")], "")
 			if tc.status == "" {
 				if c != nil {
 					t.Fatalf("condition = %+v, want nil", c)

@@ -169,6 +169,20 @@ func nodeMatters(old, cur *v1.Node) bool {
 		!slices.Equal(old.Status.Conditions, cur.Status.Conditions)
 }
 
+// bgpPeerMatters reports whether a BGPPeer change (old → cur; nil when
+// added or deleted) can change a plan or a session: a new or deleted
+// BGPPeer, or one whose spec (its generation) or labels (which pools select
+// it by) changed. A change of its status alone, which every speaker writes,
+// changes neither.
+func bgpPeerMatters(old, cur any) bool {
+	o, ok := old.(*unstructured.Unstructured)
+	c, ok2 := cur.(*unstructured.Unstructured)
+	if !ok || !ok2 {
+		return true
+	}
+	return o.GetUID() != c.GetUID() || o.GetGeneration() != c.GetGeneration() || !maps.Equal(o.GetLabels(), c.GetLabels())
+}
+
 func ptrEqual[T comparable](a, b *T) bool {
 	if a == nil || b == nil {
 		return a == b

@@ -14,12 +14,14 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
@@ -122,6 +124,67 @@ func TestServiceMatters_OnlyIronlbsServices(t *testing.T) {
 	}
 }
 
+// A BGPPeer's spec, labels or identity can change a plan or a session and
+// queue a sync; a change of its status alone (every speaker writes its
+// entry) has only the condition writer look at the sessions again.
+func TestBGPPeerChange_StatusAloneQueuesOnlyTheConditionWriter(t *testing.T) {
+	peer := func(edit func(u *unstructured.Unstructured)) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "ironlb.io/v1alpha1", "kind": "BGPPeer",
+			"metadata": map[string]any{"name": "tor", "uid": "u1", "generation": int64(1), "labels": map[string]any{"fabric": "a"}},
+			"spec":     map[string]any{"address": "172.31.0.1", "asn": int64(64512)},
+			"status":   map[string]any{"nodes": []any{map[string]any{"node": "n1", "state": "Active"}}},
+		}}
+		if edit != nil {
+			edit(u)
+		}
+		return u
+	}
+	base := peer(nil)
+	for _, tt := range []struct {
+		name     string
+		old, cur any
+		want     string // the key queued
+	}{
+		{"added", nil, base, syncKey},
+		{"deleted", base, nil, syncKey},
+		{"deleted, seen late", base, cache.DeletedFinalStateUnknown{Key: "tor", Obj: base}, syncKey},
+		{"spec changed (new generation)", base, peer(func(u *unstructured.Unstructured) {
+			u.Object["spec"].(map[string]any)["asn"] = int64(64513)
+			u.SetGeneration(2)
+		}), syncKey},
+		{"labels changed", base, peer(func(u *unstructured.Unstructured) { u.SetLabels(map[string]string{"fabric": "b"}) }), syncKey},
+		{"replaced (new UID)", base, peer(func(u *unstructured.Unstructured) { u.SetUID("u2") }), syncKey},
+		{"a session came up", base, peer(func(u *unstructured.Unstructured) {
+			u.Object["status"] = map[string]any{"nodes": []any{map[string]any{"node": "n1", "state": "Established"}}}
+			u.SetResourceVersion("7")
+		}), sessionsKey},
+		{"resync, nothing changed", base, base, sessionsKey},
+	} {
+		s := &Speaker{queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())}
+		h := s.onBGPPeerChange()
+		switch {
+		case tt.old == nil:
+			h.OnAdd(tt.cur, false)
+		case tt.cur == nil:
+			h.OnDelete(tt.old)
+		default:
+			if d, ok := tt.cur.(cache.DeletedFinalStateUnknown); ok {
+				h.OnDelete(d)
+			} else {
+				h.OnUpdate(tt.old, tt.cur)
+			}
+		}
+		if s.queue.Len() != 1 {
+			t.Fatalf("%s: %d keys queued, want 1", tt.name, s.queue.Len())
+		}
+		if got, _ := s.queue.Get(); got != tt.want {
+			t.Errorf("%s: queued %q, want %q", tt.name, got, tt.want)
+		}
+		s.queue.ShutDown()
+	}
+}
+
 func mustSlim(t *testing.T, f cache.TransformFunc, obj any) any {
 	t.Helper()
 	out, err := f(obj)
@@ -201,7 +264,7 @@ func TestSlimObjects_PlansAreUnchanged(t *testing.T) {
 		var out []string
 		for _, svc := range in.services {
 			key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-			out = append(out, fmt.Sprintf("%s: %+v", key, announcedCondition(svc, plan, bplan, notAnnounced[key], "")))
+			out = append(out, fmt.Sprintf("%s: %+v", key, announcedCondition(svc, plan, bplan, allUp(peers, "n1", "n2", "n3"), notAnnounced[key], "")))
 		}
 		return out
 	}

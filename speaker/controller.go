@@ -141,7 +141,13 @@ type plans struct {
 	degraded   string          // why failover is slow now, for the conditions
 }
 
-const syncKey = "sync"
+// The keys of the speaker's queue, which one loop works: syncKey brings the
+// plans up to date; sessionsKey has the condition writer follow the BGP
+// sessions in BGPPeer status, with the plans of the last sync.
+const (
+	syncKey     = "sync"
+	sessionsKey = "sessions"
+)
 
 // New wires the informers; Run starts everything.
 func New(cfg Config) (*Speaker, error) {
@@ -218,7 +224,7 @@ func New(cfg Config) (*Speaker, error) {
 			return nodeMatters(o, c)
 		}),
 		s.pools:    s.onChange("IPPool", nil),
-		s.bgpPeers: s.onChange("BGPPeer", nil),
+		s.bgpPeers: s.onBGPPeerChange(),
 	} {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return nil, err
@@ -249,6 +255,28 @@ func (s *Speaker) onChange(kind string, matters func(old, cur any) bool) cache.R
 			return
 		}
 		syncTriggers.WithLabelValues(kind, "queued").Inc()
+		s.queue.Add(syncKey)
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { changed(nil, obj) },
+		UpdateFunc: changed,
+		DeleteFunc: func(obj any) { changed(unwrap(obj), nil) },
+	}
+}
+
+// onBGPPeerChange queues a sync for a BGPPeer change that can change a plan
+// or a session (bgpPeerMatters). Any other change is to its status, which
+// every speaker writes when its session changes and only the Announced
+// conditions read: that has the condition writer alone look again
+// (sessionsKey), and is counted with result "conditions".
+func (s *Speaker) onBGPPeerChange() cache.ResourceEventHandler {
+	changed := func(old, cur any) {
+		if !bgpPeerMatters(old, cur) {
+			syncTriggers.WithLabelValues("BGPPeer", "conditions").Inc()
+			s.queue.Add(sessionsKey)
+			return
+		}
+		syncTriggers.WithLabelValues("BGPPeer", "queued").Inc()
 		s.queue.Add(syncKey)
 	}
 	return cache.ResourceEventHandlerFuncs{
@@ -365,6 +393,11 @@ func (s *Speaker) processNext(ctx context.Context) bool {
 		return false
 	}
 	defer s.queue.Done(key)
+	if key == sessionsKey {
+		s.conditions.followSessions(sessionsOf(s.peerList()))
+		s.queue.Forget(key)
+		return true
+	}
 	syncs.Inc()
 	if err := s.sync(ctx); err != nil {
 		s.logger.Error(err, "Sync failed; retrying")

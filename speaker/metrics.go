@@ -40,9 +40,10 @@ func boolFloat(b bool) float64 {
 }
 
 // syncs counts the recomputations of the plans; syncTriggers, the changes
-// the caches saw, by kind and by whether they led to a sync ("queued") or
-// could change no plan ("ignored"). A speaker's work should follow the
-// changes to what it announces, not to the cluster.
+// the caches saw, by kind and by whether they led to a sync ("queued"),
+// could change no plan ("ignored"), or had only the condition writer look
+// again ("conditions": a BGPPeer's status). A speaker's work should follow
+// the changes to what it announces, not to the cluster.
 var (
 	syncs = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "syncs_total",
@@ -56,7 +57,7 @@ var (
 	})
 	syncTriggers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "cache_changes_total",
-		Help: "Changes seen in the speaker's caches, by kind and result: queued (a sync follows) or ignored (no plan reads what changed).",
+		Help: "Changes seen in the speaker's caches, by kind and result: queued (a sync follows), ignored (no plan reads what changed) or conditions (a BGPPeer's status: only the Announced conditions are looked at again).",
 	}, []string{"kind", "result"})
 )
 

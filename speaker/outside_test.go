@@ -105,7 +105,7 @@ func TestL2Plan_AddressThatLeftItsPoolIsStillAnswered(t *testing.T) {
 			if len(notAnnounced) != 0 {
 				t.Errorf("notAnnounced = %v, want none", notAnnounced)
 			}
-			c := announcedCondition(svc, plan, nil, notAnnounced[key("s")], "")
+			c := announcedCondition(svc, plan, nil, nil, notAnnounced[key("s")], "")
 			if c == nil || c.Status != metav1.ConditionTrue || c.Reason != tc.reason || c.Message != tc.msg {
 				t.Errorf("condition = %+v, want True/%s %q", c, tc.reason, tc.msg)
 			}

@@ -261,7 +261,7 @@ func TestPlanReturningNodeTakesNothingBack(t *testing.T) {
 	away.nodes["n4"] = node("n4", nil, false)
 	before, _ := l2Plan(away)
 	for _, svc := range svcs {
-		c := announcedCondition(svc, before, nil, "", "")
+		c := announcedCondition(svc, before, nil, nil, "", "")
 		svc.Status.Conditions = []metav1.Condition{*c}
 	}
 
@@ -294,7 +294,7 @@ func TestPlanReturningNodeTakesNothingBack(t *testing.T) {
 func TestAnnouncedOwners(t *testing.T) {
 	svc := service("s", "p", "10.0.0.1", "fd00::1")
 	plan := planOf(ann("10.0.0.1", "worker-017.k8s.example.internal", "eth0"), ann("fd00::1", "n2", "eth0", "eth1"))
-	c := announcedCondition(svc, plan, nil, "", "heartbeats do not flow between x and the other speakers")
+	c := announcedCondition(svc, plan, nil, nil, "", "heartbeats do not flow between x and the other speakers")
 	svc.Status.Conditions = []metav1.Condition{*c}
 	got := announcedOwners(svc)
 	want := map[netip.Addr]string{netip.MustParseAddr("10.0.0.1"): "worker-017.k8s.example.internal", netip.MustParseAddr("fd00::1"): "n2"}

@@ -2,7 +2,9 @@ package speaker
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -108,13 +110,14 @@ func BenchmarkConditions_OneServiceChanged_10000Services100Nodes(b *testing.B) {
 		decided: map[types.NamespacedName]decision{},
 	}
 	defer w.queue.ShutDown()
+	up := allUp(peers, slices.Collect(maps.Keys(in.nodes))...)
 	l2, notAnnounced, bgp := p.plan(in, peers)
-	w.queueConditions(in, l2, bgp, notAnnounced, nil, "")
+	w.queueConditions(conditionInputs{in: in, l2: l2, bgp: bgp, notAnnounced: notAnnounced}, up)
 	changed := in.services[len(in.services)/2]
 	b.ReportAllocs()
 	for b.Loop() {
 		changed.ResourceVersion += "x"
 		l2, notAnnounced, bgp := p.plan(in, peers)
-		w.queueConditions(in, l2, bgp, notAnnounced, nil, "")
+		w.queueConditions(conditionInputs{in: in, l2: l2, bgp: bgp, notAnnounced: notAnnounced}, up)
 	}
 }

@@ -319,7 +319,7 @@ func TestEligibility(t *testing.T) {
 				t.Errorf("missing = %v, want none", a.missing)
 			}
 			if tc.owner == "" {
-				c := announcedCondition(svc, plan, nil, "", "")
+				c := announcedCondition(svc, plan, nil, nil, "", "")
 				if c == nil || c.Reason != ReasonNoEligibleNode || c.Message != "10.0.0.1: "+a.reason {
 					t.Errorf("condition = %+v", c)
 				}
@@ -471,7 +471,7 @@ func TestAnnouncedCondition(t *testing.T) {
 		{name: "all bgp only", plan: planOf(ann("10.9.9.9", "n1", "eth0"))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := announcedCondition(svc, tc.plan, nil, tc.notAnnounced, "")
+			c := announcedCondition(svc, tc.plan, nil, nil, tc.notAnnounced, "")
 			if tc.status == "" {
 				if c != nil {
 					t.Fatalf("condition = %+v, want nil", c)
@@ -492,7 +492,7 @@ func TestAnnouncedCondition(t *testing.T) {
 func TestAnnouncedConditionFromPlan(t *testing.T) {
 	svc := service("s", "p", "10.0.0.1", "fd00::1")
 	plan, notAnnounced := l2Plan(world([]string{"n1"}, defaultPools, svc))
-	c := announcedCondition(svc, plan, nil, notAnnounced[key("s")], "")
+	c := announcedCondition(svc, plan, nil, nil, notAnnounced[key("s")], "")
 	want := "10.0.0.1 by n1 on eth0 (ARP); fd00::1 by n1 on eth0 (NDP)"
 	if c == nil || c.Status != metav1.ConditionTrue || c.Reason != ReasonAnnounced || c.Message != want {
 		t.Errorf("condition = %+v, want True/Announced %q", c, want)
@@ -500,7 +500,7 @@ func TestAnnouncedConditionFromPlan(t *testing.T) {
 
 	svc = service("s", "b", "10.0.0.1")
 	plan, notAnnounced = l2Plan(world([]string{"n1"}, []*v1alpha1.IPPool{bgpPool("b", "10.0.0.0/24")}, svc))
-	if c := announcedCondition(svc, plan, nil, notAnnounced[key("s")], ""); c != nil {
+	if c := announcedCondition(svc, plan, nil, nil, notAnnounced[key("s")], ""); c != nil {
 		t.Errorf("bgp-only condition = %+v, want nil", c)
 	}
 }

@@ -41,6 +41,10 @@ const (
 	// that no longer holds an address, or is being deleted (ironlb-ccm's
 	// condition has the same reason and says what to do).
 	ReasonAddressNotInPool = "AddressNotInPool"
+	// ReasonNoEstablishedSession: nodes are selected to advertise an
+	// address by BGP, but none of their sessions with the peers that should
+	// carry it is Established, so no router has the route.
+	ReasonNoEstablishedSession = "NoEstablishedSession"
 	// ReasonHeartbeatsBroken: announced, but heartbeats between some
 	// speakers do not flow, so failover goes through Leases and is slower.
 	ReasonHeartbeatsBroken = "HeartbeatsBroken"
@@ -48,19 +52,28 @@ const (
 )
 
 // announcedCondition is what the Announced condition of svc should say,
-// from the L2 and the BGP plans, or nil when neither announces any of its
-// addresses and no pool is left unannounced.
+// from the L2 and the BGP plans and the BGP sessions that are Established,
+// or nil when neither announces any of its addresses and no pool is left
+// unannounced.
 // degraded, when not empty, says why failover is slow now; it is added to a
 // condition with an L2 address.
-func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced, degraded string) *metav1.Condition {
+func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded string) *metav1.Condition {
 	var parts []string
-	ok, any, l2, outside := true, false, false, false
+	ok, any, l2, unsent, outside := true, false, false, false, false
 	for _, addr := range ingressAddrs(svc) {
 		if b := bplan[addr]; b != nil {
 			any = true
-			ok = ok && len(b.nodes) > 0
 			outside = outside || b.outside != ""
-			parts = append(parts, b.message())
+			switch {
+			case len(b.nodes) == 0:
+				ok = false
+				parts = append(parts, b.message())
+			case !b.carried(up):
+				unsent = true
+				parts = append(parts, b.unsentMessage())
+			default:
+				parts = append(parts, b.message())
+			}
 		}
 		a := plan[addr]
 		if a == nil {
@@ -82,15 +95,17 @@ func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bpla
 		parts = append([]string{notAnnounced}, parts...)
 	case !any:
 		return nil
-	case ok && l2 && degraded != "":
+	case !ok:
+		c.Status, c.Reason = metav1.ConditionFalse, ReasonNoEligibleNode
+	case unsent:
+		c.Status, c.Reason = metav1.ConditionFalse, ReasonNoEstablishedSession
+	case l2 && degraded != "":
 		c.Status, c.Reason = metav1.ConditionTrue, ReasonHeartbeatsBroken
 		parts = append(parts, degraded)
-	case ok && outside:
+	case outside:
 		c.Status, c.Reason = metav1.ConditionTrue, ReasonAddressNotInPool
-	case ok:
-		c.Status, c.Reason = metav1.ConditionTrue, ReasonAnnounced
 	default:
-		c.Status, c.Reason = metav1.ConditionFalse, ReasonNoEligibleNode
+		c.Status, c.Reason = metav1.ConditionTrue, ReasonAnnounced
 	}
 	c.Message = strings.Join(parts, "; ")
 	if len(c.Message) > 32000 {
@@ -185,6 +200,24 @@ type conditionWriter struct {
 	// that did not change).
 	decided map[types.NamespacedName]decision
 	round   uint64
+	// last is what the last sync that let this node write conditions
+	// decided from, nil if it did not let it; sessions, the Established
+	// BGP sessions last decided from. When only the sessions change, the
+	// conditions are decided again from last (followSessions).
+	last     *conditionInputs
+	sessions sessions
+
+	decisions int // Services decided anew by the last queueConditions (for tests)
+}
+
+// conditionInputs are the plans the conditions are decided from.
+type conditionInputs struct {
+	in           inputs
+	l2           map[netip.Addr]*announcement
+	bgp          map[netip.Addr]*advertisement
+	notAnnounced map[types.NamespacedName]string
+	candidates   map[string]bool
+	degraded     string
 }
 
 // decision is what a Service's condition was decided from.
@@ -192,21 +225,25 @@ type decision struct {
 	version                            string // the Service's resource version
 	l2                                 []*announcement
 	bgp                                []*advertisement
+	carried                            []bool // of each BGP advertisement: a session is Established
 	notAnnounced, degraded, candidates string
 	mine                               bool   // this node writes it
 	round                              uint64 // the last queueConditions that saw the Service
 }
 
 // still reports whether d was decided from these inputs: the same Service
-// version, the same (shared) announcements of its addresses, the same notes
-// and writers. It builds nothing: it runs for every Service on every sync.
-func (d decision) still(svc *v1.Service, addrs []netip.Addr, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced, degraded, writers string) bool {
+// version, the same (shared) announcements of its addresses, each BGP
+// advertisement still carried by some session or still by none, the same
+// notes and writers. It builds nothing: it runs for every Service on every
+// sync.
+func (d decision) still(svc *v1.Service, addrs []netip.Addr, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded, writers string) bool {
 	if svc.ResourceVersion == "" || svc.ResourceVersion != d.version || len(addrs) != len(d.l2) ||
 		notAnnounced != d.notAnnounced || degraded != d.degraded || writers != d.candidates {
 		return false
 	}
 	for i, addr := range addrs {
-		if plan[addr] != d.l2[i] || bplan[addr] != d.bgp[i] {
+		b := bplan[addr]
+		if plan[addr] != d.l2[i] || b != d.bgp[i] || b != nil && b.carried(up) != d.carried[i] {
 			return false
 		}
 	}
@@ -226,10 +263,30 @@ func newConditionWriter(cfg Config, services cache.Store, events *eventSink) *co
 // Apply queues the conditions p gives this node to write, when its mode
 // lets it speak for the others (p.conditions).
 func (w *conditionWriter) Apply(_ context.Context, p *plans) error {
-	if p.conditions {
-		w.queueConditions(p.in, p.l2, p.bgp, p.notAnnounced, p.candidates, p.degraded)
+	if !p.conditions {
+		w.mu.Lock()
+		w.last = nil
+		w.mu.Unlock()
+		return nil
 	}
+	w.queueConditions(conditionInputs{in: p.in, l2: p.l2, bgp: p.bgp, notAnnounced: p.notAnnounced, candidates: p.candidates, degraded: p.degraded}, sessionsOf(p.peers))
 	return nil
+}
+
+// followSessions decides the conditions again when the Established BGP
+// sessions (up, from BGPPeer status) changed since the last decision, from
+// the plans of the last sync: a change of BGPPeer status changes no plan,
+// so it needs no sync. Only the Services whose addresses went from some
+// Established session to none, or back, are looked at again (decision.still).
+// It must not run at the same time as Apply: the speaker calls both from its
+// one sync loop.
+func (w *conditionWriter) followSessions(up sessions) {
+	w.mu.Lock()
+	last, same := w.last, w.sessions.equal(up)
+	w.mu.Unlock()
+	if last != nil && !same {
+		w.queueConditions(*last, up)
+	}
 }
 
 // Stop ends the workers.
@@ -242,26 +299,32 @@ func (w *conditionWriter) run(ctx context.Context, n int) {
 	}
 }
 
-// queueConditions records the conditions this speaker writes and queues
-// those that differ from what the Service shows.
-func (w *conditionWriter) queueConditions(in inputs, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, notAnnounced map[types.NamespacedName]string, candidates map[string]bool, degraded string) {
+// queueConditions records the conditions this speaker writes, from the
+// plans from and the Established sessions up, and queues those that differ
+// from what the Service shows.
+func (w *conditionWriter) queueConditions(from conditionInputs, up sessions) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.last, w.sessions = &from, up
+	in, plan, bplan, notAnnounced, candidates, degraded := from.in, from.l2, from.bgp, from.notAnnounced, from.candidates, from.degraded
 	w.round++
+	w.decisions = 0
 	writers := strings.Join(slices.Sorted(maps.Keys(candidates)), ",")
 	for _, svc := range in.services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 		addrs := ingressAddrs(svc)
-		if prev, ok := w.decided[key]; ok && prev.still(svc, addrs, plan, bplan, notAnnounced[key], degraded, writers) {
+		if prev, ok := w.decided[key]; ok && prev.still(svc, addrs, plan, bplan, up, notAnnounced[key], degraded, writers) {
 			prev.round = w.round
 			w.decided[key] = prev
 			continue
 		}
+		w.decisions++
 		d := decision{version: svc.ResourceVersion, notAnnounced: notAnnounced[key], degraded: degraded, candidates: writers, round: w.round}
 		for _, addr := range addrs {
-			d.l2, d.bgp = append(d.l2, plan[addr]), append(d.bgp, bplan[addr])
+			b := bplan[addr]
+			d.l2, d.bgp, d.carried = append(d.l2, plan[addr]), append(d.bgp, b), append(d.carried, b != nil && b.carried(up))
 		}
-		c := announcedCondition(svc, plan, bplan, notAnnounced[key], degraded)
+		c := announcedCondition(svc, plan, bplan, up, notAnnounced[key], degraded)
 		d.mine = c != nil && writer(svc, plan, candidates) == w.node
 		w.decided[key] = d
 		if !d.mine {

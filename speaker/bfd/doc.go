@@ -21,5 +21,7 @@
 // A peer that goes Down because the other end said AdminDown reports
 // Change.RemoteAdminDown: the peer is shutting down on purpose (Shutdown
 // sends that before a speaker ends its BGP sessions), which callers must
-// not count as a failure of the path.
+// not count as a failure of the path. Nor is every Down the peer says: its
+// packet came through, and Change.RemoteDiag (Diag.PathFailed) tells
+// whether the peer no longer hears this end or merely ended its session.
 package bfd

@@ -27,6 +27,10 @@ type Change struct {
 	// said it is administratively down: the peer is shutting down on
 	// purpose, which is no failure of the path.
 	RemoteAdminDown bool
+	// RemoteDiag is, when the session went Down because the peer said
+	// Down, the diagnostic the peer gave: Diag.PathFailed says whether it
+	// tells of a failure of the path.
+	RemoteDiag Diag
 }
 
 // output is what the machine asks its runner to do at once: send these
@@ -234,6 +238,7 @@ func (m *machine) receive(p Packet, now time.Time) (output, bool) {
 		out.change = m.setState(Up, DiagNone, now, false)
 	case m.state == Up && p.State == Down:
 		out.change = m.setState(Down, DiagNeighborSignaledDown, now, false)
+		out.change.RemoteDiag = p.Diag
 	}
 	m.detectAt = now.Add(m.detectTime())
 	switch {

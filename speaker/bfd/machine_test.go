@@ -380,3 +380,31 @@ func TestMachine_UpClearsDiag(t *testing.T) {
 		t.Errorf("Up: change %+v, want diag cleared", out.change)
 	}
 }
+
+// A peer that says Down while the session is Up takes it Down (RFC 5880),
+// and the change carries the peer's diagnostic, which tells whether the
+// peer no longer hears this end or merely ends its session.
+func TestMachine_DownFromThePeerCarriesItsDiagnostic(t *testing.T) {
+	for _, tc := range []struct {
+		diag       Diag
+		pathFailed bool
+	}{
+		{DiagDetectionTimeExpired, true},
+		{Diag(5), true}, // Path Down
+		{Diag(2), true}, // Echo Function Failed
+		{DiagNone, false},
+		{DiagNeighborSignaledDown, false},
+		{DiagAdministrativelyDown, false},
+	} {
+		m := machineIn(t, Up)
+		p := peer(Down)
+		p.Diag = tc.diag
+		out, _ := m.receive(p, t0.Add(ms))
+		if out.change == nil || out.change.State != Down || out.change.Diag != DiagNeighborSignaledDown || out.change.RemoteDiag != tc.diag {
+			t.Fatalf("peer Down with %s: change %+v, want Down (neighbor signaled) with remote diag %s", tc.diag, out.change, tc.diag)
+		}
+		if got := out.change.RemoteDiag.PathFailed(); got != tc.pathFailed {
+			t.Errorf("%s.PathFailed() = %v, want %v", tc.diag, got, tc.pathFailed)
+		}
+	}
+}

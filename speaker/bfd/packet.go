@@ -56,6 +56,23 @@ func (d Diag) String() string {
 	return fmt.Sprintf("Diag(%d)", uint8(d))
 }
 
+// PathFailed reports whether a peer that says Down with diagnostic d while
+// this end is Up tells of a failure of the path: it no longer hears this end
+// (its detection time expired), or names another failure (echo, path or
+// forwarding plane down). The others are no failure, and the peer's packet
+// shows that the path carries its packets: DiagNone is a session that just
+// began; DiagNeighborSignaledDown says this end signaled Down, which it did
+// not while Up, so the peer is tearing its session down, as FRR's bfdd does
+// when the router's BGP registers the session again once it is up, before
+// it starts a new one; DiagAdministrativelyDown is a planned stop.
+func (d Diag) PathFailed() bool {
+	switch d {
+	case DiagNone, DiagNeighborSignaledDown, DiagAdministrativelyDown:
+		return false
+	}
+	return true
+}
+
 // packetLen is the length of a control packet without authentication, the
 // only kind this package sends or accepts.
 const packetLen = 24

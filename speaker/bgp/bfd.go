@@ -168,23 +168,34 @@ func (b *bfdSessions) run(ctx context.Context, name string, r *bfdRun) {
 
 // observe records a state change and resets the BGP session when BFD
 // found the path down: a session that was Up and went Down on its own
-// (detection time expired), not because the peer said it was
-// administratively down, which RFC 5882 §3.2 says is no failure.
+// (detection time expired), or because the peer said it no longer hears
+// this node (failed). A peer that says it is administratively down (RFC
+// 5882 §3.2) or ends its session for another reason is no failure.
 func (b *bfdSessions) observe(name string, r *bfdRun, c bfd.Change) {
 	b.mu.Lock()
 	peer := r.want.peer
 	r.status = BFDStatus{State: c.State.String(), Since: c.At, Message: bfdMessage(c, peer)}
 	b.mu.Unlock()
-	b.logger.Info("BFD session changed", "peer", name, "from", c.From, "to", c.State, "diag", c.Diag, "remoteAdminDown", c.RemoteAdminDown)
+	b.logger.Info("BFD session changed", "peer", name, "from", c.From, "to", c.State, "diag", c.Diag, "remoteAdminDown", c.RemoteAdminDown, "remoteDiag", c.RemoteDiag)
 	if failed(c) {
 		b.reset(peer, fmt.Sprintf("BFD down (%s)", c.Diag))
 	}
 	b.changed()
 }
 
-// failed reports whether a change means the path to the peer failed.
+// failed reports whether a change means the path to the peer failed: the
+// session was Up and went Down because the detection time expired, or
+// because the peer said so for a reason that is a failure of the path
+// (bfd.Diag.PathFailed). A peer that says Down for another reason is heard,
+// so the path works: FRR's bfdd says Down (neighbor signaled session down)
+// from the session it replaces when the router's BGP registers it again
+// once the BGP session is up, and resetting BGP then would reset every
+// first session with such a router.
 func failed(c bfd.Change) bool {
-	return c.From == bfd.Up && c.State == bfd.Down && !c.RemoteAdminDown
+	if c.From != bfd.Up || c.State != bfd.Down || c.RemoteAdminDown {
+		return false
+	}
+	return c.Diag != bfd.DiagNeighborSignaledDown || c.RemoteDiag.PathFailed()
 }
 
 // bfdMessage says, for the status, why a session is where c left it.
@@ -194,6 +205,8 @@ func bfdMessage(c bfd.Change, peer netip.Addr) string {
 		return ""
 	case c.RemoteAdminDown:
 		return fmt.Sprintf("%s took the session administratively down (a planned stop, not a failure)", peer)
+	case c.From == bfd.Up && !failed(c):
+		return fmt.Sprintf("%s ended the session (it said Down, %s) while its packets arrive, so the path works: the BGP session was kept", peer, c.RemoteDiag)
 	case c.From == bfd.Up:
 		return fmt.Sprintf("went down: %s; the BGP session was reset", c.Diag)
 	}

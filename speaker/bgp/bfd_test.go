@@ -19,8 +19,11 @@ func TestBFDFailed(t *testing.T) {
 		want bool
 	}{
 		{"detection time expired", bfd.Change{From: bfd.Up, State: bfd.Down, Diag: bfd.DiagDetectionTimeExpired}, true},
-		{"the peer said it went down", bfd.Change{From: bfd.Up, State: bfd.Down, Diag: bfd.DiagNeighborSignaledDown}, true},
+		{"the peer no longer hears us", bfd.Change{From: bfd.Up, State: bfd.Down, Diag: bfd.DiagNeighborSignaledDown, RemoteDiag: bfd.DiagDetectionTimeExpired}, true},
+		{"the peer says the path is down", bfd.Change{From: bfd.Up, State: bfd.Down, Diag: bfd.DiagNeighborSignaledDown, RemoteDiag: bfd.Diag(5)}, true},
 		{"the peer stopped it on purpose", bfd.Change{From: bfd.Up, State: bfd.Down, Diag: bfd.DiagNeighborSignaledDown, RemoteAdminDown: true}, false},
+		{"the peer tore its session down (FRR re-registering it)", bfd.Change{From: bfd.Up, State: bfd.Down, Diag: bfd.DiagNeighborSignaledDown, RemoteDiag: bfd.DiagNeighborSignaledDown}, false},
+		{"the peer began a new session", bfd.Change{From: bfd.Up, State: bfd.Down, Diag: bfd.DiagNeighborSignaledDown, RemoteDiag: bfd.DiagNone}, false},
 		{"never came up", bfd.Change{From: bfd.Init, State: bfd.Down, Diag: bfd.DiagDetectionTimeExpired}, false},
 		{"coming up", bfd.Change{From: bfd.Init, State: bfd.Up}, false},
 		{"we stopped it", bfd.Change{From: bfd.Up, State: bfd.AdminDown, Diag: bfd.DiagAdministrativelyDown}, false},

@@ -1,13 +1,14 @@
 package bgp
 
-// The real-router test: FRR (zebra and bgpd) in a router network namespace,
-// joined by a veth pair to a node namespace where the Manager runs. The
-// Manager runs in a copy of this test binary started with `ip netns exec`
-// (TestHelperManager): a socket belongs to the namespace of the thread that
-// opens it, and GoBGP opens its sockets from goroutines on any thread, so
-// the whole process has to live in the node namespace. The helper reads the
-// desired peers and routes from a JSON file the test rewrites, and writes
-// the Manager's Status to another.
+// The real-router test: FRR (zebra and bgpd, and bfdd for TestBFDAgainstFRR
+// in frr_bfd_test.go) in a router network namespace, joined by a veth pair
+// to a node namespace where the Manager runs. The Manager runs in a copy of
+// this test binary started with `ip netns exec` (TestHelperManager): a
+// socket belongs to the namespace of the thread that opens it, and GoBGP
+// opens its sockets from goroutines on any thread, so the whole process has
+// to live in the node namespace. The helper reads the desired peers and
+// routes from a JSON file the test rewrites, and writes the Manager's Status
+// to another.
 //
 // One FRR serves every session. GoBGP keys sessions by router address, and
 // FRR keys them by the node's address, so each session of the node goes
@@ -42,6 +43,7 @@ import (
 	"k8s.io/klog/v2/textlogger"
 
 	"github.com/ironlb/ironlb/internal/netnstest"
+	"github.com/ironlb/ironlb/speaker/bfd"
 )
 
 const (
@@ -97,7 +99,7 @@ func u32(v uint32) *uint32 { return &v }
 
 func TestAgainstFRR(t *testing.T) {
 	lab := setupLab(t)
-	lab.startFRR(t)
+	lab.startFRR(t, false)
 	h := startHelper(t, lab)
 
 	peers := testPeers()
@@ -349,7 +351,10 @@ func setupLab(t *testing.T) *lab {
 	return l
 }
 
-func (l *lab) frrConfig() string {
+// frrConfig is bgpd's configuration. withBFD, the v4 and v6 neighbors
+// also run BFD (profile frrBFDProfile) and have a hold time of 90 s, so
+// that only BFD can drop them within a minute.
+func (l *lab) frrConfig(withBFD bool) string {
 	var b strings.Builder
 	b.WriteString(`frr defaults datacenter
 hostname ilbb-router
@@ -378,6 +383,12 @@ router bgp 64512
 		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s passive\n neighbor %s timers connect 1\n", n.addr, n.asn, n.addr, n.addr)
 	}
 	fmt.Fprintf(&b, " neighbor 172.31.249.4 password %s\n", md5Secret)
+	if withBFD {
+		for _, addr := range []netip.Addr{nodeV4, nodeV6} {
+			fmt.Fprintf(&b, " neighbor %s timers %d %d\n neighbor %s bfd profile %s\n",
+				addr, bfdTestKeepalive/time.Second, bfdTestHold/time.Second, addr, frrBFDProfile)
+		}
+	}
 	b.WriteString(" address-family ipv4 unicast\n")
 	for _, n := range neighbors {
 		if !n.v6 {
@@ -391,10 +402,30 @@ router bgp 64512
 	return b.String()
 }
 
+// frrBFDConfig is bfdd's configuration: the profile of the neighbors with
+// BFD, 300 ms both ways and three packets missed.
+func frrBFDConfig() string {
+	return fmt.Sprintf(`hostname ilbb-router
+log stdout debugging
+!
+bfd
+ profile %s
+  receive-interval 300
+  transmit-interval 300
+  detect-multiplier 3
+ !
+!
+`, frrBFDProfile)
+}
+
 // startFRR runs zebra and bgpd in the router namespace with paths of their
-// own, so that they meet neither a system FRR nor another test's.
-func (l *lab) startFRR(t *testing.T) {
+// own, so that they meet neither a system FRR nor another test's; withBFD,
+// bfdd too, and BFD on the v4 and v6 neighbors (frrConfig).
+func (l *lab) startFRR(t *testing.T, withBFD bool) {
 	t.Helper()
+	if withBFD {
+		netnstest.RequireTools(t, "frr", "/usr/lib/frr/bfdd")
+	}
 	u, err := user.Lookup("frr")
 	if err != nil {
 		t.Fatalf("FRR is not installed (apt-get install frr): %v", err)
@@ -403,15 +434,20 @@ func (l *lab) startFRR(t *testing.T) {
 	gid, _ := strconv.Atoi(u.Gid)
 	files := map[string]string{
 		"zebra.conf": "hostname ilbb-router\nlog stdout informational\n",
-		"bgpd.conf":  l.frrConfig(),
+		"bgpd.conf":  l.frrConfig(withBFD),
+	}
+	if withBFD {
+		files["bfdd.conf"] = frrBFDConfig()
+	}
+	if err := os.Chown(l.dir, uid, gid); err != nil {
+		t.Fatal(err)
 	}
 	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(l.dir, name), []byte(content), 0o640); err != nil {
+		path := filepath.Join(l.dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o640); err != nil {
 			t.Fatal(err)
 		}
-	}
-	for _, f := range []string{".", "zebra.conf", "bgpd.conf"} {
-		if err := os.Chown(filepath.Join(l.dir, f), uid, gid); err != nil {
+		if err := os.Chown(path, uid, gid); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -435,6 +471,13 @@ func (l *lab) startFRR(t *testing.T) {
 		_, err := os.Stat(filepath.Join(l.dir, "zserv.api"))
 		return err == nil && l.alive("zebra"), l.tail("zebra")
 	})
+	if withBFD {
+		l.start(t, "bfdd", append(args("bfdd"), "--bfdctl", filepath.Join(l.dir, "bfdd.sock"))...)
+		netnstest.WaitFor(t, 20*time.Second, "bfdd's vty socket", func() (bool, string) {
+			_, err := os.Stat(filepath.Join(l.dir, "bfdd.vty"))
+			return err == nil && l.alive("bfdd"), l.tail("bfdd")
+		})
+	}
 	l.start(t, "bgpd", args("bgpd")...)
 	netnstest.WaitFor(t, 30*time.Second, "bgpd answering vtysh", func() (bool, string) {
 		if !l.alive("bgpd") {
@@ -651,7 +694,12 @@ type frrNeighbor struct {
 	LastResetDueTo          string `json:"lastResetDueTo"`
 	LastNotificationReason  string `json:"lastNotificationReason"`
 	LastShutdownDescription string `json:"lastShutdownDescription"`
-	MessageStats            struct {
+	HoldTimeMsecs           int    `json:"bgpTimerHoldTimeMsecs"`
+	UpMsec                  int64  `json:"bgpTimerUpMsec"`
+	BFD                     struct {
+		Status string `json:"status"`
+	} `json:"peerBfdInfo"`
+	MessageStats struct {
 		UpdatesRecv int `json:"updatesRecv"`
 	} `json:"messageStats"`
 	AddressFamilyInfo map[string]struct {
@@ -775,8 +823,9 @@ func (h *helper) waitStatus(t *testing.T, timeout time.Duration, what string, co
 	return st
 }
 
-// TestHelperManager is the Manager process of TestAgainstFRR, which starts
-// it in the node namespace. Run directly, it does nothing.
+// TestHelperManager is the Manager process of TestAgainstFRR and
+// TestBFDAgainstFRR, which start it in the node namespace; it runs the BFD
+// sessions peers ask for. Run directly, it does nothing.
 func TestHelperManager(t *testing.T) {
 	dir := os.Getenv(helperDirEnv)
 	if dir == "" {
@@ -785,7 +834,9 @@ func TestHelperManager(t *testing.T) {
 	logger := textlogger.NewLogger(textlogger.NewConfig(textlogger.Verbosity(4), textlogger.Output(os.Stderr)))
 	ctx, cancel := netnstest.HelperContext()
 	defer cancel()
-	m, err := New(ctx, Config{RouterID: nodeV4, Logger: logger})
+	mux := bfd.NewMux(logger.WithName("bfd"))
+	defer mux.Close()
+	m, err := New(ctx, Config{RouterID: nodeV4, Logger: logger, BFD: mux})
 	if err != nil {
 		t.Fatal(err)
 	}
