@@ -471,6 +471,13 @@ func TestPoolShrunkThenDeletedKeepsServing(t *testing.T) {
 	}
 	stillServed("after the pool was deleted")
 
+	// The Service goes before the test ends: its endpoints first, which the
+	// framework would otherwise remove from a Service that is no longer there.
+	for _, e := range f.Endpoints(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}) {
+		if err := f.RemoveEndpoint(f.Ctx, e.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := f.Client.CoreV1().Services(svc.Namespace).Delete(f.Ctx, svc.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
