@@ -36,9 +36,14 @@ type ARPWatch struct {
 	darkSince map[netip.Addr]time.Time
 	dark      map[netip.Addr][]time.Duration // stretches ended in this step
 	splits    []Split
+	last      map[netip.Addr]int // the last node seen answering alone
 	stepBegan time.Time
 	stepRound int
 	err       error
+	// Trace, when set before the first round, is told of every dark
+	// stretch as it ends: the address, when it began and ended, and the
+	// node that answered before and after it.
+	Trace func(a netip.Addr, from, to time.Time, before, after int)
 
 	stop, done chan struct{}
 }
@@ -63,14 +68,23 @@ type Dark struct {
 
 // StartARPWatch starts asking for addrs through probe. Close ends it.
 func StartARPWatch(probe *ARPProbe, addrs []netip.Addr) *ARPWatch {
-	w := &ARPWatch{
-		probe: probe, addrs: addrs,
-		owners: map[netip.Addr]int{}, darkSince: map[netip.Addr]time.Time{}, dark: map[netip.Addr][]time.Duration{},
-		stepBegan: time.Now(), stop: make(chan struct{}), done: make(chan struct{}),
-	}
-	go w.run()
+	w := NewARPWatch(probe, addrs)
+	w.Start()
 	return w
 }
+
+// NewARPWatch is a watch of addrs that has not begun asking (Start).
+func NewARPWatch(probe *ARPProbe, addrs []netip.Addr) *ARPWatch {
+	w := &ARPWatch{
+		probe: probe, addrs: addrs,
+		owners: map[netip.Addr]int{}, last: map[netip.Addr]int{}, darkSince: map[netip.Addr]time.Time{}, dark: map[netip.Addr][]time.Duration{},
+		stepBegan: time.Now(), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	return w
+}
+
+// Start begins the rounds of a watch made by NewARPWatch.
+func (w *ARPWatch) Start() { go w.run() }
 
 // Close ends the watch (the probe stays open).
 func (w *ARPWatch) Close() {
@@ -133,7 +147,11 @@ func (w *ARPWatch) take(at time.Time, answers map[netip.Addr][]net.HardwareAddr)
 		if since, open := w.darkSince[a]; open {
 			w.dark[a] = append(w.dark[a], at.Sub(since))
 			delete(w.darkSince, a)
+			if w.Trace != nil {
+				w.Trace(a, since, at, w.last[a], w.owners[a])
+			}
 		}
+		w.last[a] = w.owners[a]
 	}
 }
 

@@ -192,7 +192,8 @@ type Members struct {
 	running     atomic.Bool
 	sent        atomic.Uint64 // datagrams sent, for tests and benchmarks
 	// lastRound is when Run last went to send heartbeats (unix ns), and
-	// heldUntil the end of the hold after a lapse (unix ns): see Answerable.
+	// heldUntil the end of the hold after a lapse or a cut (unix ns): see
+	// Answerable and refreshLocked.
 	lastRound atomic.Int64
 	heldUntil atomic.Int64
 	// heardUntil is when word of this node may go stale at the peers
@@ -391,7 +392,7 @@ func (m *Members) Run(ctx context.Context) error {
 // Answerable reports whether this node may answer for addresses at all at
 // this moment, whatever it owns: its process has kept sending heartbeats,
 // never silent for a lapse (a Timeout, after which the peers count it dead),
-// and it is not in the hold that follows a lapse. A process that was
+// and it is not in the hold that follows a lapse or a cut. A process that was
 // paused (SIGSTOP, CPU starvation, a long GC pause) wakes up with a set of
 // addresses that others may have taken over meanwhile: until its heartbeat
 // loop has run again, noticed the lapse, held this node cut off for a

@@ -292,3 +292,38 @@ func TestCutOffMemberStopsBeingHeardBeforeAnyPeerCountsItDead(t *testing.T) {
 		})
 	}
 }
+
+// A member cut off only for an instant (its peers' vectors a little late on
+// a busy machine) has said so in its heartbeats, and peers that got them
+// take its addresses. It holds itself cut off, answering nothing, for a
+// Timeout from the cut however soon the heartbeats flow again, so that it
+// never answers next to the new owners.
+func TestBrieflyCutOffMemberHoldsItselfCutOff(t *testing.T) {
+	t.Parallel()
+	names := nodeNames(3)
+	c := newCluster(t, 63, Config{}, names...)
+	c.waitAllAlive(names...)
+	cut := c.nodes[names[1]].m
+	cut.setDrop(func(from, to string) bool { return to == names[1] })
+	var at time.Time
+	waitFor(t, "the deaf member is cut off", func() (bool, string) {
+		v := cut.View()
+		if v.Isolated {
+			at = time.Now()
+		}
+		return v.Isolated, describe(v, nil)
+	})
+	cut.setDrop(nil)
+	// Up to a little less than the Timeout after the cut was seen (the
+	// hold began when it was decided, a moment earlier).
+	for until := at.Add(DefaultTimeout - 30*time.Millisecond); time.Now().Before(until); time.Sleep(time.Millisecond) {
+		if cut.Answerable() && cut.Heard() {
+			t.Fatalf("answering again %v after the cut, before a Timeout (%v)", time.Since(at).Round(time.Millisecond), DefaultTimeout)
+		}
+		if !cut.View().Isolated {
+			t.Fatalf("connected again %v after the cut, before a Timeout (%v)", time.Since(at).Round(time.Millisecond), DefaultTimeout)
+		}
+	}
+	c.waitAllAlive(names...)
+	waitFor(t, "answering again", func() (bool, string) { return cut.Answerable() && cut.Heard(), "" })
+}

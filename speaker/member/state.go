@@ -186,7 +186,7 @@ func (m *Members) selfLocked(now time.Time) (isolated, hearsSenders, heardOf boo
 	// peers heard it: this node stops answering before they take over.
 	heardOf = m.heardOf && now.Sub(m.reportedRose) < m.timeout-m.interval
 	if now.UnixNano() < m.heldUntil.Load() {
-		return true, hearsSenders, false // held after a lapse (noteRound)
+		return true, hearsSenders, false // held after a lapse (noteRound) or a cut (refreshLocked)
 	}
 	return !(hearsSenders && heardOf), hearsSenders, heardOf
 }
@@ -208,6 +208,15 @@ func (m *Members) refreshLocked(now time.Time, confirm bool) {
 	}
 	if iso && !m.view.Isolated && !confirm && !rebuilt {
 		iso = false
+	}
+	if iso && !m.view.Isolated && !m.view.ConnectedSince.IsZero() {
+		// Cut off after being connected. Its heartbeats say so, and the
+		// peers that get them take its addresses; were the cut ended at
+		// once (a busy machine, a few vectors late), it would answer on
+		// next to the new owners until it read their records. It holds
+		// itself cut off for a Timeout, as after a lapse, so that its
+		// speaker drops what it answers and comes back as from any cut.
+		m.heldUntil.Store(max(m.heldUntil.Load(), now.Add(m.timeout).UnixNano()))
 	}
 	changed := iso != m.view.Isolated || rebuilt || m.view.Members != len(m.topo.names)
 	for j := range m.words {

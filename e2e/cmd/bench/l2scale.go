@@ -86,7 +86,7 @@ func l2Kills(nodes int) int {
 
 // l2Scale measures each size in turn; a size that fails or runs out of time
 // gives the rows it measured and one saying where it stopped.
-func l2Scale(ctx context.Context, sizes []int, budget time.Duration, profiles string) []row {
+func l2Scale(ctx context.Context, sizes []int, budget time.Duration, profiles, trace string) []row {
 	var rows []row
 	for _, n := range sizes {
 		if ctx.Err() != nil {
@@ -96,7 +96,7 @@ func l2Scale(ctx context.Context, sizes []int, budget time.Duration, profiles st
 		if b == 0 {
 			b = l2Budget(n)
 		}
-		rows = append(rows, l2ScaleSize(ctx, n, b, profiles)...)
+		rows = append(rows, l2ScaleSize(ctx, n, b, profiles, trace)...)
 	}
 	return rows
 }
@@ -109,6 +109,7 @@ type l2Bench struct {
 	addrs    []netip.Addr
 	rows     []row
 	profiles string // where node 2's speaker's profiles at rest go; "" for none
+	trace    string // where the traces go (-trace); "" for none
 }
 
 func (b *l2Bench) what(s string) string { return fmt.Sprintf("L2, %d nodes: %s", b.nodes, s) }
@@ -132,8 +133,8 @@ func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 }
 
-func l2ScaleSize(parent context.Context, nodes int, budget time.Duration, profiles string) []row {
-	b := &l2Bench{nodes: nodes, profiles: profiles}
+func l2ScaleSize(parent context.Context, nodes int, budget time.Duration, profiles, trace string) []row {
+	b := &l2Bench{nodes: nodes, profiles: profiles, trace: trace}
 	began := time.Now()
 	err := b.up(parent)
 	ctx, cancel := context.WithTimeout(parent, budget)
@@ -146,6 +147,9 @@ func l2ScaleSize(parent context.Context, nodes int, budget time.Duration, profil
 		if err != nil && ctx.Err() != nil && parent.Err() == nil {
 			err = fmt.Errorf("out of its %v: %w", budget, err)
 		}
+	}
+	if b.l != nil && b.trace != "" {
+		b.keepLogs()
 	}
 	if b.l != nil {
 		if derr := b.l.Down(context.WithoutCancel(parent)); derr != nil {
@@ -534,7 +538,16 @@ func (b *l2Bench) rollingRestart() error {
 	if _, err := b.owners(60); err != nil {
 		return fmt.Errorf("before the rolling restart: %w", err)
 	}
-	w := lab.StartARPWatch(b.probe, b.addrs)
+	w := lab.NewARPWatch(b.probe, b.addrs)
+	tr := b.traceFile("rolling-restart")
+	defer tr.Close()
+	if tr != nil {
+		w.Trace = func(a netip.Addr, from, to time.Time, before, after int) {
+			fmt.Fprintf(tr, "%s %s dark for %.1f s, until %s; answered by node %d before, node %d after\n",
+				from.Format(traceTime), a, to.Sub(from).Seconds(), to.Format(traceTime), before, after)
+		}
+	}
+	w.Start()
 	began := time.Now()
 	restarted := 0
 	var stopped error
@@ -544,10 +557,12 @@ func (b *l2Bench) rollingRestart() error {
 			break
 		}
 		name := b.l.SpeakerName(n)
+		tr.Printf("%s stopping %s", time.Now().Format(traceTime), name)
 		if err := b.l.Stop(name, 10*time.Second); err != nil {
 			stopped = err
 			break
 		}
+		tr.Printf("%s starting %s", time.Now().Format(traceTime), name)
 		if err := b.l.Restart(name); err != nil {
 			stopped = err
 			break
@@ -560,6 +575,7 @@ func (b *l2Bench) rollingRestart() error {
 			stopped = err
 			break
 		}
+		tr.Printf("%s %s is back, every speaker in the heartbeats", time.Now().Format(traceTime), name)
 		restarted++
 		if restarted%10 == 0 || restarted == b.nodes {
 			progress("L2 at %d nodes: rolling restart: %d speakers restarted in %.0f s (%.0f s left)", b.nodes, restarted, time.Since(began).Seconds(), time.Until(deadline(b.ctx)).Seconds())
@@ -571,6 +587,9 @@ func (b *l2Bench) rollingRestart() error {
 	w.Close()
 	seen := w.Step()
 	dark, rounds, splits := seen.Total, seen.Rounds, len(seen.Splits)
+	for _, sp := range seen.Splits {
+		tr.Printf("%s %s answered by several nodes: %v", sp.At.Format(traceTime), sp.Addr, sp.Nodes)
+	}
 	_, _, werr := w.Rounds()
 	if werr != nil && stopped == nil {
 		stopped = werr
@@ -667,4 +686,57 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-time.After(d):
 		return nil
 	}
+}
+
+// traceTime is how the traces write times, to match them with the lab's
+// logs.
+const traceTime = "15:04:05.000"
+
+// traceLog is one trace file of -trace; a nil one writes nothing.
+type traceLog struct{ f *os.File }
+
+func (t *traceLog) Printf(format string, args ...any) {
+	if t != nil {
+		fmt.Fprintf(t.f, format+"\n", args...)
+	}
+}
+
+func (t *traceLog) Write(p []byte) (int, error) {
+	if t == nil {
+		return len(p), nil
+	}
+	return t.f.Write(p)
+}
+
+func (t *traceLog) Close() {
+	if t != nil {
+		t.f.Close()
+	}
+}
+
+// traceFile opens the trace of one measure, or returns nil without -trace.
+func (b *l2Bench) traceFile(what string) *traceLog {
+	if b.trace == "" {
+		return nil
+	}
+	if err := os.MkdirAll(b.trace, 0o755); err != nil {
+		progress("L2 at %d nodes: trace: %v", b.nodes, err)
+		return nil
+	}
+	f, err := os.Create(filepath.Join(b.trace, fmt.Sprintf("l2-%d-nodes-%s.txt", b.nodes, what)))
+	if err != nil {
+		progress("L2 at %d nodes: trace: %v", b.nodes, err)
+		return nil
+	}
+	return &traceLog{f}
+}
+
+// keepLogs copies the lab's logs into the trace folder before the lab goes.
+func (b *l2Bench) keepLogs() {
+	dst := filepath.Join(b.trace, fmt.Sprintf("l2-%d-nodes-logs", b.nodes))
+	if err := os.CopyFS(dst, os.DirFS(filepath.Join(b.l.Dir(), "logs"))); err != nil {
+		progress("L2 at %d nodes: keeping the logs: %v", b.nodes, err)
+		return
+	}
+	progress("L2 at %d nodes: logs kept in %s", b.nodes, dst)
 }
