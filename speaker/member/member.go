@@ -508,8 +508,20 @@ func (m *Members) sendHeartbeats(now time.Time, leaving bool) {
 	m.mu.Unlock()
 
 	data := msg.encode(m.keys.Load().sign)
-	for _, j := range t.send {
-		m.sendTo(t.names[j], t.addrs[j], data)
+	if !leaving {
+		for _, j := range t.send {
+			m.sendTo(t.names[j], t.addrs[j], data)
+		}
+		return
+	}
+	// Word that this node leaves goes to every member at once rather than
+	// through the relays: the nodes that take its addresses hear it within
+	// a datagram's trip, not an Interval per hop. It is sent once per stop
+	// (leaveCopies times), so its cost does not add to the rate at rest.
+	for j := range t.names {
+		if j != t.self {
+			m.sendTo(t.names[j], t.addrs[j], data)
+		}
 	}
 }
 

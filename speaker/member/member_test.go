@@ -327,3 +327,31 @@ func TestBrieflyCutOffMemberHoldsItselfCutOff(t *testing.T) {
 	c.waitAllAlive(names...)
 	waitFor(t, "answering again", func() (bool, string) { return cut.Answerable() && cut.Heard(), "" })
 }
+
+// A member that leaves tells every member itself, not only the peers it
+// sends to: with every other datagram lost, so that nothing is relayed, all
+// of them still see it gone long before the Timeout (10 s here) would.
+func TestLeavingReachesEveryMemberDirectly(t *testing.T) {
+	t.Parallel()
+	names := nodeNames(30)
+	c := newCluster(t, 64, Config{Timeout: maxTimeout}, names...)
+	c.waitAllAlive(names...)
+	leaver := names[7]
+	others := without(names, leaver)
+	for _, n := range others {
+		c.nodes[n].m.setDrop(func(from, _ string) bool { return from != leaver })
+	}
+	c.nodes[leaver].leave(t)
+	deadline := time.Now().Add(maxTimeout / 5)
+	for _, n := range others {
+		for {
+			if _, alive := c.view(n).Alive[leaver]; !alive {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still counts %s alive %v after it left, with relaying impossible", n, leaver, maxTimeout/5)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
