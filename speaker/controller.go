@@ -376,15 +376,21 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 
 	// Stop answering and withdraw before going: routers and hosts move
-	// traffic before this node stops.
+	// traffic before this node stops. The LAN first, then word that this
+	// node leaves, at once, so the new owners of its addresses take over
+	// within a datagram's trip; the routes and the conditions after that.
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	for _, a := range s.announcers() {
-		a.Stop(shutdownCtx)
-	}
-	cancel()
-	_ = s.bfd.Close()
+	defer cancel()
+	s.l2.Stop(shutdownCtx)
 	stopMembers()
-	return <-membersDone
+	err = <-membersDone
+	for _, a := range s.announcers() {
+		if a != s.l2 {
+			a.Stop(shutdownCtx)
+		}
+	}
+	_ = s.bfd.Close()
+	return err
 }
 
 func (s *Speaker) processNext(ctx context.Context) bool {

@@ -43,8 +43,10 @@ const (
 	// restWindow is the quiet window the rates at rest are taken over.
 	restWindow = 10 * time.Second
 	// failoverAsk is how long a failover round waits for answers; rounds
-	// follow each other at once, so it is the failover times' resolution.
-	failoverAsk = 200 * time.Millisecond
+	// follow each other at once, so it is the failover times' resolution:
+	// a new owner answers the first request that reaches it after it took
+	// over, so a time reads up to one round long, never short.
+	failoverAsk = 50 * time.Millisecond
 )
 
 // parseSizes reads -l2-sizes: node counts, comma-separated; "" or "none"
