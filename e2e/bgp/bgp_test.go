@@ -431,6 +431,38 @@ func TestBFD(t *testing.T) {
 	f.Curl(f.ExternalNS(), a, "endpoint=web-n1", 40)
 }
 
+// TestBFDToRouterWithout: a BGPPeer with spec.bfd whose router runs no BFD
+// for the nodes still carries routes over BGP, and BGPPeer status says on
+// every node that BFD is not up and why.
+func TestBFDToRouterWithout(t *testing.T) {
+	f := framework.New(t)
+	router := fmt.Sprintf("router bgp %d", lab.RouterASN)
+	if err := f.ConfigureRouter(f.Ctx, router, "no neighbor nodes bfd"); err != nil {
+		t.Fatal(err)
+	}
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.ConfigureRouter(ctx, router, "neighbor nodes bfd profile "+lab.RouterBFDProfile)
+	})
+	peer(f, "router-without-bfd", false, func(s *v1alpha1.BGPPeerSpec) { s.BFD = &v1alpha1.BFDSettings{} })
+	pool(f, "nobfd", 13, v1alpha1.BGPAdvertisement{})
+	_, addrs := service(f, "web", "nobfd", []int{1, 2, 3}, nil)
+	nextHops(f, addrs[0], 1, 2, 3)
+	f.Curl(f.ExternalNS(), addrs[0], "endpoint=web-n", 10)
+	f.Eventually("BGPPeer status says on every node why BFD is not up", 50, 200*time.Millisecond, func() error {
+		st := peerStatus(f, "router-without-bfd")
+		why := 0
+		for _, n := range st.Nodes {
+			if n.State == "Established" && n.BFD != nil && n.BFD.State != "Up" && strings.Contains(n.BFD.Message, "does the router run BFD") {
+				why++
+			}
+		}
+		if why != 3 {
+			return fmt.Errorf("status %+v", st.Nodes)
+		}
+		return nil
+	})
+}
+
 // stopNode2Speaker stops node2's speaker with SIGTERM and checks
 // that the router no longer routes a through node2 once it has exited; the
 // test brings node2's speaker and node3 (which it takes down later) back.

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -59,6 +60,18 @@ func (l *Lab) CreateBGPPeer(ctx context.Context, name string, spec v1alpha1.BGPP
 	}
 	if _, err := l.Dynamic.Resource(BGPPeerResource).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create BGPPeer %s: %w", name, err)
+	}
+	return nil
+}
+
+// LabelBGPPeer sets labels on a BGPPeer (for an IPPool's bgp.peerSelector).
+func (l *Lab) LabelBGPPeer(ctx context.Context, name string, labels map[string]string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
+	if err != nil {
+		return err
+	}
+	if _, err := l.Dynamic.Resource(BGPPeerResource).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("label BGPPeer %s: %w", name, err)
 	}
 	return nil
 }
