@@ -779,6 +779,14 @@ func TestAnnouncedConditionWithBGP(t *testing.T) {
 			status: metav1.ConditionTrue, reason: ReasonAddressNotInPool,
 			msg: "10.0.0.0/24 by BGP from n1 to peerA,peerB; 10.9.9.9/32 by BGP from n1 to peerA,peerB, " +
 				"in no IPPool: announced with the settings of IPPool b, which no longer holds it"},
+		{name: "no session outweighs an address that left the pool", nodes: []string{"n1"},
+			pools:  []*v1alpha1.IPPool{bgpPool("b", "10.0.0.0/24")},
+			svc:    service("s", "b", "10.0.0.1", "10.9.9.9"),
+			up:     sessions{},
+			status: metav1.ConditionFalse, reason: ReasonNoEstablishedSession,
+			msg: "10.0.0.1/32 not advertised: no BGP session from n1 to peerA,peerB is Established (BGPPeer status.nodes has each session's state); " +
+				"10.9.9.9/32 not advertised: no BGP session from n1 to peerA,peerB is Established (BGPPeer status.nodes has each session's state), " +
+				"in no IPPool: announced with the settings of IPPool b, which no longer holds it"},
 		{name: "bgp from a pool being deleted", nodes: []string{"n1"},
 			pools:  []*v1alpha1.IPPool{deletingPool(bgpPool("b", "10.0.0.0/24"))},
 			svc:    service("s", "b", "10.0.0.1"),
