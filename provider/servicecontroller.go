@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+	cloudprovider "k8s.io/cloud-provider"
 	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
@@ -45,15 +46,17 @@ const (
 // classless Services (with --handle-classless) and Services of ironlb's class go through this
 // one code path, so they behave identically.
 type ServiceController struct {
-	cloud      *Cloud
-	client     kubernetes.Interface
-	services   corelisters.ServiceLister
-	current    cache.MutationCache // the lister plus our own writes the informer has not shown yet
-	namespaces corelisters.NamespaceLister
-	synced     []cache.InformerSynced
-	queue      workqueue.TypedRateLimitingInterface[string]
-	recorder   record.EventRecorder
-	pools      *PoolController
+	cloud       *Cloud
+	balancer    balancer
+	clusterName string
+	client      kubernetes.Interface
+	services    corelisters.ServiceLister
+	current     cache.MutationCache // the lister plus our own writes the informer has not shown yet
+	namespaces  corelisters.NamespaceLister
+	synced      []cache.InformerSynced
+	queue       workqueue.TypedRateLimitingInterface[string]
+	recorder    record.EventRecorder
+	pools       *PoolController
 
 	mu        sync.Mutex
 	waiting   map[string]bool     // Services that failed for want of an address or a pool
@@ -61,16 +64,26 @@ type ServiceController struct {
 	standoffs map[string]standoff // Services another controller wrote the status of
 }
 
+// balancer is what the controller needs of the cloud: the upstream LoadBalancer, through which
+// every allocation, confirmation and release goes, and the restore at start-up that the upstream
+// interface has no method for (see loadBalancer).
+type balancer interface {
+	cloudprovider.LoadBalancer
+	restore(svc *v1.Service, addrs []netip.Addr) error
+}
+
 // NewServiceController wires the controller to its informers. The PoolController must be built
 // first: Run waits for both caches before any address is handed out.
-func NewServiceController(cloud *Cloud, client kubernetes.Interface, services coreinformers.ServiceInformer,
+func NewServiceController(cloud *Cloud, clusterName string, client kubernetes.Interface, services coreinformers.ServiceInformer,
 	namespaces coreinformers.NamespaceInformer, pools *PoolController, recorder record.EventRecorder) *ServiceController {
 	c := &ServiceController{
-		cloud:      cloud,
-		client:     client,
-		services:   services.Lister(),
-		namespaces: namespaces.Lister(),
-		synced:     []cache.InformerSynced{services.Informer().HasSynced, namespaces.Informer().HasSynced, pools.HasSynced},
+		cloud:       cloud,
+		balancer:    cloud.lb,
+		clusterName: clusterName,
+		client:      client,
+		services:    services.Lister(),
+		namespaces:  namespaces.Lister(),
+		synced:      []cache.InformerSynced{services.Informer().HasSynced, namespaces.Informer().HasSynced, pools.HasSynced},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ironlb-service"}),
 		recorder:  recorder,
@@ -190,7 +203,7 @@ func (c *ServiceController) restore(logger klog.Logger) (restored, conflicts int
 		if len(addrs) == 0 {
 			continue
 		}
-		if err := c.cloud.lb.restore(svc, addrs); err != nil {
+		if err := c.balancer.restore(svc, addrs); err != nil {
 			conflicts++
 			logger.Info("Service holds an address another Service already holds", "service", klog.KObj(svc), "err", err)
 			continue
@@ -263,11 +276,14 @@ func (c *ServiceController) sync(ctx context.Context, key string) error {
 	}
 	if !exists {
 		// Gone without our finalizer (it never held an address) or after we removed it.
-		c.forget(key)
-		return nil
+		return c.forget(ctx, key)
 	}
 	if svc.DeletionTimestamp != nil || !c.cloud.classify.Handles(svc) {
-		if !touched(svc) && c.cloud.alloc.Holding(key) == nil {
+		held, err := c.holding(ctx, svc)
+		if err != nil {
+			return err
+		}
+		if !touched(svc) && len(held) == 0 {
 			return nil // not ours and never was: untouched
 		}
 		return c.cleanup(ctx, svc)
@@ -291,29 +307,57 @@ func findCondition(svc *v1.Service) *metav1.Condition {
 }
 
 // forget drops a Service that no longer exists.
-func (c *ServiceController) forget(key string) { c.release(key) }
+func (c *ServiceController) forget(ctx context.Context, key string) error {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return err
+	}
+	_, err = c.release(ctx, &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
+	return err
+}
+
+// holding returns the addresses the Service holds.
+func (c *ServiceController) holding(ctx context.Context, svc *v1.Service) ([]netip.Addr, error) {
+	st, exists, err := c.balancer.GetLoadBalancer(ctx, c.clusterName, svc)
+	if err != nil || !exists {
+		return nil, err
+	}
+	return statusAddrs(st), nil
+}
 
 // release frees what the Service holds, updates the pool counts and wakes the Services waiting
 // for an address. It returns what the Service held.
-func (c *ServiceController) release(key string) []netip.Addr {
+func (c *ServiceController) release(ctx context.Context, svc *v1.Service) ([]netip.Addr, error) {
+	key := serviceKey(svc)
 	c.setWaiting(key, false, nil, time.Time{})
 	c.mu.Lock()
 	delete(c.standoffs, key)
 	c.mu.Unlock()
-	held, freed := c.cloud.lb.release(key)
+	held, err := c.holding(ctx, svc)
+	if err != nil {
+		return nil, err
+	}
+	a := &allocation{}
+	if err := c.balancer.EnsureLoadBalancerDeleted(withAllocation(ctx, a), c.clusterName, svc); err != nil {
+		return nil, fmt.Errorf("release addresses of %s: %w", key, err)
+	}
 	if len(held) > 0 {
 		c.pools.markDirty()
 	}
-	if len(freed) > 0 {
+	if len(a.freed) > 0 {
 		c.addressesFreed()
 	}
-	return held
+	return held, nil
 }
 
 // cleanup releases the addresses of a Service that is being deleted or is no longer an ironlb
 // LoadBalancer, and takes back everything ironlb wrote to it.
 func (c *ServiceController) cleanup(ctx context.Context, svc *v1.Service) error {
-	if held := c.release(serviceKey(svc)); len(held) > 0 {
+	held, err := c.release(ctx, svc)
+	if err != nil {
+		return err
+	}
+	if len(held) > 0 {
 		c.recorder.Eventf(svc, v1.EventTypeNormal, EventIPReleased, "Released %s", joinAddrs(held))
 		klog.FromContext(ctx).Info("Released addresses", "service", klog.KObj(svc), "ips", joinAddrs(held))
 	}
@@ -349,14 +393,19 @@ func (c *ServiceController) removeFinalizer(ctx context.Context, svc *v1.Service
 func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	key := serviceKey(svc)
 	logger := klog.FromContext(ctx)
-	before := c.cloud.alloc.Holding(key)
+	before, err := c.holding(ctx, svc)
+	if err != nil {
+		return err
+	}
 	c.mu.Lock()
 	behind := linesAhead(c.line, key)
 	prior := c.standoffs[key]
 	c.mu.Unlock()
 	now := time.Now()
 	other, until := conflictingWriter(svc.ManagedFields, now, prior)
-	res, err := c.cloud.lb.ensure(svc, behind)
+	a := &allocation{behind: behind}
+	_, err = c.balancer.EnsureLoadBalancer(withAllocation(ctx, a), c.clusterName, svc, nil)
+	res := a.result
 	after := res.Addrs
 	var aerr *ipam.Error
 	unkept := res.Unkept
