@@ -65,7 +65,7 @@ func startServiceController(initCtx app.ControllerInitContext, cfg *cloudcontrol
 		informers := cfg.SharedInformers.Core().V1()
 		pools := NewPoolController(c, dyn, cfg.ComponentConfig.Generic.MinResyncPeriod.Duration)
 		sc := NewServiceController(c, cfg.ComponentConfig.KubeCloudShared.ClusterName, client, informers.Services(), informers.Namespaces(), pools, recorder)
-		pools.Start(ctx)
+		go pools.Run(ctx)
 		go func() {
 			sc.Run(ctx, int(cfg.ComponentConfig.ServiceController.ConcurrentServiceSyncs))
 			broadcaster.Shutdown()

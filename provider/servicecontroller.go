@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -64,6 +65,8 @@ type ServiceController struct {
 	standoffs map[string]standoff // Services another controller wrote the status of
 }
 
+var everything = labels.Everything()
+
 // balancer is what the controller needs of the cloud: the upstream LoadBalancer, through which
 // every allocation, confirmation and release goes, and the restore at start-up that the upstream
 // interface has no method for (see loadBalancer).
@@ -101,11 +104,6 @@ func NewServiceController(cloud *Cloud, clusterName string, client kubernetes.In
 		return nil
 	}
 	cloud.lb.namespaceLabels.Store(&lookup)
-	pools.onChange = c.poolsChanged
-	pools.services = func() []*v1.Service {
-		all, _ := c.services.List(everything)
-		return all
-	}
 
 	_, _ = services.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: c.enqueue,
@@ -158,15 +156,14 @@ func (c *ServiceController) Run(ctx context.Context, workers int) {
 	if !cache.WaitForNamedCacheSync("ironlb-service", ctx.Done(), c.synced...) {
 		return
 	}
-	c.pools.refresh()
 	// Before any new address is handed out, the allocator learns every address that Services
 	// hold, oldest Service first, so that a restart or a new leader never moves an address.
 	restored, conflicts := c.restore(logger)
 	logger.Info("Restored addresses from Services", "services", restored, "conflicts", conflicts)
-	c.pools.markDirty()
+	c.pools.HoldersKnown()
 	c.serveWaiting(ctx)
 
-	go c.pools.runStatusWriter(ctx)
+	go c.followPools(ctx)
 	for i := 0; i < workers; i++ {
 		go wait.UntilWithContext(ctx, c.worker, time.Second)
 	}
@@ -682,12 +679,20 @@ func (c *ServiceController) addressesFreed() {
 	}
 }
 
-// poolsChanged is called after the pools changed: waiting Services may now fit, and Services
-// whose address left (or came back into) a pool need their condition updated.
-func (c *ServiceController) poolsChanged(moved []string) {
-	c.addressesFreed()
-	for _, key := range moved {
-		c.queue.Add(key)
+// followPools acts on every change of the pools: waiting Services may now fit, and Services the
+// change moved (an address left or came back into a pool, their pool changed) need their
+// condition and ironlb.io/allocated-from rewritten.
+func (c *ServiceController) followPools(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.pools.changes():
+		}
+		c.addressesFreed()
+		for _, key := range c.pools.takeMoved() {
+			c.queue.Add(key)
+		}
 	}
 }
 
