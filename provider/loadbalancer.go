@@ -136,19 +136,6 @@ func (lb *loadBalancer) restore(svc *v1.Service, addrs []netip.Addr) error {
 	return lb.cloud.alloc.Restore(req, addrs)
 }
 
-// ingressAddrs reads the addresses in a Service's status.
-func ingressAddrs(svc *v1.Service) []netip.Addr { return statusAddrs(&svc.Status.LoadBalancer) }
-
-func statusAddrs(st *v1.LoadBalancerStatus) []netip.Addr {
-	var out []netip.Addr
-	for _, ing := range st.Ingress {
-		if a, err := netip.ParseAddr(ing.IP); err == nil {
-			out = append(out, a.Unmap())
-		}
-	}
-	return out
-}
-
 // loadBalancerStatus is what .status.loadBalancer shows for addrs.
 func loadBalancerStatus(addrs []netip.Addr, svc *v1.Service) *v1.LoadBalancerStatus {
 	st := &v1.LoadBalancerStatus{}

@@ -14,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/dynamic"
@@ -25,9 +24,6 @@ import (
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/provider/ipam"
 )
-
-// IPPoolResource is the REST resource of IPPools.
-var IPPoolResource = schema.GroupVersionResource{Group: v1alpha1.SchemeGroupVersion.Group, Version: v1alpha1.SchemeGroupVersion.Version, Resource: "ippools"}
 
 // statusWriteDelay coalesces pool status writes: a burst of allocations becomes one write.
 const statusWriteDelay = 500 * time.Millisecond
@@ -59,7 +55,7 @@ func NewPoolController(cloud *Cloud, client dynamic.Interface, resync time.Durat
 		cloud:      cloud,
 		client:     client,
 		factory:    factory,
-		informer:   factory.ForResource(IPPoolResource).Informer(),
+		informer:   factory.ForResource(v1alpha1.IPPoolResource).Informer(),
 		dirty:      make(chan struct{}, 1),
 		changed:    make(chan struct{}, 1),
 		loaded:     make(chan struct{}),
@@ -250,7 +246,7 @@ func (c *PoolController) applyStatus(ctx context.Context, name string, st v1alph
 	if err != nil {
 		return err
 	}
-	_, err = c.client.Resource(IPPoolResource).ApplyStatus(ctx, name, &unstructured.Unstructured{Object: obj}, applyOptions)
+	_, err = c.client.Resource(v1alpha1.IPPoolResource).ApplyStatus(ctx, name, &unstructured.Unstructured{Object: obj}, applyOptions)
 	if apierrors.IsNotFound(err) {
 		return nil // deleted since it was listed
 	}

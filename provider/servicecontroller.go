@@ -19,7 +19,6 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
-	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -30,6 +29,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/svcstatus"
 	"github.com/ironlb/ironlb/provider/ipam"
 )
 
@@ -134,7 +134,7 @@ func serviceChanged(old, cur *v1.Service) bool {
 		!equality.Semantic.DeepEqual(old.Finalizers, cur.Finalizers) ||
 		!equality.Semantic.DeepEqual(old.DeletionTimestamp, cur.DeletionTimestamp) ||
 		!equality.Semantic.DeepEqual(old.Status.LoadBalancer, cur.Status.LoadBalancer) ||
-		!equality.Semantic.DeepEqual(findCondition(old), findCondition(cur))
+		!equality.Semantic.DeepEqual(ownCondition(old), ownCondition(cur))
 }
 
 func (c *ServiceController) enqueue(obj interface{}) {
@@ -188,7 +188,7 @@ func (c *ServiceController) restore(logger klog.Logger) (restored, conflicts int
 		if !c.cloud.classify.Handles(svc) && !touched(svc) {
 			continue
 		}
-		addrs := ingressAddrs(svc)
+		addrs := svcstatus.Addrs(svc)
 		if other, _ := conflictingWriter(svc.ManagedFields, now, standoff{}); other != "" {
 			// The status shows what the other controller wrote; what ironlb held is in its
 			// record. Without a record ironlb held nothing, and keeping what the status shows
@@ -222,7 +222,7 @@ func (c *ServiceController) serveWaiting(ctx context.Context) {
 	now := time.Now()
 	var ws []waiter
 	for _, svc := range all {
-		if since := waitingSince(findCondition(svc), now); since.Before(now) && c.cloud.classify.Handles(svc) {
+		if since := waitingSince(ownCondition(svc), now); since.Before(now) && c.cloud.classify.Handles(svc) {
 			ws = append(ws, waiter{key: serviceKey(svc), since: since})
 		}
 	}
@@ -288,19 +288,15 @@ func (c *ServiceController) sync(ctx context.Context, key string) error {
 	return c.ensure(ctx, svc)
 }
 
+// ownCondition is svc's ironlb.io/IPAllocated condition, or nil.
+func ownCondition(svc *v1.Service) *metav1.Condition {
+	return svcstatus.Condition(svc, v1alpha1.ConditionIPAllocated)
+}
+
 // touched reports whether ironlb has written to svc.
 func touched(svc *v1.Service) bool {
 	_, ok := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
-	return ok || findCondition(svc) != nil
-}
-
-func findCondition(svc *v1.Service) *metav1.Condition {
-	for i := range svc.Status.Conditions {
-		if svc.Status.Conditions[i].Type == v1alpha1.ConditionIPAllocated {
-			return &svc.Status.Conditions[i]
-		}
-	}
-	return nil
+	return ok || ownCondition(svc) != nil
 }
 
 // forget drops a Service that no longer exists.
@@ -319,7 +315,7 @@ func (c *ServiceController) holding(ctx context.Context, svc *v1.Service) ([]net
 	if err != nil || !exists {
 		return nil, err
 	}
-	return statusAddrs(st), nil
+	return svcstatus.LoadBalancerAddrs(st), nil
 }
 
 // release frees what the Service holds, updates the pool counts and wakes the Services waiting
@@ -363,7 +359,7 @@ func (c *ServiceController) cleanup(ctx context.Context, svc *v1.Service) error 
 	// annotation and the finalizer.
 	_, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
 	if hasAnn || slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer) ||
-		len(svc.Status.LoadBalancer.Ingress) > 0 || findCondition(svc) != nil {
+		len(svc.Status.LoadBalancer.Ingress) > 0 || ownCondition(svc) != nil {
 		return c.write(ctx, svc, &v1.LoadBalancerStatus{}, true, "", nil)
 	}
 	return nil
@@ -415,7 +411,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	if aerr != nil && aerr.Reason == ipam.ReasonPoolExhausted {
 		exhausted = aerr.Exhausted
 	}
-	c.setWaiting(key, aerr != nil && aerr.Reason != ipam.ReasonInvalidRequest, exhausted, waitingSince(findCondition(svc), time.Now()))
+	c.setWaiting(key, aerr != nil && aerr.Reason != ipam.ReasonInvalidRequest, exhausted, waitingSince(ownCondition(svc), time.Now()))
 	// The record counts only for a Service that held nothing; what it says is told once, when
 	// the Service gets its addresses or its condition changes.
 	var bad []string
@@ -436,7 +432,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 		pool = svc.Annotations[v1alpha1.AnnotationAllocatedFrom] // the pool it came from, now gone
 	}
 	cond := allocatedCondition(svc, res, aerr, taken)
-	prev := findCondition(svc)
+	prev := ownCondition(svc)
 	publish := other == ""
 	if !publish {
 		cond = conflictCondition(prev, cond, after, other, prior.quietPeriod(other))
@@ -458,7 +454,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	if holds != hasFinalizer || holds != hasAnn || (holds && ann != pool) ||
 		(holds && svc.Annotations[v1alpha1.AnnotationAllocatedAddresses] != joinAddrs(after)) ||
 		(publish && !equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, lbStatus.Ingress)) ||
-		!sameCondition(prev, &cond) {
+		!svcstatus.SameCondition(prev, &cond) {
 		if err := c.write(ctx, svc, lbStatus, publish, pool, &cond); err != nil {
 			return err
 		}
@@ -476,7 +472,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	}
 
 	// Events only when something changed, so that resyncs stay quiet.
-	if publish && !slices.Equal(ingressAddrs(svc), after) && len(after) > 0 {
+	if publish && !slices.Equal(svcstatus.Addrs(svc), after) && len(after) > 0 {
 		msg := fmt.Sprintf("Allocated %s from pool %s", joinAddrs(after), pool)
 		c.recorder.Event(svc, v1.EventTypeNormal, EventIPAllocated, msg)
 		logger.Info("Allocated addresses", "service", klog.KObj(svc), "ips", joinAddrs(after), "pool", pool)
@@ -485,7 +481,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 				"spec.loadBalancerIP is deprecated; use the annotation %s: %q", v1alpha1.AnnotationIPs, svc.Spec.LoadBalancerIP)
 		}
 	}
-	if len(before) == 0 && (len(after) > 0 || !sameCondition(prev, &cond)) {
+	if len(before) == 0 && (len(after) > 0 || !svcstatus.SameCondition(prev, &cond)) {
 		for _, note := range taken {
 			if len(after) > 0 {
 				note += "; allocated " + joinAddrs(after) + " instead"
@@ -497,7 +493,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 			c.recorder.Event(svc, v1.EventTypeWarning, EventRecordIgnored, note)
 		}
 	}
-	if !sameCondition(prev, &cond) {
+	if !svcstatus.SameCondition(prev, &cond) {
 		switch {
 		case !publish:
 			c.recorder.Event(svc, v1.EventTypeWarning, ReasonConflictingController, cond.Message)
@@ -516,7 +512,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 // says which recorded addresses other Services hold (see recordNotes).
 func allocatedCondition(svc *v1.Service, res ipam.Result, aerr *ipam.Error, taken []string) metav1.Condition {
 	cond := metav1.Condition{Type: v1alpha1.ConditionIPAllocated, ObservedGeneration: svc.Generation}
-	prev := findCondition(svc)
+	prev := ownCondition(svc)
 	allocated := fmt.Sprintf("%s from pool %s", joinAddrs(res.Addrs), res.Pool)
 	switch {
 	case aerr != nil:
@@ -549,18 +545,6 @@ func allocatedCondition(svc *v1.Service, res ipam.Result, aerr *ipam.Error, take
 	return cond
 }
 
-func sameCondition(a, b *metav1.Condition) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Status == b.Status && a.Reason == b.Reason && a.Message == b.Message && a.ObservedGeneration == b.ObservedGeneration
-}
-
-func conditionApply(c metav1.Condition) *metav1ac.ConditionApplyConfiguration {
-	return metav1ac.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).
-		WithMessage(c.Message).WithObservedGeneration(c.ObservedGeneration).WithLastTransitionTime(c.LastTransitionTime)
-}
-
 func loadBalancerApply(st *v1.LoadBalancerStatus) *corev1ac.LoadBalancerStatusApplyConfiguration {
 	out := corev1ac.LoadBalancerStatus()
 	for _, ing := range st.Ingress {
@@ -591,14 +575,14 @@ func (c *ServiceController) write(ctx context.Context, svc *v1.Service, lb *v1.L
 	if holds {
 		ac.WithFinalizers(v1alpha1.LoadBalancerCleanupFinalizer).WithAnnotations(map[string]string{
 			v1alpha1.AnnotationAllocatedFrom:      pool,
-			v1alpha1.AnnotationAllocatedAddresses: joinAddrs(statusAddrs(lb)),
+			v1alpha1.AnnotationAllocatedAddresses: joinAddrs(svcstatus.LoadBalancerAddrs(lb)),
 		})
 		if publish {
 			st.WithLoadBalancer(loadBalancerApply(lb))
 		}
 	}
 	if cond != nil {
-		st.WithConditions(conditionApply(*cond))
+		st.WithConditions(svcstatus.ConditionApply(*cond))
 	}
 	updated, err := c.client.CoreV1().Services(svc.Namespace).ApplyStatus(ctx, ac.WithStatus(st), applyOptions)
 	if apierrors.IsNotFound(err) {
