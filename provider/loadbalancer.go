@@ -3,6 +3,7 @@ package provider
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync/atomic"
 
@@ -15,6 +16,21 @@ import (
 
 // loadBalancer is ironlb's cloudprovider.LoadBalancer: a load balancer is a set of addresses
 // held by a Service. Making them reachable is the speakers' job, so nodes play no part here.
+//
+// It is the only way from Services to the allocator. ironlb's own service controller drives it
+// through the upstream methods, as the stock controller of k8s.io/cloud-provider drives any cloud
+// through its balancer, and the stock controller can drive it alone. What the upstream
+// signatures cannot carry travels beside them, so they stay the upstream ones: the waiting lines
+// a Service stands behind go in, and the allocator's full result (pool, warnings, recorded
+// addresses not given back, addresses freed) comes out, through an allocation in the context
+// (withAllocation); a refusal is an *ipam.Error, found with errors.As. A caller that sets no
+// allocation, such as the stock controller, gets the plain upstream behaviour.
+//
+// Restoring what Services already hold is a step of its own (restore), not part of
+// EnsureLoadBalancer: the upstream interface has no start-up step, and the allocator must learn
+// every Service's addresses, oldest Service first, before it hands out any. EnsureLoadBalancer
+// sees one Service at a time in queue order; a Service it served before an older one was seen
+// could take the older one's address.
 type loadBalancer struct {
 	cloud *Cloud
 	// namespaceLabels looks up a namespace's labels for serviceAllocation.namespaceSelector; the
@@ -23,6 +39,34 @@ type loadBalancer struct {
 }
 
 var _ cloudprovider.LoadBalancer = (*loadBalancer)(nil)
+
+// allocation is what ironlb's service controller exchanges with the load balancer beyond the
+// upstream signatures (see loadBalancer).
+type allocation struct {
+	// behind (in) are the lines in which other Services waited longer (see waitline.go).
+	behind []ipam.Line
+	// result (out) is the allocator's result of EnsureLoadBalancer; on failure, what the Service
+	// keeps.
+	result ipam.Result
+	// freed (out) are the addresses EnsureLoadBalancerDeleted left without holder (a shared
+	// address stays until its last holder goes).
+	freed []netip.Addr
+}
+
+type allocationKey struct{}
+
+// withAllocation returns a context that carries a to the load balancer's methods.
+func withAllocation(ctx context.Context, a *allocation) context.Context {
+	return context.WithValue(ctx, allocationKey{}, a)
+}
+
+// allocationOf returns the allocation ctx carries, or a fresh one nobody reads.
+func allocationOf(ctx context.Context) *allocation {
+	if a, ok := ctx.Value(allocationKey{}).(*allocation); ok {
+		return a
+	}
+	return &allocation{}
+}
 
 func serviceKey(svc *v1.Service) string { return svc.Namespace + "/" + svc.Name }
 
@@ -40,13 +84,21 @@ func (lb *loadBalancer) GetLoadBalancerName(_ context.Context, _ string, svc *v1
 	return cloudprovider.DefaultLoadBalancerName(svc)
 }
 
-// EnsureLoadBalancer allocates the Service's addresses, or confirms the ones it holds.
-func (lb *loadBalancer) EnsureLoadBalancer(_ context.Context, _ string, svc *v1.Service, _ []*v1.Node) (*v1.LoadBalancerStatus, error) {
-	res, err := lb.ensure(svc, nil)
-	if err != nil {
-		return nil, err
+// EnsureLoadBalancer allocates the Service's addresses, or confirms the ones it holds. A refusal
+// is an *ipam.Error; the Service then keeps what it holds (allocation.result).
+func (lb *loadBalancer) EnsureLoadBalancer(ctx context.Context, _ string, svc *v1.Service, _ []*v1.Node) (*v1.LoadBalancerStatus, error) {
+	a := allocationOf(ctx)
+	req, err := lb.request(svc)
+	if err == nil {
+		req.Behind = a.behind
+		a.result, err = lb.cloud.alloc.Allocate(req)
+	} else {
+		a.result = ipam.Result{Addrs: lb.cloud.alloc.Holding(req.Service)}
 	}
-	return loadBalancerStatus(res.Addrs, svc), nil
+	if err != nil {
+		return nil, fmt.Errorf("allocate addresses for %s: %w", req.Service, err)
+	}
+	return loadBalancerStatus(a.result.Addrs, svc), nil
 }
 
 // UpdateLoadBalancer is called when nodes change. Which node answers for an address is decided
@@ -56,27 +108,9 @@ func (lb *loadBalancer) UpdateLoadBalancer(context.Context, string, *v1.Service,
 }
 
 // EnsureLoadBalancerDeleted releases the Service's addresses.
-func (lb *loadBalancer) EnsureLoadBalancerDeleted(_ context.Context, _ string, svc *v1.Service) error {
-	lb.release(serviceKey(svc))
+func (lb *loadBalancer) EnsureLoadBalancerDeleted(ctx context.Context, _ string, svc *v1.Service) error {
+	allocationOf(ctx).freed = lb.cloud.alloc.Release(serviceKey(svc))
 	return nil
-}
-
-// release frees what the Service holds. held is everything it held; freed is what no other
-// Service holds (a shared address stays until its last holder goes).
-func (lb *loadBalancer) release(key string) (held, freed []netip.Addr) {
-	held = lb.cloud.alloc.Holding(key)
-	return held, lb.cloud.alloc.Release(key)
-}
-
-// ensure runs the allocator for svc; behind are the lines where others waited longer. On failure
-// the result still carries the addresses the Service keeps.
-func (lb *loadBalancer) ensure(svc *v1.Service, behind []ipam.Line) (ipam.Result, error) {
-	req, err := lb.request(svc)
-	if err != nil {
-		return ipam.Result{Addrs: lb.cloud.alloc.Holding(req.Service)}, err
-	}
-	req.Behind = behind
-	return lb.cloud.alloc.Allocate(req)
 }
 
 func (lb *loadBalancer) request(svc *v1.Service) (ipam.Request, error) {
@@ -87,7 +121,8 @@ func (lb *loadBalancer) request(svc *v1.Service) (ipam.Request, error) {
 	return requestFor(svc, nsLabels, lb.cloud.opts.OtherCloudsInternal)
 }
 
-// restore records the addresses svc holds, before any allocation happens.
+// restore records the addresses svc holds, before any allocation happens (see loadBalancer for
+// why this is not EnsureLoadBalancer).
 func (lb *loadBalancer) restore(svc *v1.Service, addrs []netip.Addr) error {
 	if len(addrs) == 0 {
 		return nil
@@ -99,19 +134,6 @@ func (lb *loadBalancer) restore(svc *v1.Service, addrs []netip.Addr) error {
 	}
 	req.From = svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
 	return lb.cloud.alloc.Restore(req, addrs)
-}
-
-// ingressAddrs reads the addresses in a Service's status.
-func ingressAddrs(svc *v1.Service) []netip.Addr { return statusAddrs(&svc.Status.LoadBalancer) }
-
-func statusAddrs(st *v1.LoadBalancerStatus) []netip.Addr {
-	var out []netip.Addr
-	for _, ing := range st.Ingress {
-		if a, err := netip.ParseAddr(ing.IP); err == nil {
-			out = append(out, a.Unmap())
-		}
-	}
-	return out
 }
 
 // loadBalancerStatus is what .status.loadBalancer shows for addrs.

@@ -9,14 +9,11 @@ import (
 	"sync"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/dynamic"
@@ -28,28 +25,25 @@ import (
 	"github.com/ironlb/ironlb/provider/ipam"
 )
 
-// IPPoolResource is the REST resource of IPPools.
-var IPPoolResource = schema.GroupVersionResource{Group: v1alpha1.SchemeGroupVersion.Group, Version: v1alpha1.SchemeGroupVersion.Version, Resource: "ippools"}
-
-var everything = labels.Everything()
-
 // statusWriteDelay coalesces pool status writes: a burst of allocations becomes one write.
 const statusWriteDelay = 500 * time.Millisecond
 
-// PoolController feeds IPPools to the allocator and keeps their status current.
+// PoolController feeds IPPools to the allocator and keeps their status current. After every
+// change of the pools it signals changes; takeMoved tells which Services the change moved.
 type PoolController struct {
 	cloud    *Cloud
 	client   dynamic.Interface
 	informer cache.SharedIndexInformer
 	factory  dynamicinformer.DynamicSharedInformerFactory
 	dirty    chan struct{}
-	// onChange is told which Services' pool membership changed after the pools changed.
-	onChange func(moved []string)
-	services func() []*v1.Service
+	changed  chan struct{}
+	loaded   chan struct{} // closed once the allocator has every pool of the first list
+	known    chan struct{} // closed by HoldersKnown
+	knownSet sync.Once
 
 	mu      sync.Mutex
-	invalid map[string]error  // pools the allocator could not use, by name
-	seen    map[string]string // what each pool was at the last refresh, by name (see poolVersion)
+	invalid map[string]error // pools the allocator could not use, by name
+	moved   map[string]bool  // Services moved by pool changes since the last takeMoved
 
 	protection poolProtection
 }
@@ -61,10 +55,13 @@ func NewPoolController(cloud *Cloud, client dynamic.Interface, resync time.Durat
 		cloud:      cloud,
 		client:     client,
 		factory:    factory,
-		informer:   factory.ForResource(IPPoolResource).Informer(),
+		informer:   factory.ForResource(v1alpha1.IPPoolResource).Informer(),
 		dirty:      make(chan struct{}, 1),
+		changed:    make(chan struct{}, 1),
+		loaded:     make(chan struct{}),
+		known:      make(chan struct{}),
 		invalid:    map[string]error{},
-		seen:       map[string]string{},
+		moved:      map[string]bool{},
 		protection: poolProtection{written: map[types.UID]bool{}},
 	}
 	_, _ = c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -84,11 +81,59 @@ func NewPoolController(cloud *Cloud, client dynamic.Interface, resync time.Durat
 	return c
 }
 
-// Start starts the IPPool informer.
-func (c *PoolController) Start(ctx context.Context) { c.factory.Start(ctx.Done()) }
+// Run watches IPPools and gives them to the allocator until ctx ends. Once HoldersKnown is
+// called, it also writes the pools' status and finalizers: before, the allocator does not know
+// which addresses Services hold, and the counts and finalizers would be wrong.
+func (c *PoolController) Run(ctx context.Context) {
+	defer utilruntime.HandleCrash()
+	c.factory.Start(ctx.Done())
+	if !cache.WaitForNamedCacheSync("ironlb-ippool", ctx.Done(), c.informer.HasSynced) {
+		return
+	}
+	// The event handlers may still be behind the synced store; this refresh reads all of it.
+	c.refresh()
+	close(c.loaded)
+	select {
+	case <-ctx.Done():
+		return
+	case <-c.known:
+	}
+	c.markDirty()
+	c.runStatusWriter(ctx)
+}
 
-// HasSynced reports whether the IPPool informer has listed every pool.
-func (c *PoolController) HasSynced() bool { return c.informer.HasSynced() }
+// HasSynced reports whether the allocator has every pool of the first list of IPPools.
+func (c *PoolController) HasSynced() bool {
+	select {
+	case <-c.loaded:
+		return true
+	default:
+		return false
+	}
+}
+
+// HoldersKnown says that the allocator knows every address Services hold (see Run). A service
+// controller calls it once it restored them; one that restores nothing, at once.
+func (c *PoolController) HoldersKnown() { c.knownSet.Do(func() { close(c.known) }) }
+
+// changes is signalled after the pools changed: Services waiting for an address may fit now,
+// and takeMoved returns the Services whose condition and ironlb.io/allocated-from may need
+// rewriting.
+func (c *PoolController) changes() <-chan struct{} { return c.changed }
+
+// takeMoved returns the Services pool changes moved (see ipam.Allocator.SetPools) since the last
+// call.
+func (c *PoolController) takeMoved() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.moved))
+	for key := range c.moved {
+		out = append(out, key)
+	}
+	clear(c.moved)
+	sort.Strings(out)
+	return out
+}
 
 func (c *PoolController) list() []*v1alpha1.IPPool {
 	objs := c.informer.GetStore().List()
@@ -105,15 +150,12 @@ func (c *PoolController) list() []*v1alpha1.IPPool {
 	return out
 }
 
-// refresh gives the allocator the current pools. Holdings never change here; Services whose
-// addresses changed pool membership, or whose pool changed, are handed to onChange so that their
-// condition and ironlb.io/allocated-from are rewritten.
+// refresh gives the allocator the current pools. Holdings never change here; the Services the
+// change moved are kept for takeMoved.
 func (c *PoolController) refresh() {
 	var pools []ipam.Pool
 	invalid := map[string]error{}
-	seen := map[string]string{}
 	for _, p := range c.list() {
-		seen[p.Name] = poolVersion(p)
 		ap, err := poolFor(p)
 		if err != nil {
 			invalid[p.Name] = err
@@ -124,50 +166,15 @@ func (c *PoolController) refresh() {
 	}
 	c.mu.Lock()
 	c.invalid = invalid
-	changed := map[string]bool{}
-	for name, v := range c.seen {
-		if seen[name] != v {
-			changed[name] = true
-		}
+	for _, key := range c.cloud.alloc.SetPools(pools) {
+		c.moved[key] = true
 	}
-	c.seen = seen
-	c.cloud.alloc.SetPools(pools)
 	c.mu.Unlock()
 	c.markDirty()
-	if c.onChange != nil {
-		c.onChange(c.movedServices(changed))
+	select {
+	case c.changed <- struct{}{}:
+	default:
 	}
-}
-
-// poolVersion is what a pool's Services depend on besides where their addresses are: which pool
-// it is and its visibility, which may no longer fit them.
-func poolVersion(p *v1alpha1.IPPool) string {
-	return fmt.Sprintf("%s/%s", p.UID, p.Spec.Visibility)
-}
-
-// movedServices lists Services whose recorded pool no longer matches where their address is,
-// or whose recorded pool changed what it depends on (poolVersion).
-func (c *PoolController) movedServices(changed map[string]bool) []string {
-	if c.services == nil {
-		return nil
-	}
-	var moved []string
-	for _, svc := range c.services() {
-		from, ok := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
-		if !ok {
-			continue
-		}
-		addrs := ingressAddrs(svc)
-		pool := ""
-		if len(addrs) > 0 {
-			pool, _ = c.cloud.alloc.PoolOf(addrs[0])
-		}
-		cond := findCondition(svc)
-		if pool != from || changed[from] || (cond != nil && cond.Reason == EventAddressNotInPool) {
-			moved = append(moved, serviceKey(svc))
-		}
-	}
-	return moved
 }
 
 func (c *PoolController) markDirty() {
@@ -239,7 +246,7 @@ func (c *PoolController) applyStatus(ctx context.Context, name string, st v1alph
 	if err != nil {
 		return err
 	}
-	_, err = c.client.Resource(IPPoolResource).ApplyStatus(ctx, name, &unstructured.Unstructured{Object: obj}, applyOptions)
+	_, err = c.client.Resource(v1alpha1.IPPoolResource).ApplyStatus(ctx, name, &unstructured.Unstructured{Object: obj}, applyOptions)
 	if apierrors.IsNotFound(err) {
 		return nil // deleted since it was listed
 	}

@@ -119,7 +119,7 @@ func (c *PoolController) reconcileFinalizer(ctx context.Context, p *v1alpha1.IPP
 // position after checking it is still there, whoever else lists it too (a copy of the pool
 // applied from a backup, say), so that it never keeps a pool from going.
 func (c *PoolController) setFinalizer(ctx context.Context, name string, uid types.UID, cached []string, on bool) error {
-	pools := c.client.Resource(IPPoolResource)
+	pools := c.client.Resource(v1alpha1.IPPoolResource)
 	var err error
 	if on {
 		// The UID makes the apply fail on a pool of the same name created since; and ironlb-ccm

@@ -64,8 +64,8 @@ func startServiceController(initCtx app.ControllerInitContext, cfg *cloudcontrol
 
 		informers := cfg.SharedInformers.Core().V1()
 		pools := NewPoolController(c, dyn, cfg.ComponentConfig.Generic.MinResyncPeriod.Duration)
-		sc := NewServiceController(c, client, informers.Services(), informers.Namespaces(), pools, recorder)
-		pools.Start(ctx)
+		sc := NewServiceController(c, cfg.ComponentConfig.KubeCloudShared.ClusterName, client, informers.Services(), informers.Namespaces(), pools, recorder)
+		go pools.Run(ctx)
 		go func() {
 			sc.Run(ctx, int(cfg.ComponentConfig.ServiceController.ConcurrentServiceSyncs))
 			broadcaster.Shutdown()

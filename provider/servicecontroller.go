@@ -14,20 +14,22 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
-	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+	cloudprovider "k8s.io/cloud-provider"
 	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/svcstatus"
 	"github.com/ironlb/ironlb/provider/ipam"
 )
 
@@ -45,15 +47,17 @@ const (
 // classless Services (with --handle-classless) and Services of ironlb's class go through this
 // one code path, so they behave identically.
 type ServiceController struct {
-	cloud      *Cloud
-	client     kubernetes.Interface
-	services   corelisters.ServiceLister
-	current    cache.MutationCache // the lister plus our own writes the informer has not shown yet
-	namespaces corelisters.NamespaceLister
-	synced     []cache.InformerSynced
-	queue      workqueue.TypedRateLimitingInterface[string]
-	recorder   record.EventRecorder
-	pools      *PoolController
+	cloud       *Cloud
+	balancer    balancer
+	clusterName string
+	client      kubernetes.Interface
+	services    corelisters.ServiceLister
+	current     cache.MutationCache // the lister plus our own writes the informer has not shown yet
+	namespaces  corelisters.NamespaceLister
+	synced      []cache.InformerSynced
+	queue       workqueue.TypedRateLimitingInterface[string]
+	recorder    record.EventRecorder
+	pools       *PoolController
 
 	mu        sync.Mutex
 	waiting   map[string]bool     // Services that failed for want of an address or a pool
@@ -61,16 +65,28 @@ type ServiceController struct {
 	standoffs map[string]standoff // Services another controller wrote the status of
 }
 
+var everything = labels.Everything()
+
+// balancer is what the controller needs of the cloud: the upstream LoadBalancer, through which
+// every allocation, confirmation and release goes, and the restore at start-up that the upstream
+// interface has no method for (see loadBalancer).
+type balancer interface {
+	cloudprovider.LoadBalancer
+	restore(svc *v1.Service, addrs []netip.Addr) error
+}
+
 // NewServiceController wires the controller to its informers. The PoolController must be built
 // first: Run waits for both caches before any address is handed out.
-func NewServiceController(cloud *Cloud, client kubernetes.Interface, services coreinformers.ServiceInformer,
+func NewServiceController(cloud *Cloud, clusterName string, client kubernetes.Interface, services coreinformers.ServiceInformer,
 	namespaces coreinformers.NamespaceInformer, pools *PoolController, recorder record.EventRecorder) *ServiceController {
 	c := &ServiceController{
-		cloud:      cloud,
-		client:     client,
-		services:   services.Lister(),
-		namespaces: namespaces.Lister(),
-		synced:     []cache.InformerSynced{services.Informer().HasSynced, namespaces.Informer().HasSynced, pools.HasSynced},
+		cloud:       cloud,
+		balancer:    cloud.lb,
+		clusterName: clusterName,
+		client:      client,
+		services:    services.Lister(),
+		namespaces:  namespaces.Lister(),
+		synced:      []cache.InformerSynced{services.Informer().HasSynced, namespaces.Informer().HasSynced, pools.HasSynced},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ironlb-service"}),
 		recorder:  recorder,
@@ -88,11 +104,6 @@ func NewServiceController(cloud *Cloud, client kubernetes.Interface, services co
 		return nil
 	}
 	cloud.lb.namespaceLabels.Store(&lookup)
-	pools.onChange = c.poolsChanged
-	pools.services = func() []*v1.Service {
-		all, _ := c.services.List(everything)
-		return all
-	}
 
 	_, _ = services.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: c.enqueue,
@@ -123,7 +134,7 @@ func serviceChanged(old, cur *v1.Service) bool {
 		!equality.Semantic.DeepEqual(old.Finalizers, cur.Finalizers) ||
 		!equality.Semantic.DeepEqual(old.DeletionTimestamp, cur.DeletionTimestamp) ||
 		!equality.Semantic.DeepEqual(old.Status.LoadBalancer, cur.Status.LoadBalancer) ||
-		!equality.Semantic.DeepEqual(findCondition(old), findCondition(cur))
+		!equality.Semantic.DeepEqual(ownCondition(old), ownCondition(cur))
 }
 
 func (c *ServiceController) enqueue(obj interface{}) {
@@ -145,15 +156,14 @@ func (c *ServiceController) Run(ctx context.Context, workers int) {
 	if !cache.WaitForNamedCacheSync("ironlb-service", ctx.Done(), c.synced...) {
 		return
 	}
-	c.pools.refresh()
 	// Before any new address is handed out, the allocator learns every address that Services
 	// hold, oldest Service first, so that a restart or a new leader never moves an address.
 	restored, conflicts := c.restore(logger)
 	logger.Info("Restored addresses from Services", "services", restored, "conflicts", conflicts)
-	c.pools.markDirty()
+	c.pools.HoldersKnown()
 	c.serveWaiting(ctx)
 
-	go c.pools.runStatusWriter(ctx)
+	go c.followPools(ctx)
 	for i := 0; i < workers; i++ {
 		go wait.UntilWithContext(ctx, c.worker, time.Second)
 	}
@@ -178,7 +188,7 @@ func (c *ServiceController) restore(logger klog.Logger) (restored, conflicts int
 		if !c.cloud.classify.Handles(svc) && !touched(svc) {
 			continue
 		}
-		addrs := ingressAddrs(svc)
+		addrs := svcstatus.Addrs(svc)
 		if other, _ := conflictingWriter(svc.ManagedFields, now, standoff{}); other != "" {
 			// The status shows what the other controller wrote; what ironlb held is in its
 			// record. Without a record ironlb held nothing, and keeping what the status shows
@@ -190,7 +200,7 @@ func (c *ServiceController) restore(logger klog.Logger) (restored, conflicts int
 		if len(addrs) == 0 {
 			continue
 		}
-		if err := c.cloud.lb.restore(svc, addrs); err != nil {
+		if err := c.balancer.restore(svc, addrs); err != nil {
 			conflicts++
 			logger.Info("Service holds an address another Service already holds", "service", klog.KObj(svc), "err", err)
 			continue
@@ -212,7 +222,7 @@ func (c *ServiceController) serveWaiting(ctx context.Context) {
 	now := time.Now()
 	var ws []waiter
 	for _, svc := range all {
-		if since := waitingSince(findCondition(svc), now); since.Before(now) && c.cloud.classify.Handles(svc) {
+		if since := waitingSince(ownCondition(svc), now); since.Before(now) && c.cloud.classify.Handles(svc) {
 			ws = append(ws, waiter{key: serviceKey(svc), since: since})
 		}
 	}
@@ -263,11 +273,14 @@ func (c *ServiceController) sync(ctx context.Context, key string) error {
 	}
 	if !exists {
 		// Gone without our finalizer (it never held an address) or after we removed it.
-		c.forget(key)
-		return nil
+		return c.forget(ctx, key)
 	}
 	if svc.DeletionTimestamp != nil || !c.cloud.classify.Handles(svc) {
-		if !touched(svc) && c.cloud.alloc.Holding(key) == nil {
+		held, err := c.holding(ctx, svc)
+		if err != nil {
+			return err
+		}
+		if !touched(svc) && len(held) == 0 {
 			return nil // not ours and never was: untouched
 		}
 		return c.cleanup(ctx, svc)
@@ -275,45 +288,69 @@ func (c *ServiceController) sync(ctx context.Context, key string) error {
 	return c.ensure(ctx, svc)
 }
 
+// ownCondition is svc's ironlb.io/IPAllocated condition, or nil.
+func ownCondition(svc *v1.Service) *metav1.Condition {
+	return svcstatus.Condition(svc, v1alpha1.ConditionIPAllocated)
+}
+
 // touched reports whether ironlb has written to svc.
 func touched(svc *v1.Service) bool {
 	_, ok := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
-	return ok || findCondition(svc) != nil
-}
-
-func findCondition(svc *v1.Service) *metav1.Condition {
-	for i := range svc.Status.Conditions {
-		if svc.Status.Conditions[i].Type == v1alpha1.ConditionIPAllocated {
-			return &svc.Status.Conditions[i]
-		}
-	}
-	return nil
+	return ok || ownCondition(svc) != nil
 }
 
 // forget drops a Service that no longer exists.
-func (c *ServiceController) forget(key string) { c.release(key) }
+func (c *ServiceController) forget(ctx context.Context, key string) error {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return err
+	}
+	_, err = c.release(ctx, &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
+	return err
+}
+
+// holding returns the addresses the Service holds.
+func (c *ServiceController) holding(ctx context.Context, svc *v1.Service) ([]netip.Addr, error) {
+	st, exists, err := c.balancer.GetLoadBalancer(ctx, c.clusterName, svc)
+	if err != nil || !exists {
+		return nil, err
+	}
+	return svcstatus.LoadBalancerAddrs(st), nil
+}
 
 // release frees what the Service holds, updates the pool counts and wakes the Services waiting
 // for an address. It returns what the Service held.
-func (c *ServiceController) release(key string) []netip.Addr {
+func (c *ServiceController) release(ctx context.Context, svc *v1.Service) ([]netip.Addr, error) {
+	key := serviceKey(svc)
 	c.setWaiting(key, false, nil, time.Time{})
 	c.mu.Lock()
 	delete(c.standoffs, key)
 	c.mu.Unlock()
-	held, freed := c.cloud.lb.release(key)
+	held, err := c.holding(ctx, svc)
+	if err != nil {
+		return nil, err
+	}
+	a := &allocation{}
+	if err := c.balancer.EnsureLoadBalancerDeleted(withAllocation(ctx, a), c.clusterName, svc); err != nil {
+		return nil, fmt.Errorf("release addresses of %s: %w", key, err)
+	}
 	if len(held) > 0 {
 		c.pools.markDirty()
 	}
-	if len(freed) > 0 {
+	if len(a.freed) > 0 {
 		c.addressesFreed()
 	}
-	return held
+	return held, nil
 }
 
 // cleanup releases the addresses of a Service that is being deleted or is no longer an ironlb
 // LoadBalancer, and takes back everything ironlb wrote to it.
 func (c *ServiceController) cleanup(ctx context.Context, svc *v1.Service) error {
-	if held := c.release(serviceKey(svc)); len(held) > 0 {
+	held, err := c.release(ctx, svc)
+	if err != nil {
+		return err
+	}
+	if len(held) > 0 {
 		c.recorder.Eventf(svc, v1.EventTypeNormal, EventIPReleased, "Released %s", joinAddrs(held))
 		klog.FromContext(ctx).Info("Released addresses", "service", klog.KObj(svc), "ips", joinAddrs(held))
 	}
@@ -322,7 +359,7 @@ func (c *ServiceController) cleanup(ctx context.Context, svc *v1.Service) error 
 	// annotation and the finalizer.
 	_, hasAnn := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
 	if hasAnn || slices.Contains(svc.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer) ||
-		len(svc.Status.LoadBalancer.Ingress) > 0 || findCondition(svc) != nil {
+		len(svc.Status.LoadBalancer.Ingress) > 0 || ownCondition(svc) != nil {
 		return c.write(ctx, svc, &v1.LoadBalancerStatus{}, true, "", nil)
 	}
 	return nil
@@ -349,14 +386,19 @@ func (c *ServiceController) removeFinalizer(ctx context.Context, svc *v1.Service
 func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	key := serviceKey(svc)
 	logger := klog.FromContext(ctx)
-	before := c.cloud.alloc.Holding(key)
+	before, err := c.holding(ctx, svc)
+	if err != nil {
+		return err
+	}
 	c.mu.Lock()
 	behind := linesAhead(c.line, key)
 	prior := c.standoffs[key]
 	c.mu.Unlock()
 	now := time.Now()
 	other, until := conflictingWriter(svc.ManagedFields, now, prior)
-	res, err := c.cloud.lb.ensure(svc, behind)
+	a := &allocation{behind: behind}
+	_, err = c.balancer.EnsureLoadBalancer(withAllocation(ctx, a), c.clusterName, svc, nil)
+	res := a.result
 	after := res.Addrs
 	var aerr *ipam.Error
 	unkept := res.Unkept
@@ -369,7 +411,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	if aerr != nil && aerr.Reason == ipam.ReasonPoolExhausted {
 		exhausted = aerr.Exhausted
 	}
-	c.setWaiting(key, aerr != nil && aerr.Reason != ipam.ReasonInvalidRequest, exhausted, waitingSince(findCondition(svc), time.Now()))
+	c.setWaiting(key, aerr != nil && aerr.Reason != ipam.ReasonInvalidRequest, exhausted, waitingSince(ownCondition(svc), time.Now()))
 	// The record counts only for a Service that held nothing; what it says is told once, when
 	// the Service gets its addresses or its condition changes.
 	var bad []string
@@ -390,7 +432,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 		pool = svc.Annotations[v1alpha1.AnnotationAllocatedFrom] // the pool it came from, now gone
 	}
 	cond := allocatedCondition(svc, res, aerr, taken)
-	prev := findCondition(svc)
+	prev := ownCondition(svc)
 	publish := other == ""
 	if !publish {
 		cond = conflictCondition(prev, cond, after, other, prior.quietPeriod(other))
@@ -412,7 +454,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	if holds != hasFinalizer || holds != hasAnn || (holds && ann != pool) ||
 		(holds && svc.Annotations[v1alpha1.AnnotationAllocatedAddresses] != joinAddrs(after)) ||
 		(publish && !equality.Semantic.DeepEqual(svc.Status.LoadBalancer.Ingress, lbStatus.Ingress)) ||
-		!sameCondition(prev, &cond) {
+		!svcstatus.SameCondition(prev, &cond) {
 		if err := c.write(ctx, svc, lbStatus, publish, pool, &cond); err != nil {
 			return err
 		}
@@ -430,7 +472,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	}
 
 	// Events only when something changed, so that resyncs stay quiet.
-	if publish && !slices.Equal(ingressAddrs(svc), after) && len(after) > 0 {
+	if publish && !slices.Equal(svcstatus.Addrs(svc), after) && len(after) > 0 {
 		msg := fmt.Sprintf("Allocated %s from pool %s", joinAddrs(after), pool)
 		c.recorder.Event(svc, v1.EventTypeNormal, EventIPAllocated, msg)
 		logger.Info("Allocated addresses", "service", klog.KObj(svc), "ips", joinAddrs(after), "pool", pool)
@@ -439,7 +481,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 				"spec.loadBalancerIP is deprecated; use the annotation %s: %q", v1alpha1.AnnotationIPs, svc.Spec.LoadBalancerIP)
 		}
 	}
-	if len(before) == 0 && (len(after) > 0 || !sameCondition(prev, &cond)) {
+	if len(before) == 0 && (len(after) > 0 || !svcstatus.SameCondition(prev, &cond)) {
 		for _, note := range taken {
 			if len(after) > 0 {
 				note += "; allocated " + joinAddrs(after) + " instead"
@@ -451,7 +493,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 			c.recorder.Event(svc, v1.EventTypeWarning, EventRecordIgnored, note)
 		}
 	}
-	if !sameCondition(prev, &cond) {
+	if !svcstatus.SameCondition(prev, &cond) {
 		switch {
 		case !publish:
 			c.recorder.Event(svc, v1.EventTypeWarning, ReasonConflictingController, cond.Message)
@@ -470,7 +512,7 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 // says which recorded addresses other Services hold (see recordNotes).
 func allocatedCondition(svc *v1.Service, res ipam.Result, aerr *ipam.Error, taken []string) metav1.Condition {
 	cond := metav1.Condition{Type: v1alpha1.ConditionIPAllocated, ObservedGeneration: svc.Generation}
-	prev := findCondition(svc)
+	prev := ownCondition(svc)
 	allocated := fmt.Sprintf("%s from pool %s", joinAddrs(res.Addrs), res.Pool)
 	switch {
 	case aerr != nil:
@@ -503,18 +545,6 @@ func allocatedCondition(svc *v1.Service, res ipam.Result, aerr *ipam.Error, take
 	return cond
 }
 
-func sameCondition(a, b *metav1.Condition) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Status == b.Status && a.Reason == b.Reason && a.Message == b.Message && a.ObservedGeneration == b.ObservedGeneration
-}
-
-func conditionApply(c metav1.Condition) *metav1ac.ConditionApplyConfiguration {
-	return metav1ac.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).
-		WithMessage(c.Message).WithObservedGeneration(c.ObservedGeneration).WithLastTransitionTime(c.LastTransitionTime)
-}
-
 func loadBalancerApply(st *v1.LoadBalancerStatus) *corev1ac.LoadBalancerStatusApplyConfiguration {
 	out := corev1ac.LoadBalancerStatus()
 	for _, ing := range st.Ingress {
@@ -545,14 +575,14 @@ func (c *ServiceController) write(ctx context.Context, svc *v1.Service, lb *v1.L
 	if holds {
 		ac.WithFinalizers(v1alpha1.LoadBalancerCleanupFinalizer).WithAnnotations(map[string]string{
 			v1alpha1.AnnotationAllocatedFrom:      pool,
-			v1alpha1.AnnotationAllocatedAddresses: joinAddrs(statusAddrs(lb)),
+			v1alpha1.AnnotationAllocatedAddresses: joinAddrs(svcstatus.LoadBalancerAddrs(lb)),
 		})
 		if publish {
 			st.WithLoadBalancer(loadBalancerApply(lb))
 		}
 	}
 	if cond != nil {
-		st.WithConditions(conditionApply(*cond))
+		st.WithConditions(svcstatus.ConditionApply(*cond))
 	}
 	updated, err := c.client.CoreV1().Services(svc.Namespace).ApplyStatus(ctx, ac.WithStatus(st), applyOptions)
 	if apierrors.IsNotFound(err) {
@@ -633,12 +663,20 @@ func (c *ServiceController) addressesFreed() {
 	}
 }
 
-// poolsChanged is called after the pools changed: waiting Services may now fit, and Services
-// whose address left (or came back into) a pool need their condition updated.
-func (c *ServiceController) poolsChanged(moved []string) {
-	c.addressesFreed()
-	for _, key := range moved {
-		c.queue.Add(key)
+// followPools acts on every change of the pools: waiting Services may now fit, and Services the
+// change moved (an address left or came back into a pool, their pool changed) need their
+// condition and ironlb.io/allocated-from rewritten.
+func (c *ServiceController) followPools(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.pools.changes():
+		}
+		c.addressesFreed()
+		for _, key := range c.pools.takeMoved() {
+			c.queue.Add(key)
+		}
 	}
 }
 

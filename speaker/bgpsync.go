@@ -26,9 +26,6 @@ import (
 	"github.com/ironlb/ironlb/speaker/bgp"
 )
 
-// BGPPeerResource is the BGPPeer resource.
-var BGPPeerResource = v1alpha1.SchemeGroupVersion.WithResource("bgppeers")
-
 func (s *Speaker) peerList() []*v1alpha1.BGPPeer {
 	return fromStore[v1alpha1.BGPPeer](s, s.bgpPeers.GetStore().List(), "BGPPeer")
 }
@@ -460,7 +457,7 @@ func (b *bgpAnnouncer) applyPeerStatus(ctx context.Context, name, manager string
 		"metadata":   map[string]any{"name": name},
 		"status":     map[string]any{"nodes": nodes},
 	}}
-	_, err := b.dynamic.Resource(BGPPeerResource).ApplyStatus(ctx, name, obj, metav1.ApplyOptions{FieldManager: manager, Force: true})
+	_, err := b.dynamic.Resource(v1alpha1.BGPPeerResource).ApplyStatus(ctx, name, obj, metav1.ApplyOptions{FieldManager: manager, Force: true})
 	if err != nil {
 		return fmt.Errorf("BGPPeer %s: %w", name, err)
 	}

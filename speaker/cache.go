@@ -16,6 +16,7 @@ import (
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/lbclass"
+	"github.com/ironlb/ironlb/internal/svcstatus"
 )
 
 // What a speaker keeps of the cluster. Its cost must follow what it
@@ -64,7 +65,7 @@ func slimService(c lbclass.Classifier) cache.TransformFunc {
 				out.Status.LoadBalancer.Ingress = append(out.Status.LoadBalancer.Ingress, v1.LoadBalancerIngress{IP: in.IP})
 			}
 		}
-		if c := findCondition(svc, v1alpha1.ConditionAnnounced); c != nil {
+		if c := svcstatus.Condition(svc, v1alpha1.ConditionAnnounced); c != nil {
 			out.Status.Conditions = []metav1.Condition{*c}
 		}
 		return out, nil

@@ -296,7 +296,7 @@ func TestEndpointSliceBurstOfOtherServices_QueuesNoSyncAndLeavesNoTrace(t *testi
 	)
 	scheme := runtime.NewScheme()
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, map[schema.GroupVersionResource]string{
-		IPPoolResource: "IPPoolList", BGPPeerResource: "BGPPeerList",
+		v1alpha1.IPPoolResource: "IPPoolList", v1alpha1.BGPPeerResource: "BGPPeerList",
 	})
 	s, err := New(Config{Node: "n1", Classifier: classifier, Client: client, Dynamic: dyn, Namespace: "ironlb-system", Logger: klog.Background()})
 	if err != nil {

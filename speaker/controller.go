@@ -64,9 +64,6 @@ type Config struct {
 // fallback; renewed every third of it.
 const DefaultLeaseDuration = 6 * time.Second
 
-// IPPoolResource is the IPPool resource.
-var IPPoolResource = v1alpha1.SchemeGroupVersion.WithResource("ippools")
-
 // Speaker announces the addresses this node owns. It watches, decides (the
 // plans, and owner.go for who answers) and hands the plans to its
 // announcers, each of which owns its own state.
@@ -201,8 +198,8 @@ func New(cfg Config) (*Speaker, error) {
 		s.queue.Add(syncKey)
 	}, cfg.Logger.WithName("endpoints"))
 	s.nodes = s.factory.Core().V1().Nodes().Informer()
-	s.pools = s.dynamic.ForResource(IPPoolResource).Informer()
-	s.bgpPeers = s.dynamic.ForResource(BGPPeerResource).Informer()
+	s.pools = s.dynamic.ForResource(v1alpha1.IPPoolResource).Informer()
+	s.bgpPeers = s.dynamic.ForResource(v1alpha1.BGPPeerResource).Informer()
 	for inf, slim := range map[cache.SharedIndexInformer]cache.TransformFunc{
 		s.services: slimService(cfg.Classifier), s.nodes: slimNode,
 		s.pools: slimUnstructured, s.bgpPeers: slimUnstructured,

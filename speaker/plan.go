@@ -181,17 +181,6 @@ func answeringInterfaces(pool *v1alpha1.IPPool, info map[string]string) []string
 	return up
 }
 
-// ingressAddrs are the addresses in svc's status.
-func ingressAddrs(svc *v1.Service) []netip.Addr {
-	var out []netip.Addr
-	for _, in := range svc.Status.LoadBalancer.Ingress {
-		if a, err := netip.ParseAddr(in.IP); err == nil {
-			out = append(out, a.Unmap())
-		}
-	}
-	return out
-}
-
 // poolOf is the pool whose settings announce addr of svc: the one
 // ironlb-ccm names on the Service (ironlb.io/allocated-from) if it holds
 // addr, else any pool that holds it. An address that left every pool is

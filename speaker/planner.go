@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/svcstatus"
 )
 
 // A speaker's work follows what changed. The plans are built from parts:
@@ -202,7 +203,7 @@ func (p *planner) rebuild(addr netip.Addr, in inputs) {
 func (p *planner) partOf(in inputs, peers []*v1alpha1.BGPPeer, svc *v1.Service) *servicePart {
 	part := &servicePart{}
 	var notes []string
-	for _, addr := range ingressAddrs(svc) {
+	for _, addr := range svcstatus.Addrs(svc) {
 		if part.of(addr) != nil {
 			continue // written twice in the status
 		}

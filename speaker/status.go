@@ -15,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
-	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -25,6 +24,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/svcstatus"
 	"github.com/ironlb/ironlb/speaker/member"
 )
 
@@ -60,7 +60,7 @@ const (
 func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded string) *metav1.Condition {
 	var parts []string
 	ok, any, l2, unsent, outside := true, false, false, false, false
-	for _, addr := range ingressAddrs(svc) {
+	for _, addr := range svcstatus.Addrs(svc) {
 		if b := bplan[addr]; b != nil {
 			any = true
 			outside = outside || b.outside != ""
@@ -118,7 +118,7 @@ func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bpla
 // first announced address, or, when none has an owner, the node the ranking
 // picks among candidates. Every speaker computes the same.
 func writer(svc *v1.Service, plan map[netip.Addr]*announcement, candidates map[string]bool) string {
-	for _, addr := range ingressAddrs(svc) {
+	for _, addr := range svcstatus.Addrs(svc) {
 		if a := plan[addr]; a != nil && a.owner != "" {
 			return a.owner
 		}
@@ -133,7 +133,7 @@ var ownerInMessage = regexp.MustCompile(`(?:^|; )(\S+) by (\S+) on `)
 // each L2 address: the speakers' own record of who owns what, which keeps an
 // address where it is across restarts of the speakers.
 func announcedOwners(svc *v1.Service) map[netip.Addr]string {
-	c := findCondition(svc, v1alpha1.ConditionAnnounced)
+	c := svcstatus.Condition(svc, v1alpha1.ConditionAnnounced)
 	if c == nil {
 		return nil
 	}
@@ -312,7 +312,7 @@ func (w *conditionWriter) queueConditions(from conditionInputs, up sessions) {
 	writers := strings.Join(slices.Sorted(maps.Keys(candidates)), ",")
 	for _, svc := range in.services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		addrs := ingressAddrs(svc)
+		addrs := svcstatus.Addrs(svc)
 		if prev, ok := w.decided[key]; ok && prev.still(svc, addrs, plan, bplan, up, notAnnounced[key], degraded, writers) {
 			prev.round = w.round
 			w.decided[key] = prev
@@ -339,7 +339,7 @@ func (w *conditionWriter) queueConditions(from conditionInputs, up sessions) {
 		} else {
 			delete(w.degraded, key)
 		}
-		if !sameCondition(findCondition(svc, v1alpha1.ConditionAnnounced), c) {
+		if !svcstatus.SameCondition(svcstatus.Condition(svc, v1alpha1.ConditionAnnounced), c) {
 			w.queue.Add(key)
 		}
 	}
@@ -354,19 +354,6 @@ func (w *conditionWriter) queueConditions(from conditionInputs, up sessions) {
 			delete(w.degraded, key)
 		}
 	}
-}
-
-func findCondition(svc *v1.Service, typ string) *metav1.Condition {
-	for i := range svc.Status.Conditions {
-		if svc.Status.Conditions[i].Type == typ {
-			return &svc.Status.Conditions[i]
-		}
-	}
-	return nil
-}
-
-func sameCondition(a, b *metav1.Condition) bool {
-	return a != nil && b != nil && a.Status == b.Status && a.Reason == b.Reason && a.Message == b.Message && a.ObservedGeneration == b.ObservedGeneration
 }
 
 func (w *conditionWriter) worker(ctx context.Context) {
@@ -400,17 +387,16 @@ func (w *conditionWriter) write(ctx context.Context, key types.NamespacedName) e
 		return err
 	}
 	svc := obj.(*v1.Service)
-	prev := findCondition(svc, c.Type)
-	if sameCondition(prev, &c) {
+	prev := svcstatus.Condition(svc, c.Type)
+	if svcstatus.SameCondition(prev, &c) {
 		return nil
 	}
 	since := metav1.NewTime(time.Now())
 	if prev != nil && prev.Status == c.Status {
 		since = prev.LastTransitionTime
 	}
-	ac := corev1ac.Service(key.Name, key.Namespace).WithStatus(corev1ac.ServiceStatus().WithConditions(
-		metav1ac.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).WithMessage(c.Message).
-			WithObservedGeneration(c.ObservedGeneration).WithLastTransitionTime(since)))
+	c.LastTransitionTime = since
+	ac := corev1ac.Service(key.Name, key.Namespace).WithStatus(corev1ac.ServiceStatus().WithConditions(svcstatus.ConditionApply(c)))
 	_, err = w.client.CoreV1().Services(key.Namespace).ApplyStatus(ctx, ac, metav1.ApplyOptions{FieldManager: v1alpha1.FieldManagerSpeaker, Force: true})
 	if err != nil {
 		return fmt.Errorf("apply the %s condition of %s: %w", c.Type, key, err)

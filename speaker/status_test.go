@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/svcstatus"
 )
 
 // testWriter is a condition writer of node that writes nothing to the API.
@@ -88,7 +89,7 @@ func TestQueueConditionsFollowChanges(t *testing.T) {
 			t.Errorf("%s: n1 writes %v, a fresh writer %v", step.name, w.desired, fresh.desired)
 		}
 		for k, c := range fresh.desired {
-			if !sameCondition(&c, new(w.desired[k])) {
+			if !svcstatus.SameCondition(&c, new(w.desired[k])) {
 				t.Errorf("%s: %s: n1 writes %+v, a fresh writer %+v", step.name, k, w.desired[k], c)
 			}
 		}
@@ -152,7 +153,7 @@ func TestFollowSessions_DecidesAgainOnlyWhereAnAddressLostOrRegainedItsSessions(
 		fresh.queueConditions(from, step.up)
 		fresh.queue.ShutDown()
 		for k, c := range fresh.desired {
-			if !sameCondition(&c, new(w.desired[k])) {
+			if !svcstatus.SameCondition(&c, new(w.desired[k])) {
 				t.Errorf("%s: %s: n1 writes %+v, a fresh writer %+v", step.name, k, w.desired[k], c)
 			}
 		}

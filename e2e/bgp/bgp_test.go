@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 	framework.Main(m, lab.Config{CCM: true, Speakers: true})
 }
 
-var peerResource = lab.BGPPeerResource
+var peerResource = v1alpha1.BGPPeerResource
 
 // peer creates a BGPPeer for the lab router (IPv4 or IPv6 session) with
 // short timers, deleted when the test ends.

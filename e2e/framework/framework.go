@@ -129,7 +129,7 @@ func New(t *testing.T) *F {
 		// of the same name.
 		for _, name := range f.pools {
 			err := wait.PollUntilContextCancel(cctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-				_, err := f.Dynamic.Resource(lab.IPPoolResource).Get(ctx, name, metav1.GetOptions{})
+				_, err := f.Dynamic.Resource(v1alpha1.IPPoolResource).Get(ctx, name, metav1.GetOptions{})
 				return apierrors.IsNotFound(err), nil
 			})
 			if err != nil {
@@ -328,7 +328,7 @@ func (f *F) Pool(name string, prefixes []netip.Prefix, mutate func(*v1alpha1.IPP
 	}
 	f.pools = append(f.pools, name)
 	f.Cleanup(func(ctx context.Context) {
-		_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, name, metav1.DeleteOptions{})
+		_ = f.Dynamic.Resource(v1alpha1.IPPoolResource).Delete(ctx, name, metav1.DeleteOptions{})
 	})
 }
 

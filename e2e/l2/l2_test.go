@@ -449,7 +449,7 @@ func TestPoolShrunkThenDeletedKeepsServing(t *testing.T) {
 		}
 		rest = append(rest, other.String()+"-"+other.String())
 	}
-	pools := f.Dynamic.Resource(lab.IPPoolResource)
+	pools := f.Dynamic.Resource(v1alpha1.IPPoolResource)
 	u, err := pools.Get(f.Ctx, "shrinking", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)

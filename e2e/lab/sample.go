@@ -15,16 +15,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 )
-
-// IPPoolResource is the IPPool resource for the dynamic client.
-var IPPoolResource = schema.GroupVersionResource{Group: v1alpha1.SchemeGroupVersion.Group, Version: v1alpha1.SchemeGroupVersion.Version, Resource: "ippools"}
 
 // CreatePool creates an IPPool.
 func (l *Lab) CreatePool(ctx context.Context, name string, spec v1alpha1.IPPoolSpec) error {
@@ -37,15 +33,12 @@ func (l *Lab) CreatePool(ctx context.Context, name string, spec v1alpha1.IPPoolS
 	if err != nil {
 		return err
 	}
-	_, err = l.Dynamic.Resource(IPPoolResource).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{})
+	_, err = l.Dynamic.Resource(v1alpha1.IPPoolResource).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create IPPool %s: %w", name, err)
 	}
 	return nil
 }
-
-// BGPPeerResource is the BGPPeer resource for the dynamic client.
-var BGPPeerResource = schema.GroupVersionResource{Group: v1alpha1.SchemeGroupVersion.Group, Version: v1alpha1.SchemeGroupVersion.Version, Resource: "bgppeers"}
 
 // CreateBGPPeer creates a BGPPeer.
 func (l *Lab) CreateBGPPeer(ctx context.Context, name string, spec v1alpha1.BGPPeerSpec) error {
@@ -58,7 +51,7 @@ func (l *Lab) CreateBGPPeer(ctx context.Context, name string, spec v1alpha1.BGPP
 	if err != nil {
 		return err
 	}
-	if _, err := l.Dynamic.Resource(BGPPeerResource).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+	if _, err := l.Dynamic.Resource(v1alpha1.BGPPeerResource).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create BGPPeer %s: %w", name, err)
 	}
 	return nil
@@ -78,7 +71,7 @@ func (l *Lab) LabelBGPPeer(ctx context.Context, name string, labels map[string]s
 
 // DeleteBGPPeer deletes a BGPPeer.
 func (l *Lab) DeleteBGPPeer(ctx context.Context, name string) error {
-	return l.Dynamic.Resource(BGPPeerResource).Delete(ctx, name, metav1.DeleteOptions{})
+	return l.Dynamic.Resource(v1alpha1.BGPPeerResource).Delete(ctx, name, metav1.DeleteOptions{})
 }
 
 // WaitIngress waits until svc's status lists want addresses and returns them.

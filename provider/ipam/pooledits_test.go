@@ -226,3 +226,28 @@ func TestPoolUsers_CountsServicesNotAddresses(t *testing.T) {
 		t.Errorf("PoolUsers() = %v, want 3 Services of lab-a, unnamed", got)
 	}
 }
+
+func TestSetPools_ReturnsTheServicesWhosePoolStandingChanged(t *testing.T) {
+	a := New()
+	a.SetPools([]Pool{created(pool("lab-a", "172.31.0.10-172.31.0.11"), 1), created(pool("lab-b", "172.31.1.10"), 2)})
+	allocate(t, a, svc("default/a"), []string{"172.31.0.10"})
+	allocate(t, a, svc("default/b"), []string{"172.31.0.11"})
+	allocate(t, a, svc("default/named", inPools("lab-b")), []string{"172.31.1.10"})
+
+	steps := []struct {
+		name  string
+		pools []Pool
+		want  []string
+	}{
+		{"same pools again", []Pool{created(pool("lab-a", "172.31.0.10-172.31.0.11"), 1), created(pool("lab-b", "172.31.1.10"), 2)}, nil},
+		{"lab-a shrinks past b's address", []Pool{created(pool("lab-a", "172.31.0.10"), 1), created(pool("lab-b", "172.31.1.10"), 2)}, []string{"default/b"}},
+		{"lab-a becomes internal", []Pool{created(internalPool("lab-a", "172.31.0.10"), 1), created(pool("lab-b", "172.31.1.10"), 2)}, []string{"default/a", "default/b"}},
+		{"lab-b is being deleted", []Pool{created(internalPool("lab-a", "172.31.0.10"), 1), deleting(created(pool("lab-b", "172.31.1.10"), 2))}, []string{"default/named"}},
+		{"lab-b is replaced under its name", []Pool{created(internalPool("lab-a", "172.31.0.10"), 1), created(pool("lab-b", "172.31.1.10"), 3)}, []string{"default/named"}},
+	}
+	for _, s := range steps {
+		if got := a.SetPools(s.pools); !slices.Equal(got, s.want) {
+			t.Errorf("%s: SetPools moved %v, want %v", s.name, got, s.want)
+		}
+	}
+}

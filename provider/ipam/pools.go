@@ -2,9 +2,11 @@ package ipam
 
 import (
 	"cmp"
+	"fmt"
 	"math/big"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"go4.org/netipx"
 	"k8s.io/apimachinery/pkg/labels"
@@ -152,10 +154,28 @@ func overlaps(a, b []netipx.IPRange) bool {
 // SetPools replaces the pool set. It never changes what any Service holds. Pools that overlap an
 // older pool (Pool.CreatedUnix, then name) are in Conflict and are not used for new allocations,
 // nor are pools being deleted.
-func (a *Allocator) SetPools(pools []Pool) {
+//
+// It returns the Services the change moved, sorted: those whose Result.Pool or Result.Warnings
+// the next Allocate may report differently, because the pool that announces their addresses,
+// the usable pool of one of their addresses, or a pool they name changed.
+func (a *Allocator) SetPools(pools []Pool) (moved []string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	before := make(map[*svcState]string, len(a.svcs))
+	for _, s := range a.svcs {
+		before[s] = a.standing(s)
+	}
+	a.setPools(pools)
+	for name, s := range a.svcs {
+		if a.standing(s) != before[s] {
+			moved = append(moved, name)
+		}
+	}
+	slices.Sort(moved)
+	return moved
+}
 
+func (a *Allocator) setPools(pools []Pool) {
 	// Cursors survive for ranges that did not change, so editing one pool does not send every
 	// other pool back to its first address.
 	cursors := make(map[cursorKey]u128)
@@ -216,6 +236,35 @@ func (a *Allocator) SetPools(pools []Pool) {
 	for _, p := range byName {
 		a.recount(p)
 	}
+}
+
+// standing describes what of the pool set a Service's Result.Pool and Result.Warnings depend on:
+// the pool that announces its addresses, the usable pool of each address (or why it has none),
+// and the pools it names. A pool is told by its name, visibility, creation time and whether it
+// is being deleted, so that a pool replaced under the same name counts as changed.
+func (a *Allocator) standing(s *svcState) string {
+	var b strings.Builder
+	describe := func(p *poolState) {
+		if p == nil {
+			b.WriteString(" -")
+			return
+		}
+		fmt.Fprintf(&b, " %s/%s/%d/%t", p.Name, p.visibility(), p.CreatedUnix, p.Deleting)
+	}
+	pool := a.poolOf(s)
+	b.WriteString(pool)
+	describe(a.pools[pool])
+	for _, addr := range s.addrs {
+		if p := a.usablePool(addr); p != nil {
+			describe(p)
+		} else {
+			b.WriteString(" " + a.orphanWarning(addr))
+		}
+	}
+	for _, name := range s.pools {
+		describe(a.pools[name])
+	}
+	return b.String()
 }
 
 // comparePreference orders usable pools as new allocations try them: reserved pools by priority,

@@ -32,8 +32,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/testenv"
-	"github.com/ironlb/ironlb/provider"
 )
 
 type row struct{ what, value, note string }
@@ -139,7 +139,7 @@ func throughput(ctx context.Context, ccmBin, tmp string, n int, preexisting bool
 		"metadata": map[string]any{"name": "bench"},
 		"spec":     map[string]any{"addresses": []any{"172.31.128.0/17"}},
 	}}
-	if _, err := dynamic.NewForConfigOrDie(cfg).Resource(provider.IPPoolResource).Create(ctx, pool, metav1.CreateOptions{}); err != nil {
+	if _, err := dynamic.NewForConfigOrDie(cfg).Resource(v1alpha1.IPPoolResource).Create(ctx, pool, metav1.CreateOptions{}); err != nil {
 		return nil, err
 	}
 

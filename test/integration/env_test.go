@@ -23,7 +23,6 @@ import (
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/testenv"
-	"github.com/ironlb/ironlb/provider"
 )
 
 // Bounds of every wait in these tests: generous for a loaded 2-core machine, never endless.
@@ -158,13 +157,13 @@ func (e *env) createPool(name string, spec v1alpha1.IPPoolSpec) error {
 	if err != nil {
 		return err
 	}
-	_, err = e.dyn.Resource(provider.IPPoolResource).Create(e.ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{})
+	_, err = e.dyn.Resource(v1alpha1.IPPoolResource).Create(e.ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{})
 	return err
 }
 
 func (e *env) getPool(name string) *v1alpha1.IPPool {
 	e.t.Helper()
-	u, err := e.dyn.Resource(provider.IPPoolResource).Get(e.ctx, name, metav1.GetOptions{})
+	u, err := e.dyn.Resource(v1alpha1.IPPoolResource).Get(e.ctx, name, metav1.GetOptions{})
 	if err != nil {
 		e.t.Fatalf("get IPPool %s: %v", name, err)
 	}
@@ -183,14 +182,14 @@ func (e *env) updatePool(name string, mutate func(*v1alpha1.IPPool)) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if _, err := e.dyn.Resource(provider.IPPoolResource).Update(e.ctx, &unstructured.Unstructured{Object: obj}, metav1.UpdateOptions{}); err != nil {
+	if _, err := e.dyn.Resource(v1alpha1.IPPoolResource).Update(e.ctx, &unstructured.Unstructured{Object: obj}, metav1.UpdateOptions{}); err != nil {
 		e.t.Fatalf("update IPPool %s: %v", name, err)
 	}
 }
 
 func (e *env) deletePool(name string) {
 	e.t.Helper()
-	if err := e.dyn.Resource(provider.IPPoolResource).Delete(e.ctx, name, metav1.DeleteOptions{}); err != nil {
+	if err := e.dyn.Resource(v1alpha1.IPPoolResource).Delete(e.ctx, name, metav1.DeleteOptions{}); err != nil {
 		e.t.Fatalf("delete IPPool %s: %v", name, err)
 	}
 }

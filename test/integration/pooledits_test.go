@@ -44,7 +44,7 @@ func (e *env) waitPool(name, what string, ok func(p *v1alpha1.IPPool) (bool, str
 func (e *env) waitPoolGone(name string) {
 	e.t.Helper()
 	e.eventually("IPPool "+name+" to be gone", func() (bool, string) {
-		_, err := e.dyn.Resource(provider.IPPoolResource).Get(e.ctx, name, metav1.GetOptions{})
+		_, err := e.dyn.Resource(v1alpha1.IPPoolResource).Get(e.ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return true, ""
 		}
