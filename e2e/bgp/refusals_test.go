@@ -13,7 +13,6 @@ import (
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/e2e/framework"
-	"github.com/ironlb/ironlb/e2e/lab"
 )
 
 // TestBadAggregationIsRefused: an aggregationLength that would announce
@@ -37,7 +36,7 @@ func TestBadAggregationIsRefused(t *testing.T) {
 	})
 	if err == nil {
 		f.Cleanup(func(ctx context.Context) {
-			_ = f.Dynamic.Resource(lab.IPPoolResource).Delete(ctx, "too-short", metav1.DeleteOptions{})
+			_ = f.Dynamic.Resource(v1alpha1.IPPoolResource).Delete(ctx, "too-short", metav1.DeleteOptions{})
 		})
 		t.Fatalf("an IPPool with aggregationLength %d on %s was accepted", short, v4)
 	}

@@ -63,7 +63,7 @@ func (l *Lab) LabelBGPPeer(ctx context.Context, name string, labels map[string]s
 	if err != nil {
 		return err
 	}
-	if _, err := l.Dynamic.Resource(BGPPeerResource).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := l.Dynamic.Resource(v1alpha1.BGPPeerResource).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		return fmt.Errorf("label BGPPeer %s: %w", name, err)
 	}
 	return nil
