@@ -52,6 +52,8 @@ func main() {
 	costEndpoints := flag.Int("cost-endpoints", 5, "endpoints of each of those")
 	costLBs := flag.Int("cost-lbs", 10000, "LoadBalancer Services, for the speaker's cost (0, with -cost-others 0: no speaker cost)")
 	profiles := flag.String("profiles", "", "a folder for Go profiles of the measured speakers: a heap profile per speaker-cost reading, and a CPU and a heap profile of node 2's speaker at rest for each L2 size (none: no profiles)")
+	trace := flag.String("trace", "", "a folder for the L2 sizes' traces: each dark stretch of the rolling restart with the nodes before and after it, each restart's time, and the lab's logs (none: no traces)")
+	bgpOnly := flag.Bool("bgp-only", false, "only the BGP measures, in the three-node lab")
 	costOnly := flag.Bool("cost-only", false, "only the speaker's cost")
 	flag.Parse()
 	sizes, err := parseSizes(*l2Sizes)
@@ -63,13 +65,13 @@ func main() {
 	defer stop()
 
 	var rows []row
-	if !*l2Only && !*costOnly {
-		rows = classic(ctx, *runs, *services)
+	if *bgpOnly || !*l2Only && !*costOnly {
+		rows = classic(ctx, *runs, *services, *bgpOnly)
 	}
-	if !*costOnly {
-		rows = append(rows, l2Scale(ctx, sizes, *l2Each, *profiles)...)
+	if !*costOnly && !*bgpOnly {
+		rows = append(rows, l2Scale(ctx, sizes, *l2Each, *profiles, *trace)...)
 	}
-	if !*l2Only && *costOthers+*costLBs > 0 {
+	if !*l2Only && !*bgpOnly && *costOthers+*costLBs > 0 {
 		rows = append(rows, speakerCost(ctx, costConfig{others: *costOthers, endpointsPer: *costEndpoints, lbs: *costLBs, profiles: *profiles})...)
 	}
 
@@ -82,8 +84,8 @@ func main() {
 }
 
 // classic measures failover, creation, BGP and API requests at rest in a
-// lab of three full nodes.
-func classic(parent context.Context, runs, services int) []row {
+// lab of three full nodes (bgpOnly: BGP alone).
+func classic(parent context.Context, runs, services int, bgpOnly bool) []row {
 	ctx, cancel := context.WithTimeout(parent, 40*time.Minute)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "ironlb-bench-")
@@ -109,6 +111,9 @@ func classic(parent context.Context, runs, services int) []row {
 	}
 
 	b := &bench{l: l, ctx: ctx}
+	if bgpOnly {
+		return b.bgp(3, services)
+	}
 	var rows []row
 	rows = append(rows, b.failovers("owner node dies (link down, processes killed)", runs,
 		func(n int) error { return l.NodeDown(ctx, n) },
@@ -282,7 +287,8 @@ func (b *bench) creation(runs int) []row {
 
 // bgp measures BGP mode against the lab's FRR: creation to route and to
 // traffic from the external client, graceful stop to withdrawal, node death
-// to the dead next hop leaving the router (hold 9 s and 3 s), and the
+// to the dead next hop leaving the router (hold 9 s and 3 s alone, BFD at
+// its defaults and at 100 ms x 3), and the
 // UPDATEs the router receives when many Services are added.
 func (b *bench) bgp(runs, services int) []row {
 	ctx := b.ctx
@@ -293,17 +299,17 @@ func (b *bench) bgp(runs, services int) []row {
 	}); err != nil {
 		fail(err)
 	}
-	setPeer := func(hold, keepalive time.Duration) {
+	setPeer := func(hold, keepalive time.Duration, bfd *v1alpha1.BFDSettings) {
 		_ = b.l.DeleteBGPPeer(ctx, "bench-router")
 		if err := b.l.CreateBGPPeer(ctx, "bench-router", v1alpha1.BGPPeerSpec{
 			Address: b.l.RouterLAN()[0].String(), ASN: lab.RouterASN, LocalASN: lab.NodeASN,
 			HoldTime: &metav1.Duration{Duration: hold}, KeepaliveTime: &metav1.Duration{Duration: keepalive},
-			ConnectTime: &metav1.Duration{Duration: time.Second},
+			ConnectTime: &metav1.Duration{Duration: time.Second}, BFD: bfd,
 		}); err != nil {
 			fail(err)
 		}
 	}
-	setPeer(9*time.Second, 3*time.Second)
+	setPeer(9*time.Second, 3*time.Second, nil)
 	var toRoute, toAll, toCurl []time.Duration
 	var addr netip.Addr
 	for i := 0; i < runs; i++ {
@@ -348,9 +354,15 @@ func (b *bench) bgp(runs, services int) []row {
 	rows = append(rows, summary("BGP: speaker SIGTERM → its next hop gone from the router", withdrawn, 0, runs))
 	rows[len(rows)-1].note += fmt.Sprintf("; %d requests failed in all", lostTotal)
 
-	for _, timers := range [][2]time.Duration{{9 * time.Second, 3 * time.Second}, {3 * time.Second, time.Second}} {
-		setPeer(timers[0], timers[1])
+	for _, d := range deathDetections() {
+		if err := b.routerBFD(d.routerMs); err != nil {
+			fail(err)
+		}
+		setPeer(d.hold, d.keepalive, d.bfd)
 		b.waitNextHops(addr, 3)
+		if d.bfd != nil {
+			b.waitRouterBFDUp(3)
+		}
 		var gone, recovered []time.Duration
 		for i := 0; i < runs; i++ {
 			victim := 1 + i%3
@@ -368,11 +380,16 @@ func (b *bench) bgp(runs, services int) []row {
 				fail(err)
 			}
 			b.waitNextHops(addr, 3)
+			if d.bfd != nil {
+				b.waitRouterBFDUp(3)
+			}
 		}
-		hold := fmt.Sprintf("hold %v, keepalive %v", timers[0], timers[1])
 		rows = append(rows,
-			summary("BGP: node dies → its next hop gone from the router ("+hold+")", gone, 0, runs),
-			summary("BGP: node dies → last failed request ("+hold+")", recovered, 0, runs))
+			summary("BGP: node dies → its next hop gone from the router ("+d.name+")", gone, 0, runs),
+			summary("BGP: node dies → last failed request ("+d.name+")", recovered, 0, runs))
+	}
+	if err := b.routerBFD(300); err != nil {
+		fail(err)
 	}
 
 	before := b.updatesReceived()
@@ -400,6 +417,55 @@ func (b *bench) bgp(runs, services int) []row {
 		"all three nodes' sessions, from FRR's neighbor message counters"})
 	_ = b.l.DeleteBGPPeer(ctx, "bench-router")
 	return rows
+}
+
+// deathDetection is one way the router learns that a node died: the BGP
+// hold time alone, or BFD with the given timers at both ends.
+type deathDetection struct {
+	name            string
+	hold, keepalive time.Duration
+	bfd             *v1alpha1.BFDSettings // nil: no BFD
+	routerMs        int                   // the router's BFD intervals, ms
+}
+
+func deathDetections() []deathDetection {
+	bfd := func(ms int) *v1alpha1.BFDSettings {
+		d := &metav1.Duration{Duration: time.Duration(ms) * time.Millisecond}
+		three := int32(3)
+		return &v1alpha1.BFDSettings{MinReceive: d, MinTransmit: d, Multiplier: &three}
+	}
+	return []deathDetection{
+		{"hold 9s, keepalive 3s", 9 * time.Second, 3 * time.Second, nil, 300},
+		{"hold 3s, keepalive 1s", 3 * time.Second, time.Second, nil, 300},
+		{"hold 9s, BFD 300ms x 3, the defaults", 9 * time.Second, 3 * time.Second, bfd(300), 300},
+		{"hold 9s, BFD 100ms x 3", 9 * time.Second, 3 * time.Second, bfd(100), 100},
+	}
+}
+
+// routerBFD sets the router's BFD profile for the nodes to ms both ways,
+// three packets missed.
+func (b *bench) routerBFD(ms int) error {
+	return b.l.ConfigureRouter(b.ctx, "bfd", "profile "+lab.RouterBFDProfile,
+		fmt.Sprintf("receive-interval %d", ms), fmt.Sprintf("transmit-interval %d", ms), "detect-multiplier 3")
+}
+
+// waitRouterBFDUp waits until the router's BFD sessions with the first n
+// nodes are up.
+func (b *bench) waitRouterBFDUp(n int) {
+	for i := 0; i < 3000; i++ {
+		peers, err := b.l.RouterBFDPeers(b.ctx)
+		up := 0
+		for node := 1; err == nil && node <= n; node++ {
+			if peers[b.l.NodeAddrs(node)[0]] == "up" {
+				up++
+			}
+		}
+		if up == n {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fail(fmt.Errorf("the router's BFD sessions with %d nodes did not come up in 60 s", n))
 }
 
 // waitNextHops polls the router's RIB every 20 ms until addr's route has n
