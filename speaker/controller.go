@@ -103,7 +103,8 @@ type Speaker struct {
 	// once (not the first connection after start). Only sync uses them.
 	cutOffSince   time.Time
 	returnedAt    time.Time
-	returnedRV    string // the Services cache's resource version then
+	returnedRV    string    // the Services cache's resource version then
+	caughtUpAt    time.Time // when the cache was first seen past returnedRV
 	connectedOnce bool
 	lastMode      mode
 }
@@ -347,6 +348,9 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Until its first sync says otherwise, a new speaker answers nothing and
+	// its heartbeats say so.
+	s.members.SetAbstain(true)
 	s.refreshInfo()
 	manager, err := bgp.New(ctx, bgp.Config{RouterID: routerID(myIP), ListenPort: -1, Logger: s.logger.WithName("bgp"), BFD: s.bfd})
 	if err != nil {
@@ -684,7 +688,7 @@ func (s *Speaker) membership(now time.Time) (member.View, mode, map[string]lease
 		// Back from answering nothing (not from the fallback, where it
 		// kept reading and writing through the API server).
 		if !s.cutOffSince.IsZero() && s.connectedOnce && s.lastMode == modeCutOff {
-			s.returnedAt, s.returnedRV = now, s.services.LastSyncResourceVersion()
+			s.returnedAt, s.returnedRV, s.caughtUpAt = now, s.services.LastSyncResourceVersion(), time.Time{}
 		}
 		s.connectedOnce = true
 		s.cutOffSince = time.Time{}
@@ -698,7 +702,10 @@ func (s *Speaker) membership(now time.Time) (member.View, mode, map[string]lease
 		othersHeard = othersHeard || l.Standby
 		othersInFallback = othersInFallback || l.Fallback
 	}
-	catchUp := catchingUp(s.returnedAt, s.timing.LeaseDuration, s.returnedRV, s.services.LastSyncResourceVersion())
+	if !s.returnedAt.IsZero() && s.caughtUpAt.IsZero() && s.services.LastSyncResourceVersion() != s.returnedRV {
+		s.caughtUpAt = now
+	}
+	catchUp := catchingUp(s.returnedAt, s.timing.LeaseDuration, s.caughtUpAt)
 	md, wake := membershipMode(membershipInputs{
 		View: view, CutOffSince: s.cutOffSince, OthersHeard: othersHeard, OthersInFallback: othersInFallback,
 		LeasesLive: s.leases.live(now), CatchUpUntil: catchUp,
@@ -721,6 +728,7 @@ func (s *Speaker) membership(now time.Time) (member.View, mode, map[string]lease
 		}
 		s.queue.AddAfter(syncKey, at.Sub(now)+time.Millisecond)
 	}
+	s.members.SetAbstain(abstains(md))
 	setMode(md)
 	s.lastMode = md
 	return view, md, leases

@@ -27,7 +27,7 @@ var peersThroughLease = prometheus.NewGauge(prometheus.GaugeOpts{
 })
 
 func setMode(m mode) {
-	for _, each := range []mode{modeHeartbeats, modeSettling, modeCutOff, modeFallback} {
+	for _, each := range []mode{modeHeartbeats, modeJoining, modeSettling, modeCutOff, modeFallback} {
 		membershipModeGauge.WithLabelValues(string(each)).Set(boolFloat(each == m))
 	}
 }

@@ -18,7 +18,8 @@ import (
 //     recorded as answering it keeps it (no needless moves); otherwise the
 //     rendezvous ranking picks one.
 //  3. Whether this node may answer now (mayAnswer): only when its mode
-//     allows it (membershipMode).
+//     allows it (membershipMode); a node that answers nothing while
+//     connected says so (abstains), and the others count it out.
 
 // mode is how this speaker knows who is alive, and so what it may answer.
 type mode string
@@ -27,9 +28,17 @@ const (
 	// modeHeartbeats: the heartbeats flow; owners come from them (and the
 	// Leases of nodes cut off from them).
 	modeHeartbeats mode = "heartbeats"
-	// modeSettling: connected only recently. Word of this node may not have
-	// reached every member, nor theirs this node: it keeps answering what
-	// it answers, if it still owns it, and takes nothing new.
+	// modeJoining: connected only recently, after a start or a cut (in
+	// which it dropped what it answered), or catching up with the records
+	// of owners written meanwhile. Its view of who is alive and who owns
+	// what may be incomplete: it answers nothing, and says so in its
+	// heartbeats (member.SetAbstain), so the others count it out and
+	// answer its former addresses and any new one themselves.
+	modeJoining mode = "joining"
+	// modeSettling: it stopped saying that it abstains only recently, and
+	// word of that may not have reached every member, which may still rank
+	// a new address to another node: it keeps answering what it answers,
+	// if it still owns it, and takes nothing new.
 	modeSettling mode = "settling"
 	// modeCutOff: this node hears no peer, or no peer hears it. Another
 	// node may own any address now: it answers nothing.
@@ -42,8 +51,8 @@ const (
 
 // timing are the delays of the mode changes.
 type timing struct {
-	// Settle is how long a node is settling after it connects: word of it
-	// crosses the membership within a Timeout.
+	// Settle is how long a node is joining after it connects, and then
+	// settling: word of it crosses the membership within a Timeout.
 	Settle time.Duration
 	// FallbackAfter is how long a node is cut off before it keeps its Lease
 	// fresh and asks the others to do the same.
@@ -66,7 +75,8 @@ type membershipInputs struct {
 	// LeasesLive: this node's own renewals come back to it through its
 	// watch of the Leases (leases.live).
 	LeasesLive bool
-	// CatchUpUntil is until when this node catches up (catchingUp).
+	// CatchUpUntil is until when this node catches up (catchingUp): the
+	// moment it caught up, once it did.
 	CatchUpUntil time.Time
 }
 
@@ -83,21 +93,26 @@ type membershipInputs struct {
 // the Leases (LeasesLive): a node cut off from the API server too cannot
 // know who else is alive, and answers nothing.
 //
-// A connected node settles after it connects (word of it reaches every member
-// within a Timeout), and until CatchUpUntil (catchingUp: back from answering
-// nothing, its caches may be behind). It also settles while another node's
-// Lease says
-// it is in the fallback: that node answers what the Leases give it until it
-// sees a standby Lease, and taking its addresses before then would make two
-// nodes answer (the heartbeats coming back after a fallback everywhere).
+// A connected node is joining for a Settle after it connects (word of it
+// reaches every member within a Timeout, and theirs it), and until
+// CatchUpUntil (catchingUp: back from answering nothing, its caches may be
+// behind); then settling for another Settle, while word that it no longer
+// abstains crosses the membership. It also settles while another node's
+// Lease says it is in the fallback: that node answers what the Leases give
+// it until it sees a standby Lease, and taking its addresses before then
+// would make two nodes answer (the heartbeats coming back after a fallback
+// everywhere).
 func membershipMode(in membershipInputs, now time.Time, t timing) (mode, time.Time) {
 	if !in.View.Isolated {
-		end := in.View.ConnectedSince.Add(t.Settle)
-		if in.CatchUpUntil.After(end) {
-			end = in.CatchUpUntil
+		joined := in.View.ConnectedSince.Add(t.Settle)
+		if in.CatchUpUntil.After(joined) {
+			joined = in.CatchUpUntil
 		}
-		if now.Before(end) {
-			return modeSettling, end
+		if now.Before(joined) {
+			return modeJoining, joined
+		}
+		if settled := joined.Add(t.Settle); now.Before(settled) {
+			return modeSettling, settled
 		}
 		if in.OthersInFallback {
 			return modeSettling, time.Time{}
@@ -114,15 +129,19 @@ func membershipMode(in membershipInputs, now time.Time, t timing) (mode, time.Ti
 }
 
 // catchingUp is until when this node, back at returned from answering
-// nothing, settles for its Services cache to catch up with the API server
+// nothing, joins while its Services cache catches up with the API server
 // (zero: it does not): it was cut off from the heartbeats, maybe from the API
 // server too (a link down), and the records of owners it holds may predate
-// its return, naming it for addresses the others took meanwhile. It settles
-// until the cache moved past the resource version it had then (returnedRV,
-// now rv), at most maxWait.
-func catchingUp(returned time.Time, maxWait time.Duration, returnedRV, rv string) time.Time {
-	if returned.IsZero() || rv != returnedRV {
+// its return, naming it for addresses the others took meanwhile. It joins
+// until the cache moved past the resource version it had then (caughtUp:
+// when this node saw it move; zero, not yet), at most maxWait. Meanwhile
+// the others count it out, so its former addresses are answered.
+func catchingUp(returned time.Time, maxWait time.Duration, caughtUp time.Time) time.Time {
+	if returned.IsZero() {
 		return time.Time{}
+	}
+	if !caughtUp.IsZero() && caughtUp.Before(returned.Add(maxWait)) {
+		return caughtUp
 	}
 	return returned.Add(maxWait)
 }
@@ -224,7 +243,8 @@ func ownerOf(key string, eligible map[string]bool, recorded string) string {
 }
 
 // mayAnswer reports whether this node answers an address it owns (owned),
-// given its mode and whether it answers it already.
+// given its mode and whether it answers it already. A joining node answers
+// nothing: the others count it out (abstains).
 func mayAnswer(m mode, owned, answering bool) bool {
 	switch m {
 	case modeHeartbeats, modeFallback:
@@ -264,3 +284,7 @@ func rank(key string, nodes map[string]bool) string {
 }
 
 func score(node, key string) uint64 { return rendezvous.Score(node, key) }
+
+// abstains reports whether this node's heartbeats say that it answers for
+// no address though it hears the others (member.SetAbstain).
+func abstains(m mode) bool { return m == modeJoining }

@@ -41,8 +41,10 @@ func TestMembershipMode(t *testing.T) {
 		wake time.Time
 	}{
 		{"connected long ago", up(time.Minute), modeHeartbeats, time.Time{}},
-		{"just connected: settling", up(100 * time.Millisecond), modeSettling, t0.Add(500 * time.Millisecond)},
-		{"settled exactly", up(600 * time.Millisecond), modeHeartbeats, time.Time{}},
+		{"just connected: joining", up(100 * time.Millisecond), modeJoining, t0.Add(500 * time.Millisecond)},
+		{"joined exactly: settling", up(600 * time.Millisecond), modeSettling, t0.Add(600 * time.Millisecond)},
+		{"joined, word of it crossing: settling", up(900 * time.Millisecond), modeSettling, t0.Add(300 * time.Millisecond)},
+		{"settled exactly", up(1200 * time.Millisecond), modeHeartbeats, time.Time{}},
 		{"just cut off", cutFor(0), modeCutOff, t0.Add(7 * time.Second)},
 		{"cut off, renewing, waiting for the others' Leases", cutFor(3 * time.Second), modeCutOff, t0.Add(4 * time.Second)},
 		{"cut off long enough, nobody hears the heartbeats: fallback", cutFor(7 * time.Second), modeFallback, time.Time{}},
@@ -55,8 +57,10 @@ func TestMembershipMode(t *testing.T) {
 			with(cutFor(7*time.Second), func(in *membershipInputs) { in.LeasesLive = false }), modeCutOff, time.Time{}},
 		{"connected, another node still in the fallback: settling until its Lease says otherwise",
 			with(up(time.Minute), func(in *membershipInputs) { in.OthersInFallback = true }), modeSettling, time.Time{}},
-		{"settled, but catching up: settling until then",
-			with(up(time.Minute), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(2 * time.Second) }), modeSettling, t0.Add(2 * time.Second)},
+		{"connected a while ago, but catching up: joining until then",
+			with(up(time.Minute), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(2 * time.Second) }), modeJoining, t0.Add(2 * time.Second)},
+		{"caught up a moment ago: settling for a Settle from then",
+			with(up(time.Minute), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(-100 * time.Millisecond) }), modeSettling, t0.Add(500 * time.Millisecond)},
 		{"caught up long ago: heartbeats",
 			with(up(time.Minute), func(in *membershipInputs) { in.CatchUpUntil = t0.Add(-time.Second) }), modeHeartbeats, time.Time{}},
 		{"cut off again while catching up: cut off",
@@ -88,6 +92,7 @@ func TestLeaseSays(t *testing.T) {
 		{"left the fallback (a standby Lease): until the next sync", cut, modeCutOff, modeFallback, true, heartbeatsFallback},
 		{"the sync after: cut off", cut, modeCutOff, modeCutOff, true, heartbeatsCutOff},
 		{"heartbeats back after the fallback: until the next sync", connected, modeSettling, modeFallback, false, heartbeatsFallback},
+		{"joining after the fallback: until the next sync", connected, modeJoining, modeFallback, false, heartbeatsFallback},
 	} {
 		if got := leaseSays(tc.view, tc.md, tc.lastMode, tc.renews); got != tc.want {
 			t.Errorf("%s: Lease says %q, want %q", tc.name, got, tc.want)
@@ -236,6 +241,8 @@ func TestMayAnswer(t *testing.T) {
 		{modeFallback, true, false, true},
 		{modeSettling, true, true, true},
 		{modeSettling, true, false, false},
+		{modeJoining, true, true, false},
+		{modeJoining, true, false, false},
 		{modeCutOff, true, true, false},
 	} {
 		if got := mayAnswer(tc.m, tc.owned, tc.answering); got != tc.want {
@@ -425,16 +432,16 @@ func TestLeaseFenced(t *testing.T) {
 func TestCatchingUp(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	for _, tc := range []struct {
-		name     string
-		returned time.Time
-		rv       string
-		want     time.Time
+		name               string
+		returned, caughtUp time.Time
+		want               time.Time
 	}{
-		{"never cut off", time.Time{}, "5", time.Time{}},
-		{"back, cache unchanged: until the bound", t0, "5", t0.Add(6 * time.Second)},
-		{"back, cache moved on", t0, "9", time.Time{}},
+		{"never cut off", time.Time{}, time.Time{}, time.Time{}},
+		{"back, cache unchanged: until the bound", t0, time.Time{}, t0.Add(6 * time.Second)},
+		{"back, cache moved on: until then", t0, t0.Add(300 * time.Millisecond), t0.Add(300 * time.Millisecond)},
+		{"back, cache moved on after the bound: the bound", t0, t0.Add(9 * time.Second), t0.Add(6 * time.Second)},
 	} {
-		if got := catchingUp(tc.returned, 6*time.Second, "5", tc.rv); !got.Equal(tc.want) {
+		if got := catchingUp(tc.returned, 6*time.Second, tc.caughtUp); !got.Equal(tc.want) {
 			t.Errorf("%s: catchingUp = %v, want %v", tc.name, got, tc.want)
 		}
 	}

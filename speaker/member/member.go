@@ -171,7 +171,8 @@ type Peer struct {
 	// Direct reports that this node heard the member itself within Timeout;
 	// false means only through other members' vectors.
 	Direct bool
-	// Isolated reports that the member said it hears none of its senders.
+	// Isolated reports that the member said it answers for no address: it
+	// hears none of its senders, or it abstains (SetAbstain).
 	Isolated bool
 }
 
@@ -208,6 +209,10 @@ type Members struct {
 
 	// Used only by the Run goroutine.
 	sendFailed map[string]bool // peers whose last send failed, to log transitions only
+
+	// abstain: this node answers for no address while connected (see
+	// SetAbstain); its heartbeats say it is isolated.
+	abstain atomic.Bool
 
 	mu      sync.Mutex
 	seq     uint64 // of the last heartbeat sent
@@ -389,6 +394,18 @@ func (m *Members) Run(ctx context.Context) error {
 	}
 }
 
+// SetAbstain sets whether this node, though connected, answers for no
+// address and takes none: a node that just joined or came back from a cut
+// and is not yet sure of who owns what. Its heartbeats then say it is
+// isolated, so the peers count it out: they neither yield an address to it
+// nor rank a new one to it, and an address it answered before goes to
+// another node at once rather than waiting for it. Its own View is not
+// affected.
+func (m *Members) SetAbstain(abstain bool) { m.abstain.Store(abstain) }
+
+// saysIsolatedLocked is what this node's heartbeats say of itself.
+func (m *Members) saysIsolatedLocked() bool { return m.view.Isolated || m.abstain.Load() }
+
 // Answerable reports whether this node may answer for addresses at all at
 // this moment, whatever it owns: its process has kept sending heartbeats,
 // never silent for a lapse (a Timeout, after which the peers count it dead),
@@ -503,7 +520,7 @@ func (m *Members) sendHeartbeats(now time.Time, leaving bool) {
 	m.seq++
 	msg := &message{
 		Node: m.node, Incarnation: m.incarnation, Seq: m.seq, Sent: now,
-		Leaving: leaving, Isolated: m.view.Isolated, MembersHash: t.hash, Vector: m.vectorLocked(now, leaving),
+		Leaving: leaving, Isolated: m.saysIsolatedLocked(), MembersHash: t.hash, Vector: m.vectorLocked(now, leaving),
 	}
 	m.mu.Unlock()
 

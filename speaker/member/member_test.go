@@ -355,3 +355,30 @@ func TestLeavingReachesEveryMemberDirectly(t *testing.T) {
 		}
 	}
 }
+
+// A member that abstains (just joined, or back from a cut) is seen by every
+// other as alive and isolated, so none ranks an address to it, while its own
+// view stays connected; when it stops abstaining, all see it plain again.
+func TestAbstainingMemberIsCountedOut(t *testing.T) {
+	t.Parallel()
+	names := nodeNames(30)
+	c := newCluster(t, 65, Config{}, names...)
+	c.waitAllAlive(names...)
+	x := names[11]
+	seenIsolated := func(want bool) {
+		t.Helper()
+		for _, n := range without(names, x) {
+			waitFor(t, fmt.Sprintf("%s sees %s isolated=%v", n, x, want), func() (bool, string) {
+				p, ok := c.view(n).Alive[x]
+				return ok && p.Isolated == want, fmt.Sprintf("%+v alive=%v", p, ok)
+			})
+		}
+	}
+	c.nodes[x].m.SetAbstain(true)
+	seenIsolated(true)
+	if v := c.view(x); v.Isolated {
+		t.Errorf("abstaining made %s's own view isolated", x)
+	}
+	c.nodes[x].m.SetAbstain(false)
+	seenIsolated(false)
+}

@@ -124,7 +124,7 @@ func (m *Members) vectorLocked(now time.Time, leaving bool) []entry {
 	v := make([]entry, len(m.words))
 	for j, w := range m.words {
 		if j == m.topo.self {
-			v[j] = entry{Known: true, Beat: beatAt(now), Leaving: leaving, Isolated: m.view.Isolated}
+			v[j] = entry{Known: true, Beat: beatAt(now), Leaving: leaving, Isolated: m.saysIsolatedLocked()}
 			continue
 		}
 		if !w.seen.IsZero() && now.Sub(w.seen) < m.timeout {
