@@ -550,6 +550,12 @@ func (b *l2Bench) rollingRestart() error {
 		}
 	}
 	w.Start()
+	// A round of answers first, so that the first stop is not measured
+	// from a round that began with it.
+	if err := sleep(b.ctx, lab.ARPRoundEvery); err != nil {
+		w.Close()
+		return err
+	}
 	began := time.Now()
 	restarted := 0
 	var stopped error

@@ -376,6 +376,8 @@ func (b *bench) bgp(runs, services int) []row {
 			time.Sleep(time.Second)
 			recovered = append(recovered, p.lastFailureAfter(t0).Add(probeEvery).Sub(t0))
 			p.stop(t0)
+			progress("BGP, %s: node %d died; its next hop left the router after %v; the requests that failed were sent at %v",
+				d.name, victim, gone[len(gone)-1].Round(time.Millisecond), p.failedSince(t0))
 			if err := b.l.NodeUp(ctx, victim); err != nil {
 				fail(err)
 			}
@@ -689,6 +691,20 @@ func (p *prober) firstSuccessAfter(t0 time.Time, limit time.Duration) (time.Time
 		time.Sleep(10 * time.Millisecond)
 	}
 	return time.Time{}, false
+}
+
+// failedSince lists when the probes that failed were sent, from t0.
+func (p *prober) failedSince(t0 time.Time) []time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []time.Duration
+	for _, t := range p.failures {
+		if t.After(t0) {
+			out = append(out, t.Sub(t0).Round(10*time.Millisecond))
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // lastFailureAfter is the send time of the last failed probe after t0
