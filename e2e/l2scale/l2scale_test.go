@@ -324,12 +324,7 @@ func blocked(t *testing.T, in, out, everyNode bool) {
 			cut = append(cut, n)
 		}
 	} else {
-		best := 0
-		for n := 1; n <= f.AllNodes(); n++ {
-			if best == 0 || len(ownedBy(before, n)) > len(ownedBy(before, best)) {
-				best = n
-			}
-		}
+		best := busiest(f, before)
 		cut = []int{best}
 		t.Logf("cutting %s off; it answers %v", node(f, best), ownedBy(before, best))
 	}
@@ -418,6 +413,94 @@ func blocked(t *testing.T, in, out, everyNode bool) {
 	} else {
 		r.checkDark(f, maxFailover, "nothing goes dark when the heartbeats come back")
 	}
+}
+
+// busiest is the node that answers most addresses, so that a fault of its
+// has something to move.
+func busiest(f *framework.F, owners map[netip.Addr]int) int {
+	best := 0
+	for n := 1; n <= f.AllNodes(); n++ {
+		if best == 0 || len(ownedBy(owners, n)) > len(ownedBy(owners, best)) {
+			best = n
+		}
+	}
+	return best
+}
+
+// TestBriefCuts: the heartbeats of the node that answers most addresses are
+// cut both ways for a moment, as a flapping link or a busy machine does:
+// for less than the time after which it stops answering, for about that
+// time, and for longer than the timeout after which the others take its
+// addresses. Each time no two nodes ever answer one address, no address
+// stays dark for longer than a failover (a node that comes back from a cut
+// answers nothing until the others count it in again, and none waits for
+// it), no address of another node moves, and none moves more than once:
+// what the cut node lost stays where it went.
+func TestBriefCuts(t *testing.T) {
+	f, _, w := begin(t)
+	for _, d := range []time.Duration{heartbeatTimeout * 3 / 10, heartbeatTimeout - heartbeatInterval, heartbeatTimeout * 3 / 2} {
+		before := w.next(f)
+		w.step(f, "before")
+		cut := busiest(f, before)
+		f.Cleanup(func(ctx context.Context) {
+			if err := f.UnblockUDP(ctx, cut); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		})
+		cutsBefore := cutsOn(f)
+		if err := f.BlockUDP(f.Ctx, cut, heartbeatPort, true, true); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(d)
+		if err := f.UnblockUDP(f.Ctx, cut); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s cut off for %v at %s; it answered %d addresses", node(f, cut), d, time.Now().Add(-d).Format("15:04:05.000"), len(ownedBy(before, cut)))
+		atRest(f, w)
+		// Time for a late move or a late dark stretch to show.
+		w.watchFor(f, 2*time.Second)
+		after := w.next(f)
+		r := w.step(f, fmt.Sprintf("heartbeats of %s cut for %v", node(f, cut), d))
+		r.checkDark(f, maxFailover, "a brief cut darkens an address for a failover at most")
+		lost := 0
+		for a, n := range before {
+			switch {
+			case n == cut && after[a] != cut:
+				lost++
+			case n != cut && after[a] != n:
+				t.Errorf("%s moved from %s to %s although only %s was cut off", a, node(f, n), node(f, after[a]), node(f, cut))
+			}
+		}
+		for a, m := range r.Moves {
+			if m > 1 {
+				t.Errorf("%s moved %d times during a %v cut of %s, now answered by %s", a, m, d, node(f, cut), node(f, after[a]))
+			}
+		}
+		cutsAfter, others := cutsOn(f), 0.0
+		for n, c := range cutsAfter {
+			if n != cut {
+				others += c - cutsBefore[n]
+			}
+		}
+		counted := cutsAfter[cut] - cutsBefore[cut]
+		t.Logf("after a %v cut, %s lost %d of its %d addresses and counted itself cut off %v times; the other nodes %v times",
+			d, node(f, cut), lost, len(ownedBy(before, cut)), counted, others)
+		if d > heartbeatTimeout && counted < 1 {
+			t.Errorf("%s was cut off for %v, longer than the timeout, and its ironlb_speaker_heartbeat_cuts_total did not rise", node(f, cut), d)
+		}
+		if t.Failed() {
+			return
+		}
+	}
+}
+
+// cutsOn reads ironlb_speaker_heartbeat_cuts_total on every node.
+func cutsOn(f *framework.F) map[int]float64 {
+	out := map[int]float64{}
+	for n := 1; n <= f.AllNodes(); n++ {
+		out[n] = metric(f, n, "ironlb_speaker_heartbeat_cuts_total")
+	}
+	return out
 }
 
 func TestHeartbeatsBlockedBothWaysOnOneNode(t *testing.T) { blocked(t, true, true, false) }

@@ -36,7 +36,9 @@ type ARPWatch struct {
 	darkSince map[netip.Addr]time.Time
 	dark      map[netip.Addr][]time.Duration // stretches ended in this step
 	splits    []Split
-	last      map[netip.Addr]int // the last node seen answering alone
+	last      map[netip.Addr]int // what the last round saw (as owners)
+	alone     map[netip.Addr]int // the last node seen answering alone
+	moves     map[netip.Addr]int // in this step
 	stepBegan time.Time
 	stepRound int
 	err       error
@@ -64,6 +66,10 @@ type Dark struct {
 	// counted to the end of the step); Total the sum of its stretches.
 	Longest, Total map[netip.Addr]time.Duration
 	Splits         []Split
+	// Moves counts, by address, the times it was answered alone by another
+	// node than the last one that answered it alone (a dark stretch or a
+	// split between them does not count as a move of its own).
+	Moves map[netip.Addr]int
 }
 
 // StartARPWatch starts asking for addrs through probe. Close ends it.
@@ -77,7 +83,7 @@ func StartARPWatch(probe *ARPProbe, addrs []netip.Addr) *ARPWatch {
 func NewARPWatch(probe *ARPProbe, addrs []netip.Addr) *ARPWatch {
 	w := &ARPWatch{
 		probe: probe, addrs: addrs,
-		owners: map[netip.Addr]int{}, last: map[netip.Addr]int{}, darkSince: map[netip.Addr]time.Time{}, dark: map[netip.Addr][]time.Duration{},
+		owners: map[netip.Addr]int{}, last: map[netip.Addr]int{}, alone: map[netip.Addr]int{}, moves: map[netip.Addr]int{}, darkSince: map[netip.Addr]time.Time{}, dark: map[netip.Addr][]time.Duration{},
 		stepBegan: time.Now(), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	return w
@@ -143,6 +149,10 @@ func (w *ARPWatch) take(at time.Time, answers map[netip.Addr][]net.HardwareAddr)
 			w.splits = append(w.splits, Split{At: at, Addr: a, Nodes: nodes})
 		default:
 			w.owners[a] = nodes[0]
+			if prev, ok := w.alone[a]; ok && prev != nodes[0] {
+				w.moves[a]++
+			}
+			w.alone[a] = nodes[0]
 		}
 		if since, open := w.darkSince[a]; open {
 			w.dark[a] = append(w.dark[a], at.Sub(since))
@@ -180,7 +190,7 @@ func (w *ARPWatch) Step() Dark {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	d := Dark{Elapsed: now.Sub(w.stepBegan), Rounds: w.rounds - w.stepRound, Splits: w.splits,
-		Longest: map[netip.Addr]time.Duration{}, Total: map[netip.Addr]time.Duration{}}
+		Longest: map[netip.Addr]time.Duration{}, Total: map[netip.Addr]time.Duration{}, Moves: w.moves}
 	for a, stretches := range w.dark {
 		for _, s := range stretches {
 			d.Longest[a] = max(d.Longest[a], s)
@@ -193,6 +203,6 @@ func (w *ARPWatch) Step() Dark {
 		d.Total[a] += s
 		w.darkSince[a] = now
 	}
-	w.splits, w.dark, w.stepBegan, w.stepRound = nil, map[netip.Addr][]time.Duration{}, now, w.rounds
+	w.splits, w.dark, w.moves, w.stepBegan, w.stepRound = nil, map[netip.Addr][]time.Duration{}, map[netip.Addr]int{}, now, w.rounds
 	return d
 }

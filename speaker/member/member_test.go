@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // Every member is acknowledged by every other at every size the product
@@ -304,6 +306,7 @@ func TestBrieflyCutOffMemberHoldsItselfCutOff(t *testing.T) {
 	c := newCluster(t, 63, Config{}, names...)
 	c.waitAllAlive(names...)
 	cut := c.nodes[names[1]].m
+	cutsBefore := testutil.ToFloat64(cuts)
 	cut.setDrop(func(from, to string) bool { return to == names[1] })
 	waitFor(t, "the deaf member is cut off", func() (bool, string) {
 		v := cut.View()
@@ -317,6 +320,9 @@ func TestBrieflyCutOffMemberHoldsItselfCutOff(t *testing.T) {
 	if !held.After(seen) || held.Sub(seen) > DefaultTimeout {
 		t.Fatalf("cut off with a hold until %v, %v from when the cut was seen; want a hold of up to a Timeout (%v) still running",
 			held.Format(time.StampMilli), held.Sub(seen).Round(time.Millisecond), DefaultTimeout)
+	}
+	if got := testutil.ToFloat64(cuts); got <= cutsBefore {
+		t.Errorf("ironlb_speaker_heartbeat_cuts_total %v after the cut, was %v", got, cutsBefore)
 	}
 	cut.setDrop(nil)
 	// Until the hold ends (a few ms spare for the last check's own clock).

@@ -63,6 +63,10 @@ var (
 		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeat_lapses_total",
 		Help: "Times this speaker went silent for longer than the others wait (its process paused or starved), and so answered nothing until heard again.",
 	})
+	cuts = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeat_cuts_total",
+		Help: "Times this speaker, connected, found itself cut off (it heard none of its senders, or its own beats stopped reaching them), and so answered nothing for a timeout. A count that rises at rest means lost datagrams or a starved process.",
+	})
 	heartbeatsRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "heartbeats_rejected_total",
 		Help: "Datagrams dropped, by reason: malformed, unknown_key, bad_mac, replay, clock, self, unknown_peer, wrong_address.",
@@ -80,7 +84,7 @@ func init() {
 // are shared by every Members in the process.
 func RegisterMetrics(reg prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{peersAlive, members, isolated, heartbeatsSent, heartbeatsReceived, heartbeatsOtherList, heartbeatsRejected, lapses} {
+	for _, c := range []prometheus.Collector{peersAlive, members, isolated, heartbeatsSent, heartbeatsReceived, heartbeatsOtherList, heartbeatsRejected, lapses, cuts} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, fmt.Errorf("register speaker membership metrics: %w", err))
 		}

@@ -217,6 +217,7 @@ func (m *Members) refreshLocked(now time.Time, confirm bool) {
 		// itself cut off for a Timeout, as after a lapse, so that its
 		// speaker drops what it answers and comes back as from any cut.
 		m.heldUntil.Store(max(m.heldUntil.Load(), now.Add(m.timeout).UnixNano()))
+		cuts.Inc()
 	}
 	changed := iso != m.view.Isolated || rebuilt || m.view.Members != len(m.topo.names)
 	for j := range m.words {

@@ -328,6 +328,7 @@ func (b *l2Bench) owners(rounds int) (map[netip.Addr]int, error) {
 type sample struct {
 	at                   time.Time
 	heartbeats, cpu, rss float64
+	cuts, lapses         float64 // not in ok: absent from an older speaker
 	ok                   bool
 }
 
@@ -349,6 +350,8 @@ func (b *l2Bench) readAll() []sample {
 				s.heartbeats, ok1 = lab.MetricValue(m, "ironlb_speaker_heartbeats_sent_total")
 				s.cpu, ok2 = lab.MetricValue(m, "process_cpu_seconds_total")
 				s.rss, ok3 = lab.MetricValue(m, "process_resident_memory_bytes")
+				s.cuts, _ = lab.MetricValue(m, "ironlb_speaker_heartbeat_cuts_total")
+				s.lapses, _ = lab.MetricValue(m, "ironlb_speaker_heartbeat_lapses_total")
 				s.ok = ok1 && ok2 && ok3
 			}
 			out[n] = s
@@ -388,6 +391,7 @@ func (b *l2Bench) atRest() error {
 		}
 	}
 	var beats, cpu, rss []float64
+	var cuts, lapses float64
 	for i := range first {
 		if !first[i].ok || !last[i].ok {
 			continue
@@ -396,6 +400,8 @@ func (b *l2Bench) atRest() error {
 		beats = append(beats, (last[i].heartbeats-first[i].heartbeats)/dt)
 		cpu = append(cpu, 100*(last[i].cpu-first[i].cpu)/dt)
 		rss = append(rss, last[i].rss/(1<<20))
+		cuts += last[i].cuts - first[i].cuts
+		lapses += last[i].lapses - first[i].lapses
 	}
 	if len(beats) == 0 {
 		return errors.New("no speaker's metrics could be read twice")
@@ -411,6 +417,8 @@ func (b *l2Bench) atRest() error {
 		fmt.Sprintf("process_cpu_seconds_total %s; all speakers together %.2f cores", window, mean(cpu)*float64(len(cpu))/100))
 	b.add("speaker RSS per node at rest", fmt.Sprintf("mean %.1f MiB, max %.1f MiB", mean(rss), slices.Max(rss)),
 		"process_resident_memory_bytes at the window's end")
+	b.add("false cuts at rest (all speakers)", fmt.Sprintf("%.0f cuts, %.0f lapses in %.0f speaker-seconds", cuts, lapses, float64(len(beats))*restWindow.Seconds()),
+		"ironlb_speaker_heartbeat_cuts_total and ironlb_speaker_heartbeat_lapses_total "+window+"; each moves that node's addresses")
 	return nil
 }
 
