@@ -171,3 +171,49 @@ func TestPlanner_PoolDeletedThenShrunkKeepsAnnouncing(t *testing.T) {
 		t.Errorf("shrunk: outside %q, want the pool no longer holds it", got)
 	}
 }
+
+// Another controller's address in the status of a Service ironlb handles, even one inside an
+// ironlb pool, is never answered nor advertised once ironlb-ccm keeps a record of the Service's
+// addresses, and the condition says why; ironlb's own address next to it is, and so is every
+// address of a Service without a record.
+func TestPlans_AnotherControllersAddressIsNotAnnounced(t *testing.T) {
+	l2 := l2Pool("p", []string{"eth1"}, nil, "10.0.0.0/24")
+	bgp := bgpPool("b", "10.0.1.0/24")
+	for _, tc := range []struct {
+		name   string
+		record *string // ironlb.io/allocated-addresses; nil: absent
+		want   []string
+		note   string
+	}{
+		{name: "ironlb recorded another address", record: ptr("10.0.0.5,10.0.1.5"), want: []string{"10.0.0.5", "10.0.1.5"},
+			note: "10.0.0.7 is not an address ironlb-ccm allocated to this Service (ironlb.io/allocated-addresses names 10.0.0.5,10.0.1.5): another controller wrote it"},
+		{name: "ironlb recorded none (in conflict from the start)", record: ptr(""), want: nil,
+			note: "10.0.0.5 is not an address ironlb-ccm allocated"},
+		{name: "no record: the status decides", record: nil, want: []string{"10.0.0.5", "10.0.0.7", "10.0.1.5", "10.0.1.7"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := service("s", "", "10.0.0.5", "10.0.0.7", "10.0.1.5", "10.0.1.7")
+			if tc.record != nil {
+				svc.Annotations = map[string]string{v1alpha1.AnnotationAllocatedAddresses: *tc.record}
+			}
+			in := world([]string{"n1"}, []*v1alpha1.IPPool{l2, bgp}, svc)
+			in.alive["n1"] = heartbeat("eth0", "eth1")
+			l2plan, notAnnounced := l2Plan(in)
+			bgpplan := bgpPlan(in, twoPeers())
+			var got []string
+			for a := range l2plan {
+				got = append(got, a.String())
+			}
+			for a := range bgpplan {
+				got = append(got, a.String())
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("announced %v, want %v", got, tc.want)
+			}
+			if n := notAnnounced[key("s")]; !strings.Contains(n, tc.note) || (tc.note == "") != (n == "") {
+				t.Errorf("not announced: %q, want it to say %q", n, tc.note)
+			}
+		})
+	}
+}

@@ -215,6 +215,21 @@ func poolOf(pools []*v1alpha1.IPPool, svc *v1.Service, addr netip.Addr) *v1alpha
 	return namedPool
 }
 
+// notIronlbs reports whether addr, in svc's status, is another
+// controller's: ironlb-ccm recorded the Service's addresses
+// (ironlb.io/allocated-addresses, written with the status in one apply)
+// and addr is not among them. Two load balancers that both handle a
+// Service (a migration, a second implementation) write the status in turn,
+// and ironlb-ccm then stops writing it (ConflictingController) but keeps its
+// record: the speakers answer only what ironlb allocated, never the other
+// controller's address, even one inside an ironlb pool. A Service without a
+// record (written before ironlb-ccm kept one) is announced as its status
+// says.
+func notIronlbs(svc *v1.Service, addr netip.Addr) bool {
+	_, recorded := svc.Annotations[v1alpha1.AnnotationAllocatedAddresses]
+	return recorded && !recordedFor(svc, addr)
+}
+
 // recordedFor reports whether ironlb-ccm's record of svc's addresses
 // (ironlb.io/allocated-addresses) names addr.
 func recordedFor(svc *v1.Service, addr netip.Addr) bool {

@@ -207,6 +207,11 @@ func (p *planner) partOf(in inputs, peers []*v1alpha1.BGPPeer, svc *v1.Service) 
 		if part.of(addr) != nil {
 			continue // written twice in the status
 		}
+		if notIronlbs(svc, addr) {
+			notes = append(notes, fmt.Sprintf("%s is not an address ironlb-ccm allocated to this Service (%s names %s): another controller wrote it",
+				addr, v1alpha1.AnnotationAllocatedAddresses, svc.Annotations[v1alpha1.AnnotationAllocatedAddresses]))
+			continue
+		}
 		pool := poolOf(in.pools, svc, addr)
 		switch {
 		case pool == nil && svc.Annotations[v1alpha1.AnnotationAllocatedFrom] != "":
