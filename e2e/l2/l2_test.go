@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/e2e/framework"
@@ -487,6 +488,63 @@ func TestPoolShrunkThenDeletedKeepsServing(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAnotherControllersAddressIsNotAnswered: a second load-balancer
+// controller (a migration, two implementations of one class) writes into the
+// status of a Service that ironlb handles a free address of ironlb's own pool.
+// ironlb-ccm stands back (ConflictingController) and keeps its record of the
+// address it allocated; the speakers answer neither: not the other
+// controller's address, although it lies in an ironlb pool, since ironlb did
+// not allocate it, and not ironlb's, which the status no longer holds. The
+// Announced condition says why.
+func TestAnotherControllersAddressIsNotAnswered(t *testing.T) {
+	f := framework.New(t)
+	pool(f, "contested", 6, nil)
+	svc, addrs := service(f, "contested", "contested", []int{1, 2}, nil)
+	announced(f, svc, addrs)
+	reach(f, addrs[0], "endpoint=contested-n")
+
+	// A free address of the same pool, written with a forced server-side
+	// apply under another field manager.
+	other := addrs[0].Next()
+	ac := corev1ac.Service(svc.Name, svc.Namespace).WithStatus(corev1ac.ServiceStatus().WithLoadBalancer(corev1ac.LoadBalancerStatus().
+		WithIngress(corev1ac.LoadBalancerIngress().WithIP(other.String()).WithIPMode(corev1.LoadBalancerIPModeVIP))))
+	if _, err := f.Client.CoreV1().Services(svc.Namespace).ApplyStatus(f.Ctx, ac, metav1.ApplyOptions{FieldManager: "other-lb.example.com", Force: true}); err != nil {
+		t.Fatalf("write %s into the status as another controller: %v", other, err)
+	}
+	f.Eventually(fmt.Sprintf("%s says another controller writes its status, and that %s is not ironlb's", svc, other), 100, 200*time.Millisecond, func() error {
+		s, err := f.Client.CoreV1().Services(svc.Namespace).Get(f.Ctx, svc.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		var allocated *metav1.Condition
+		for i := range s.Status.Conditions {
+			if s.Status.Conditions[i].Type == v1alpha1.ConditionIPAllocated {
+				allocated = &s.Status.Conditions[i]
+			}
+		}
+		if allocated == nil || allocated.Reason != "ConflictingController" || !strings.Contains(allocated.Message, "other-lb.example.com") {
+			return fmt.Errorf("IPAllocated %+v", allocated)
+		}
+		if got := ingressAddrs(s); !slices.Equal(got, []netip.Addr{other}) {
+			return fmt.Errorf("ironlb wrote the status again: %v", got)
+		}
+		if c := findAnnounced(s); c == nil || !strings.Contains(c.Message, other.String()+" is not an address ironlb-ccm allocated") {
+			return fmt.Errorf("Announced %+v", c)
+		}
+		return nil
+	})
+	// Nobody answers either address, asked again and again: not a first
+	// lucky silence.
+	for i := 0; i < 6; i++ {
+		for _, a := range []netip.Addr{other, addrs[0]} {
+			if n := f.Owner(a); n != 0 {
+				t.Fatalf("%s is answered by node%d while another controller holds the status of %s", a, n, svc)
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // ingressAddrs are the addresses in a Service's status.
