@@ -38,6 +38,7 @@ func startServing(cmd *cobra.Command) {
 			fmt.Println(version.Print(cmd.Use, f.Value.String()))
 			os.Exit(0)
 		}
+		applyGC(c.Flags())
 		metrics := map[string]http.Handler{"/metrics": legacyregistry.Handler()}
 		if metricsProfiling {
 			metrics["/debug/pprof/"] = http.HandlerFunc(pprof.Index)
