@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"slices"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
@@ -34,7 +35,8 @@ func trimService(obj any) (any, error) {
 	return trimmedService(svc), nil
 }
 
-// trimmedService is the part of svc that ironlb-ccm reads, in a new object.
+// trimmedService is the part of svc that ironlb-ccm reads, in a new object. It shares parts of
+// svc, and may put equal shared values in them (see shared).
 func trimmedService(svc *v1.Service) *v1.Service {
 	out := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{
@@ -47,15 +49,15 @@ func trimmedService(svc *v1.Service) *v1.Service {
 			DeletionTimestamp: svc.DeletionTimestamp,
 			Labels:            svc.Labels, // IPPool serviceSelector
 			Annotations:       readAnnotations(svc.Annotations),
-			Finalizers:        svc.Finalizers,
+			Finalizers:        shared(svc.Finalizers, onlyCleanupFinalizer),
 			ManagedFields:     ingressWriters(svc.ManagedFields),
 		},
 		Spec: v1.ServiceSpec{
 			Type:              svc.Spec.Type,
 			LoadBalancerClass: svc.Spec.LoadBalancerClass,
 			LoadBalancerIP:    svc.Spec.LoadBalancerIP,
-			IPFamilies:        svc.Spec.IPFamilies,
-			IPFamilyPolicy:    svc.Spec.IPFamilyPolicy,
+			IPFamilies:        sharedFamilies(svc.Spec.IPFamilies),
+			IPFamilyPolicy:    sharedPolicy(svc.Spec.IPFamilyPolicy),
 		},
 		Status: v1.ServiceStatus{LoadBalancer: svc.Status.LoadBalancer},
 	}
@@ -63,13 +65,73 @@ func trimmedService(svc *v1.Service) *v1.Service {
 		// Sharing an address and the ingress's ports need only the protocol and the port.
 		out.Spec.Ports = make([]v1.ServicePort, len(svc.Spec.Ports))
 		for i, p := range svc.Spec.Ports {
-			out.Spec.Ports[i] = v1.ServicePort{Protocol: p.Protocol, Port: p.Port}
+			out.Spec.Ports[i] = v1.ServicePort{Protocol: sharedProtocol(p.Protocol), Port: p.Port}
+		}
+	}
+	for i := range out.Status.LoadBalancer.Ingress {
+		ing := &out.Status.LoadBalancer.Ingress[i]
+		if ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeVIP {
+			ing.IPMode = &vipMode
+		}
+		for j := range ing.Ports {
+			ing.Ports[j].Protocol = sharedProtocol(ing.Ports[j].Protocol)
 		}
 	}
 	if c := ownCondition(svc); c != nil {
-		out.Status.Conditions = []metav1.Condition{*c}
+		cond := *c
+		cond.Type = v1alpha1.ConditionIPAllocated
+		out.Status.Conditions = []metav1.Condition{cond}
 	}
 	return out
+}
+
+// Values that nearly every cached Service holds are shared instead of held once per Service, a
+// few hundred bytes per Service that add up at tens of thousands. Cached objects are never
+// written to, so sharing them is safe.
+var (
+	onlyCleanupFinalizer = []string{v1alpha1.LoadBalancerCleanupFinalizer}
+	familyLists          = [][]v1.IPFamily{{v1.IPv4Protocol}, {v1.IPv6Protocol}, {v1.IPv4Protocol, v1.IPv6Protocol}, {v1.IPv6Protocol, v1.IPv4Protocol}}
+	policies             = []v1.IPFamilyPolicy{v1.IPFamilyPolicySingleStack, v1.IPFamilyPolicyPreferDualStack, v1.IPFamilyPolicyRequireDualStack}
+	protocols            = []v1.Protocol{v1.ProtocolTCP, v1.ProtocolUDP, v1.ProtocolSCTP}
+	vipMode              = v1.LoadBalancerIPModeVIP
+)
+
+// shared returns common if list equals it, else list.
+func shared[T comparable](list, common []T) []T {
+	if slices.Equal(list, common) {
+		return common
+	}
+	return list
+}
+
+func sharedFamilies(fs []v1.IPFamily) []v1.IPFamily {
+	for _, common := range familyLists {
+		if slices.Equal(fs, common) {
+			return common
+		}
+	}
+	return fs
+}
+
+func sharedPolicy(p *v1.IPFamilyPolicy) *v1.IPFamilyPolicy {
+	if p == nil {
+		return nil
+	}
+	for i := range policies {
+		if *p == policies[i] {
+			return &policies[i]
+		}
+	}
+	return p
+}
+
+func sharedProtocol(p v1.Protocol) v1.Protocol {
+	for _, common := range protocols {
+		if p == common {
+			return common
+		}
+	}
+	return p
 }
 
 // readAnnotations keeps the annotations ironlb-ccm reads: ironlb's own (requests and what it

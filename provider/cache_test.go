@@ -326,3 +326,26 @@ func TestTrimNamespace_KeepsNameAndLabels(t *testing.T) {
 		t.Errorf("trimNamespace = %+v, want %+v", got, want)
 	}
 }
+
+func TestTrimService_CommonValuesAreShared(t *testing.T) {
+	a, _ := trimService(fullService())
+	b, _ := trimService(fullService())
+	x, y := a.(*v1.Service), b.(*v1.Service)
+	one := func(s *v1.Service) *v1.Service {
+		s = s.DeepCopy()
+		s.Finalizers = []string{v1alpha1.LoadBalancerCleanupFinalizer}
+		o, _ := trimService(s)
+		return o.(*v1.Service)
+	}
+	p, q := one(fullService()), one(fullService())
+	switch {
+	case &p.Finalizers[0] != &q.Finalizers[0]:
+		t.Error("the finalizer list is not shared")
+	case &x.Spec.IPFamilies[0] != &y.Spec.IPFamilies[0]:
+		t.Error("the family list is not shared")
+	case x.Spec.IPFamilyPolicy != y.Spec.IPFamilyPolicy:
+		t.Error("the family policy is not shared")
+	case x.Status.LoadBalancer.Ingress[0].IPMode != y.Status.LoadBalancer.Ingress[0].IPMode:
+		t.Error("the ingress's IP mode is not shared")
+	}
+}

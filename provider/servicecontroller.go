@@ -103,8 +103,10 @@ func NewServiceController(cloud *Cloud, clusterName string, client kubernetes.In
 		line:      map[string]waiter{},
 		standoffs: map[string]standoff{},
 	}
+	// The mutation cache only has to bridge the time until the informer shows a write: at the
+	// rate of hundreds of writes a second, 1,024 entries hold the last few seconds of writes.
 	c.current = cache.NewIntegerResourceVersionMutationCacheWithOptions(klog.Background(), services.Informer().GetStore(),
-		cache.MutationCacheOptions{TTL: 30 * time.Second, MaxCacheSize: 4096})
+		cache.MutationCacheOptions{TTL: 30 * time.Second, MaxCacheSize: 1024})
 	lookup := func(ns string) map[string]string {
 		if n, err := c.namespaces.Get(ns); err == nil {
 			return n.Labels
