@@ -136,9 +136,9 @@ func allocatorRows(ctx context.Context, root string) ([]row, error) {
 
 // throughput measures how long n Services take to get their address.
 func throughput(ctx context.Context, ccmBin, tmp string, n int, preexisting bool, extra []string, profiles string) ([]row, error) {
-	// 10,000 Services need more cluster IPs than the default range holds, and more node ports
-	// than any range does: the Services do without them, as ironlb allows.
-	api, err := testenv.Start(ctx, "", testenv.WithServiceCIDRs(netip.MustParsePrefix("172.31.64.0/18")))
+	// 20,000 Services need more cluster IPs than the default range holds, and more node ports
+	// than any range does: the Services do without node ports, as ironlb allows.
+	api, err := testenv.Start(ctx, "", testenv.WithServiceCIDRs(netip.MustParsePrefix("172.31.0.0/17")))
 	if err != nil {
 		return nil, err
 	}
