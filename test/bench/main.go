@@ -93,11 +93,16 @@ func main() {
 		for _, preexisting := range modes {
 			r, err := throughput(ctx, ccm, tmp, n, preexisting, strings.Fields(*ccmArgs), *profiles)
 			if err != nil {
+				printRows(rows) // what was measured before
 				fail(err)
 			}
 			rows = append(rows, r...)
 		}
 	}
+	printRows(rows)
+}
+
+func printRows(rows []row) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "MEASURE\tVALUE\tNOTE")
 	for _, r := range rows {
