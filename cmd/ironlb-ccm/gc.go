@@ -9,7 +9,7 @@ import (
 )
 
 // defaultGCPercent trades a little CPU for memory: ironlb-ccm's live heap is mostly its caches,
-// which change slowly, and with Go's default of 100 the heap grows to twice of it between
+// which change slowly, and with Go's default of 100 the heap grows to twice their size between
 // collections. At 50 it grows to one and a half times; the collector's extra work is small
 // beside the API server's, which is what limits how fast Services get their addresses.
 const defaultGCPercent = 50
