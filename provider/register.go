@@ -34,6 +34,12 @@ func ControllerInitFuncConstructors() map[string]app.ControllerInitFuncConstruct
 	return out
 }
 
+// eventCacheSize bounds each of the event correlator's caches (client-go keeps 4,096 entries by
+// default, several MiB with thousands of Services): they aggregate repeats of one event and
+// rate-limit one object's events, and ironlb-ccm's events come one per Service as it is served,
+// not as repeats.
+const eventCacheSize = 512
+
 func startServiceController(initCtx app.ControllerInitContext, cfg *cloudcontrollerconfig.CompletedConfig, cloud cloudprovider.Interface) app.InitFunc {
 	return func(ctx context.Context, _ genericcontrollermanager.ControllerContext) (controller.Interface, bool, error) {
 		c, ok := cloud.(*Cloud)
@@ -57,7 +63,8 @@ func startServiceController(initCtx app.ControllerInitContext, cfg *cloudcontrol
 		if err != nil {
 			return nil, false, err
 		}
-		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+		broadcaster := record.NewBroadcaster(record.WithContext(ctx),
+			record.WithCorrelatorOptions(record.CorrelatorOptions{LRUCacheSize: eventCacheSize}))
 		broadcaster.StartStructuredLogging(3)
 		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: eventClient.CoreV1().Events("")})
 		recorder := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "ironlb-ccm"})

@@ -79,6 +79,14 @@ type balancer interface {
 // first: Run waits for both caches before any address is handed out.
 func NewServiceController(cloud *Cloud, clusterName string, client kubernetes.Interface, services coreinformers.ServiceInformer,
 	namespaces coreinformers.NamespaceInformer, pools *PoolController, recorder record.EventRecorder) *ServiceController {
+	// The caches keep only what ironlb reads (see cache.go). The informers have not started
+	// yet: the controller manager starts them after every controller is built.
+	if err := services.Informer().SetTransform(trimService); err != nil {
+		utilruntime.HandleError(fmt.Errorf("trim the Service cache: %w", err))
+	}
+	if err := namespaces.Informer().SetTransform(trimNamespace); err != nil {
+		utilruntime.HandleError(fmt.Errorf("trim the Namespace cache: %w", err))
+	}
 	c := &ServiceController{
 		cloud:       cloud,
 		balancer:    cloud.lb,
@@ -95,8 +103,10 @@ func NewServiceController(cloud *Cloud, clusterName string, client kubernetes.In
 		line:      map[string]waiter{},
 		standoffs: map[string]standoff{},
 	}
+	// The mutation cache only has to bridge the time until the informer shows a write: at the
+	// rate of hundreds of writes a second, 1,024 entries hold the last few seconds of writes.
 	c.current = cache.NewIntegerResourceVersionMutationCacheWithOptions(klog.Background(), services.Informer().GetStore(),
-		cache.MutationCacheOptions{TTL: 30 * time.Second, MaxCacheSize: 4096})
+		cache.MutationCacheOptions{TTL: 30 * time.Second, MaxCacheSize: 1024})
 	lookup := func(ns string) map[string]string {
 		if n, err := c.namespaces.Get(ns); err == nil {
 			return n.Labels
@@ -376,7 +386,7 @@ func (c *ServiceController) removeFinalizer(ctx context.Context, svc *v1.Service
 	if err != nil {
 		return fmt.Errorf("remove finalizer of %s: %w", serviceKey(svc), err)
 	}
-	c.current.Mutation(updated)
+	c.current.Mutation(trimmedService(updated))
 	return nil
 }
 
@@ -591,7 +601,7 @@ func (c *ServiceController) write(ctx context.Context, svc *v1.Service, lb *v1.L
 	if err != nil {
 		return fmt.Errorf("write status of %s: %w", serviceKey(svc), err)
 	}
-	c.current.Mutation(updated)
+	c.current.Mutation(trimmedService(updated))
 
 	switch hasFinalizer := slices.Contains(updated.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer); {
 	case holds && !hasFinalizer:

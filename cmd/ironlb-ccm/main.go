@@ -44,6 +44,7 @@ func main() {
 		"Treat the internal load balancer annotations of other clouds (GKE, AWS, Azure, IBM, OpenStack, Huawei CCE, Tencent, Alibaba, Oracle) like ironlb's own.")
 	addClusterKeyFlags(fs)
 	addServingFlags(fss.FlagSet("ironlb serving"))
+	addGCFlags(fs)
 
 	controllers := provider.ControllerInitFuncConstructors()
 	controllers[clusterKeyControllerName] = clusterKeyController()

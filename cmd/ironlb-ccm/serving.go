@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -14,13 +15,18 @@ import (
 	"github.com/ironlb/ironlb/internal/version"
 )
 
-var metricsAddr, healthAddr string
+var (
+	metricsAddr, healthAddr string
+	metricsProfiling        bool
+)
 
 // addServingFlags adds plain-HTTP endpoints for Prometheus and kubelet probes, beside the
 // controller manager's authenticated --secure-port.
 func addServingFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":10290", "Address for plain-HTTP /metrics; \"0\" disables it.")
 	fs.StringVar(&healthAddr, "health-probe-bind-address", ":10291", "Address for plain-HTTP /healthz and /readyz; \"0\" disables it.")
+	// --profiling is the controller manager's, on the authenticated --secure-port.
+	fs.BoolVar(&metricsProfiling, "metrics-profiling", false, "Serve Go's profiles (/debug/pprof/) on the plain-HTTP metrics address.")
 }
 
 // startServing starts the endpoints once flags are parsed, before the controller manager runs.
@@ -32,7 +38,13 @@ func startServing(cmd *cobra.Command) {
 			fmt.Println(version.Print(cmd.Use, f.Value.String()))
 			os.Exit(0)
 		}
-		serve("metrics", metricsAddr, map[string]http.Handler{"/metrics": legacyregistry.Handler()})
+		applyGC(c.Flags())
+		metrics := map[string]http.Handler{"/metrics": legacyregistry.Handler()}
+		if metricsProfiling {
+			metrics["/debug/pprof/"] = http.HandlerFunc(pprof.Index)
+			metrics["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)
+		}
+		serve("metrics", metricsAddr, metrics)
 		ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 		serve("health", healthAddr, map[string]http.Handler{"/healthz": ok, "/readyz": ok})
 		return run(c, args)

@@ -1,8 +1,9 @@
 // Command bench measures ironlb-ccm and prints one table: the allocator's cost per allocation,
 // and how many Services per second get their address on a real kube-apiserver, both for
-// Services that exist before ironlb-ccm starts and for Services created while it runs.
+// Services that exist before ironlb-ccm starts and for Services created while it runs, and
+// ironlb-ccm's memory: its RSS and its live Go heap once every Service has its address.
 //
-//	go run ./test/bench [-sizes 1000,10000]
+//	go run ./test/bench [-sizes 1000,10000,20000] [-running=false] [-profiles DIR]
 package main
 
 import (
@@ -10,6 +11,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -39,9 +42,11 @@ import (
 type row struct{ what, value, note string }
 
 func main() {
-	sizes := flag.String("sizes", "1000,10000", "numbers of Services to measure on the API server")
+	sizes := flag.String("sizes", "1000,10000,20000", "numbers of Services to measure on the API server")
 	ccmArgs := flag.String("ccm-args", "", "extra ironlb-ccm flags, space separated (e.g. to try the stock defaults)")
 	skipAlloc := flag.Bool("skip-allocator", false, "skip the allocator micro-benchmarks")
+	running := flag.Bool("running", true, "also measure Services created while ironlb-ccm runs (false: only Services that exist before it starts)")
+	profiles := flag.String("profiles", "", "directory to save ironlb-ccm's heap profile in after each run (heap-<n>-<existing|running>.pb.gz)")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
@@ -71,19 +76,33 @@ func main() {
 	if err := testenv.GoBuild(ctx, root, "./cmd/ironlb-ccm", ccm); err != nil {
 		fail(err)
 	}
+	if *profiles != "" {
+		if err := os.MkdirAll(*profiles, 0o755); err != nil {
+			fail(err)
+		}
+	}
+	modes := []bool{true}
+	if *running {
+		modes = append(modes, false)
+	}
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil {
 			fail(err)
 		}
-		for _, preexisting := range []bool{true, false} {
-			r, err := throughput(ctx, ccm, tmp, n, preexisting, strings.Fields(*ccmArgs))
+		for _, preexisting := range modes {
+			r, err := throughput(ctx, ccm, tmp, n, preexisting, strings.Fields(*ccmArgs), *profiles)
 			if err != nil {
+				printRows(rows) // what was measured before
 				fail(err)
 			}
 			rows = append(rows, r...)
 		}
 	}
+	printRows(rows)
+}
+
+func printRows(rows []row) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "MEASURE\tVALUE\tNOTE")
 	for _, r := range rows {
@@ -121,10 +140,10 @@ func allocatorRows(ctx context.Context, root string) ([]row, error) {
 }
 
 // throughput measures how long n Services take to get their address.
-func throughput(ctx context.Context, ccmBin, tmp string, n int, preexisting bool, extra []string) ([]row, error) {
-	// 10,000 Services need more cluster IPs than the default range holds, and more node ports
-	// than any range does: the Services do without them, as ironlb allows.
-	api, err := testenv.Start(ctx, "", testenv.WithServiceCIDRs(netip.MustParsePrefix("172.31.64.0/18")))
+func throughput(ctx context.Context, ccmBin, tmp string, n int, preexisting bool, extra []string, profiles string) ([]row, error) {
+	// 20,000 Services need more cluster IPs than the default range holds, and more node ports
+	// than any range does: the Services do without node ports, as ironlb allows.
+	api, err := testenv.Start(ctx, "", testenv.WithServiceCIDRs(netip.MustParsePrefix("172.31.0.0/17")))
 	if err != nil {
 		return nil, err
 	}
@@ -185,8 +204,9 @@ func throughput(ctx context.Context, ccmBin, tmp string, n int, preexisting bool
 		mu.Unlock()
 	}
 
+	// The metrics address, on a port of the kernel's choosing, serves the heap profile.
 	args := append([]string{"--kubeconfig=" + api.KubeconfigPath(), "--secure-port=0",
-		"--metrics-bind-address=0", "--health-probe-bind-address=0"}, extra...)
+		"--metrics-bind-address=127.0.0.1:0", "--metrics-profiling", "--health-probe-bind-address=0"}, extra...)
 	logPath := filepath.Join(tmp, fmt.Sprintf("ccm-%d-%v.log", n, preexisting))
 	var ccm *testenv.Process
 	var start time.Time
@@ -242,12 +262,23 @@ func throughput(ctx context.Context, ccmBin, tmp string, n int, preexisting bool
 	}
 	elapsed := time.Since(start)
 	rss := ccm.RSS()
+	mode := "running"
+	if preexisting {
+		mode = "existing"
+	}
+	heap, err := heapInUse(ctx, ccm, filepath.Join(profiles, fmt.Sprintf("heap-%d-%s.pb.gz", n, mode)), profiles != "")
+	if err != nil {
+		return nil, err
+	}
+	anon, file := rssParts(ccm.Pid())
+	memory := row{fmt.Sprintf("ironlb-ccm memory, %d Services", n), fmt.Sprintf("%d MiB RSS, %.1f MiB heap", rss>>20, float64(heap)/(1<<20)),
+		fmt.Sprintf("after the run above; RSS: %d MiB anonymous, %d MiB of the binary's file; heap: live Go heap after a collection", anon>>20, file>>20)}
 	if preexisting {
 		return []row{
 			{fmt.Sprintf("%d Services existing at start", n),
 				fmt.Sprintf("%.1f s, %.0f Services/s", elapsed.Seconds(), float64(n)/elapsed.Seconds()),
 				fmt.Sprintf("from ironlb-ccm's start to the last address (creating them took %.1f s before)", created.Seconds())},
-			{fmt.Sprintf("ironlb-ccm memory, %d Services", n), fmt.Sprintf("%d MiB RSS", rss>>20), "after the run above"},
+			memory,
 		}, nil
 	}
 	slices.Sort(latencies)
@@ -259,7 +290,80 @@ func throughput(ctx context.Context, ccmBin, tmp string, n int, preexisting bool
 		{fmt.Sprintf("  create to address, %d Services", n),
 			fmt.Sprintf("p50 %s, p99 %s, max %s", pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), latencies[len(latencies)-1].Round(time.Millisecond)),
 			"per Service, as a watching client sees it"},
+		memory,
 	}, nil
+}
+
+// rssParts splits a process's resident memory into anonymous memory (heap, stacks, the Go
+// runtime's) and pages of files, which for ironlb-ccm is its own binary's code and read-only
+// data as the kernel maps them in.
+func rssParts(pid int) (anon, file int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "RssAnon:":
+			anon = kb << 10
+		case "RssFile:":
+			file = kb << 10
+		}
+	}
+	return anon, file
+}
+
+var (
+	servingMetrics = regexp.MustCompile(`"Serving" what="metrics" address="([^"]+)"`)
+	heapInUseLine  = regexp.MustCompile(`(?m)^go_memstats_heap_alloc_bytes ([0-9.e+]+)$`)
+)
+
+// heapInUse collects ironlb-ccm's garbage (the heap profile's gc=1), optionally saves that
+// profile to path, and returns the bytes of live heap objects afterwards.
+func heapInUse(ctx context.Context, ccm *testenv.Process, path string, save bool) (int64, error) {
+	m := servingMetrics.FindStringSubmatch(ccm.Log())
+	if m == nil {
+		return 0, fmt.Errorf("ironlb-ccm logged no metrics address")
+	}
+	get := func(p string) ([]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m[1]+p, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("GET %s: %s", p, resp.Status)
+		}
+		return io.ReadAll(resp.Body)
+	}
+	prof, err := get("/debug/pprof/heap?gc=1")
+	if err != nil {
+		return 0, err
+	}
+	if save {
+		if err := os.WriteFile(path, prof, 0o644); err != nil {
+			return 0, err
+		}
+	}
+	metrics, err := get("/metrics")
+	if err != nil {
+		return 0, err
+	}
+	h := heapInUseLine.FindSubmatch(metrics)
+	if h == nil {
+		return 0, fmt.Errorf("no go_memstats_heap_alloc_bytes in ironlb-ccm's metrics")
+	}
+	v, err := strconv.ParseFloat(string(h[1]), 64)
+	return int64(v), err
 }
 
 var noNodePorts = false
