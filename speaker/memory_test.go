@@ -64,16 +64,13 @@ func TestMemory_10000Services(t *testing.T) {
 	// What the test's world costs without its Services: nodes, pools,
 	// EndpointSlices.
 	before := liveHeap()
-	other, _ := scale(100, 10000)
-	other.services = nil
+	other, _, _ := scaleServices(100, 10000)
 	worldAlone := liveHeap() - before
 	runtime.KeepAlive(other)
 	other = inputs{}
 
 	base := liveHeap()
-	world, peers := scale(100, 10000)
-	served := world.services
-	world.services = nil
+	world, served, peers := scaleServices(100, 10000)
 	store := cache.NewStore(cache.DeletionHandlingMetaNamespaceKeyFunc)
 	for i, svc := range served {
 		obj, err := slim(asServed(svc, i))
@@ -89,7 +86,7 @@ func TestMemory_10000Services(t *testing.T) {
 
 	in := world
 	for _, obj := range store.List() {
-		in.services = append(in.services, obj.(*v1.Service))
+		in.services = append(in.services, obj.(*lbService))
 	}
 	p := newPlanner()
 	l2, notAnnounced, bgp := p.plan(in, peers)

@@ -57,10 +57,10 @@ const (
 // unannounced.
 // degraded, when not empty, says why failover is slow now; it is added to a
 // condition with an L2 address.
-func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded string) *metav1.Condition {
+func announcedCondition(svc *lbService, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded string) *metav1.Condition {
 	var parts []string
 	ok, any, l2, unsent, outside := true, false, false, false, false
-	for _, addr := range svcstatus.Addrs(svc) {
+	for _, addr := range svc.addrs {
 		if b := bplan[addr]; b != nil {
 			any = true
 			outside = outside || b.outside != ""
@@ -117,8 +117,8 @@ func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bpla
 // writer is the one speaker that writes svc's condition: the owner of its
 // first announced address, or, when none has an owner, the node the ranking
 // picks among candidates. Every speaker computes the same.
-func writer(svc *v1.Service, plan map[netip.Addr]*announcement, candidates map[string]bool) string {
-	for _, addr := range svcstatus.Addrs(svc) {
+func writer(svc *lbService, plan map[netip.Addr]*announcement, candidates map[string]bool) string {
+	for _, addr := range svc.addrs {
 		if a := plan[addr]; a != nil && a.owner != "" {
 			return a.owner
 		}
@@ -132,8 +132,8 @@ var ownerInMessage = regexp.MustCompile(`(?:^|; )(\S+) by (\S+) on `)
 // announcedOwners reads from svc's Announced condition which node answers
 // each L2 address: the speakers' own record of who owns what, which keeps an
 // address where it is across restarts of the speakers.
-func announcedOwners(svc *v1.Service) map[netip.Addr]string {
-	c := svcstatus.Condition(svc, v1alpha1.ConditionAnnounced)
+func announcedOwners(svc *lbService) map[netip.Addr]string {
+	c := svc.announced
 	if c == nil {
 		return nil
 	}
@@ -236,7 +236,7 @@ type decision struct {
 // advertisement still carried by some session or still by none, the same
 // notes and writers. It builds nothing: it runs for every Service on every
 // sync.
-func (d decision) still(svc *v1.Service, addrs []netip.Addr, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded, writers string) bool {
+func (d decision) still(svc *lbService, addrs []netip.Addr, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded, writers string) bool {
 	if svc.ResourceVersion == "" || svc.ResourceVersion != d.version || len(addrs) != len(d.l2) ||
 		notAnnounced != d.notAnnounced || degraded != d.degraded || writers != d.candidates {
 		return false
@@ -311,8 +311,8 @@ func (w *conditionWriter) queueConditions(from conditionInputs, up sessions) {
 	w.decisions = 0
 	writers := strings.Join(slices.Sorted(maps.Keys(candidates)), ",")
 	for _, svc := range in.services {
-		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		addrs := svcstatus.Addrs(svc)
+		key := svc.key()
+		addrs := svc.addrs
 		if prev, ok := w.decided[key]; ok && prev.still(svc, addrs, plan, bplan, up, notAnnounced[key], degraded, writers) {
 			prev.round = w.round
 			w.decided[key] = prev
@@ -339,7 +339,7 @@ func (w *conditionWriter) queueConditions(from conditionInputs, up sessions) {
 		} else {
 			delete(w.degraded, key)
 		}
-		if !svcstatus.SameCondition(svcstatus.Condition(svc, v1alpha1.ConditionAnnounced), c) {
+		if !svcstatus.SameCondition(svc.announced, c) {
 			w.queue.Add(key)
 		}
 	}
@@ -386,8 +386,7 @@ func (w *conditionWriter) write(ctx context.Context, key types.NamespacedName) e
 	if err != nil || !exists {
 		return err
 	}
-	svc := obj.(*v1.Service)
-	prev := svcstatus.Condition(svc, c.Type)
+	prev := obj.(*lbService).announced
 	if svcstatus.SameCondition(prev, &c) {
 		return nil
 	}
