@@ -220,15 +220,23 @@ type conditionInputs struct {
 	degraded     string
 }
 
-// decision is what a Service's condition was decided from.
+// decision is what a Service's condition was decided from. There is one
+// for every Service, so it is kept small: one list for its addresses.
 type decision struct {
 	version                            string // the Service's resource version
-	l2                                 []*announcement
-	bgp                                []*advertisement
-	carried                            []bool // of each BGP advertisement: a session is Established
+	addrs                              []decidedAddr
 	notAnnounced, degraded, candidates string
 	mine                               bool   // this node writes it
 	round                              uint64 // the last queueConditions that saw the Service
+}
+
+// decidedAddr is what one of a Service's addresses was decided from: its
+// (shared) announcement and advertisement, and whether a session that
+// should carry the advertisement is Established.
+type decidedAddr struct {
+	l2      *announcement
+	bgp     *advertisement
+	carried bool
 }
 
 // still reports whether d was decided from these inputs: the same Service
@@ -237,13 +245,13 @@ type decision struct {
 // notes and writers. It builds nothing: it runs for every Service on every
 // sync.
 func (d decision) still(svc *lbService, addrs []netip.Addr, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded, writers string) bool {
-	if svc.ResourceVersion == "" || svc.ResourceVersion != d.version || len(addrs) != len(d.l2) ||
+	if svc.ResourceVersion == "" || svc.ResourceVersion != d.version || len(addrs) != len(d.addrs) ||
 		notAnnounced != d.notAnnounced || degraded != d.degraded || writers != d.candidates {
 		return false
 	}
 	for i, addr := range addrs {
 		b := bplan[addr]
-		if plan[addr] != d.l2[i] || b != d.bgp[i] || b != nil && b.carried(up) != d.carried[i] {
+		if plan[addr] != d.addrs[i].l2 || b != d.addrs[i].bgp || b != nil && b.carried(up) != d.addrs[i].carried {
 			return false
 		}
 	}
@@ -319,10 +327,11 @@ func (w *conditionWriter) queueConditions(from conditionInputs, up sessions) {
 			continue
 		}
 		w.decisions++
-		d := decision{version: svc.ResourceVersion, notAnnounced: notAnnounced[key], degraded: degraded, candidates: writers, round: w.round}
-		for _, addr := range addrs {
+		d := decision{version: svc.ResourceVersion, notAnnounced: notAnnounced[key], degraded: degraded, candidates: writers, round: w.round,
+			addrs: make([]decidedAddr, len(addrs))}
+		for i, addr := range addrs {
 			b := bplan[addr]
-			d.l2, d.bgp, d.carried = append(d.l2, plan[addr]), append(d.bgp, b), append(d.carried, b != nil && b.carried(up))
+			d.addrs[i] = decidedAddr{l2: plan[addr], bgp: b, carried: b != nil && b.carried(up)}
 		}
 		c := announcedCondition(svc, plan, bplan, up, notAnnounced[key], degraded)
 		d.mine = c != nil && writer(svc, plan, candidates) == w.node
