@@ -5,7 +5,9 @@ import (
 	"maps"
 	"runtime"
 	"slices"
+	"syscall"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -109,4 +111,67 @@ func TestMemory_10000Services(t *testing.T) {
 	runtime.KeepAlive(p)
 	runtime.KeepAlive(w)
 	runtime.KeepAlive(in)
+}
+
+// BenchmarkChurn_10000Services creates 10,000 Services one by one as a
+// speaker sees them, a sync (plans and conditions) after every ten, and
+// reports the Go runtime's memory at its peak and at the end (what it
+// holds from the OS, as the RSS counts it), the collections and the CPU
+// time: run it with GOGC or GOMEMLIMIT set to weigh the garbage
+// collector's settings.
+func BenchmarkChurn_10000Services(b *testing.B) {
+	slim := slimService(lbclass.Classifier{Class: "ironlb.io/ironlb", HandleClassless: true})
+	held := func() float64 {
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return float64(m.Sys-m.HeapReleased) / (1 << 20)
+	}
+	for b.Loop() {
+		world, served, peers := scaleServices(100, 10000)
+		up := allUp(peers, slices.Collect(maps.Keys(world.nodes))...)
+		store := cache.NewStore(cache.DeletionHandlingMetaNamespaceKeyFunc)
+		p := newPlanner()
+		w := &conditionWriter{
+			node:    "node-000",
+			queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
+			desired: map[types.NamespacedName]metav1.Condition{}, degraded: map[types.NamespacedName]string{},
+			decided: map[types.NamespacedName]decision{},
+		}
+		before := cpuTime()
+		var gc runtime.MemStats
+		runtime.ReadMemStats(&gc)
+		cycles := gc.NumGC
+		peak := 0.0
+		for i, svc := range served {
+			// A copy, as decoding one makes, that the transform drops.
+			obj, _ := slim(asServed(svc.DeepCopy(), i))
+			_ = store.Add(obj)
+			if i%10 != 9 {
+				continue
+			}
+			in := world
+			in.services = nil
+			for _, obj := range store.List() {
+				in.services = append(in.services, obj.(*lbService))
+			}
+			l2, notAnnounced, bgp := p.plan(in, peers)
+			w.queueConditions(conditionInputs{in: in, l2: l2, bgp: bgp, notAnnounced: notAnnounced}, up)
+			peak = max(peak, held())
+		}
+		served = nil
+		runtime.ReadMemStats(&gc)
+		b.ReportMetric(peak, "peak-MiB")
+		b.ReportMetric(held(), "end-MiB")
+		b.ReportMetric(float64(gc.NumGC-cycles), "GCs")
+		b.ReportMetric((cpuTime() - before).Seconds(), "cpu-s")
+		w.queue.ShutDown()
+		runtime.KeepAlive(store)
+	}
+}
+
+// cpuTime is the CPU time this process used, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
