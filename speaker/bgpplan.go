@@ -34,7 +34,7 @@ type advertisement struct {
 
 // bgpNodes are the nodes that announce svc's address from pool, filling
 // peersOf with the peers each of them sends to, and why none does.
-func bgpNodes(in inputs, svc *v1.Service, pool *v1alpha1.IPPool, peers []*v1alpha1.BGPPeer, peersOf map[string][]string) (map[string]bool, string) {
+func bgpNodes(in inputs, svc *lbService, pool *v1alpha1.IPPool, peers []*v1alpha1.BGPPeer, peersOf map[string][]string) (map[string]bool, string) {
 	nodeSel, err := selectorOf(pool.Spec.BGP.NodeSelector)
 	if err != nil {
 		return nil, fmt.Sprintf("IPPool %s has an invalid bgp.nodeSelector: %v", pool.Name, err)

@@ -818,7 +818,7 @@ func TestAnnouncedConditionWithBGP(t *testing.T) {
 			if got := notAnnounced[key("s")]; got != tc.notAnnounced {
 				t.Errorf("notAnnounced = %q, want %q", got, tc.notAnnounced)
 			}
-			c := announcedCondition(tc.svc, plan, bgpPlan(in, peers), up, notAnnounced[key("s")], "")
+			c := announcedCondition(cached(tc.svc), plan, bgpPlan(in, peers), up, notAnnounced[key("s")], "")
 			if tc.status == "" {
 				if c != nil {
 					t.Fatalf("condition = %+v, want nil", c)

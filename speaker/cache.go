@@ -13,10 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
-
-	"github.com/ironlb/ironlb/api/v1alpha1"
-	"github.com/ironlb/ironlb/internal/lbclass"
-	"github.com/ironlb/ironlb/internal/svcstatus"
 )
 
 // What a speaker keeps of the cluster. Its cost must follow what it
@@ -24,53 +20,14 @@ import (
 // LoadBalancer Services (serviceSelector), it keeps the EndpointSlices of
 // ironlb's Local Services only (localEndpoints), and every object is cut
 // down on arrival, before it reaches the caches, to the fields the plans,
-// the membership and the condition writer read. A field read anywhere in
-// this package must be kept here, or it reads as empty.
+// the membership and the condition writer read: a Service to an lbService
+// (service.go), the others to the same type with fewer fields set. A field
+// of those read anywhere in this package must be kept here, or it reads as
+// empty.
 
 // serviceSelector asks the API server for LoadBalancer Services only
 // (Kubernetes 1.31 and later): the speaker never reads any other.
 var serviceSelector = fields.OneTermEqualSelector("spec.type", string(v1.ServiceTypeLoadBalancer)).String()
-
-// slimService keeps of a Service what the plans and the condition writer
-// read: its type and class (which Services are ironlb's), the pool it came
-// from, its traffic policy, its addresses and its Announced condition. Of a
-// Service that is not ironlb's it keeps only what says so.
-func slimService(c lbclass.Classifier) cache.TransformFunc {
-	return func(obj any) (any, error) {
-		svc, ok := obj.(*v1.Service)
-		if !ok {
-			return obj, nil
-		}
-		out := &v1.Service{ObjectMeta: slimMeta(svc.ObjectMeta)}
-		out.Spec.Type = svc.Spec.Type
-		out.Spec.LoadBalancerClass = svc.Spec.LoadBalancerClass
-		if !c.Handles(svc) {
-			return out, nil
-		}
-		out.Generation = svc.Generation
-		// The pool the addresses came from, and ironlb-ccm's record of them:
-		// an address that left every pool is answered only if the record
-		// names it (poolOf).
-		for _, k := range []string{v1alpha1.AnnotationAllocatedFrom, v1alpha1.AnnotationAllocatedAddresses} {
-			if v, ok := svc.Annotations[k]; ok {
-				if out.Annotations == nil {
-					out.Annotations = map[string]string{}
-				}
-				out.Annotations[k] = v
-			}
-		}
-		out.Spec.ExternalTrafficPolicy = svc.Spec.ExternalTrafficPolicy
-		for _, in := range svc.Status.LoadBalancer.Ingress {
-			if in.IP != "" {
-				out.Status.LoadBalancer.Ingress = append(out.Status.LoadBalancer.Ingress, v1.LoadBalancerIngress{IP: in.IP})
-			}
-		}
-		if c := svcstatus.Condition(svc, v1alpha1.ConditionAnnounced); c != nil {
-			out.Status.Conditions = []metav1.Condition{*c}
-		}
-		return out, nil
-	}
-}
 
 // slimMeta is the identity of an object, what a cache needs to key it.
 func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
@@ -148,15 +105,15 @@ func slimUnstructured(obj any) (any, error) {
 
 // serviceMatters reports whether a Service change (old → cur; nil when
 // added or deleted) can change a plan: only ironlb's Services are read.
-func serviceMatters(c lbclass.Classifier, old, cur *v1.Service) bool {
-	return old != nil && c.Handles(old) || cur != nil && c.Handles(cur)
+func serviceMatters(old, cur *lbService) bool {
+	return old != nil && old.ours || cur != nil && cur.ours
 }
 
 // needsEndpoints reports whether the plans read the endpoints of svc (nil:
 // none): ironlb's, with externalTrafficPolicy Local. For the others they
 // read nothing of them.
-func needsEndpoints(c lbclass.Classifier, svc *v1.Service) bool {
-	return svc != nil && c.Handles(svc) && svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+func needsEndpoints(svc *lbService) bool {
+	return svc != nil && svc.ours && svc.local
 }
 
 // nodeMatters reports whether a Node change can change a plan or the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -53,7 +55,7 @@ func TestNeedsEndpoints_OnlyIronlbsLocalServices(t *testing.T) {
 		{"ironlb's, Local, no address yet", local(service("a", "p")), true},
 		{"ironlb's, Local", local(service("a", "p", "172.31.0.1")), true},
 	} {
-		if got := needsEndpoints(classifier, tt.svc); got != tt.want {
+		if got := needsEndpoints(cached(tt.svc)); got != tt.want {
 			t.Errorf("%s: needsEndpoints = %v, want %v", tt.name, got, tt.want)
 		}
 	}
@@ -118,7 +120,7 @@ func TestServiceMatters_OnlyIronlbsServices(t *testing.T) {
 		{"other class updated", other, other, false},
 		{"ours turned ClusterIP", ours, clusterIP(service("a", "p")), true},
 	} {
-		if got := serviceMatters(classifier, tt.old, tt.cur); got != tt.want {
+		if got := serviceMatters(cached(tt.old), cached(tt.cur)); got != tt.want {
 			t.Errorf("%s: serviceMatters = %v, want %v", tt.name, got, tt.want)
 		}
 	}
@@ -237,11 +239,11 @@ func TestSlimObjects_PlansAreUnchanged(t *testing.T) {
 	peers := []*v1alpha1.BGPPeer{{ObjectMeta: metav1.ObjectMeta{Name: "r"}}}
 	info := map[string]string{infoDefaultIf: "eth0", infoIfPrefix + "eth0": ifUp}
 
-	build := func(slimSvc, slimSlice, slimN cache.TransformFunc) inputs {
+	build := func(slimSlice, slimN cache.TransformFunc) inputs {
 		in := inputs{slices: map[types.NamespacedName][]*discoveryv1.EndpointSlice{}, pools: pools, nodes: map[string]*v1.Node{},
 			alive: map[string]map[string]string{"n1": info, "n2": info, "n3": info}, recorded: map[netip.Addr]string{}}
 		for _, s := range svcs {
-			got := mustSlim(t, slimSvc, s.DeepCopy()).(*v1.Service)
+			got := mustSlim(t, slimService(classifier), s.DeepCopy()).(*lbService)
 			in.services = append(in.services, got)
 			maps.Copy(in.recorded, announcedOwners(got))
 		}
@@ -257,7 +259,7 @@ func TestSlimObjects_PlansAreUnchanged(t *testing.T) {
 		return in
 	}
 	same := func(obj any) (any, error) { return obj, nil }
-	whole, slim := build(same, same, same), build(slimService(classifier), newSliceSlimmer().transform, slimNode)
+	whole, slim := build(same, same), build(newSliceSlimmer().transform, slimNode)
 	say := func(in inputs) []string {
 		plan, notAnnounced := l2Plan(in)
 		bplan := bgpPlan(in, peers)
@@ -273,12 +275,49 @@ func TestSlimObjects_PlansAreUnchanged(t *testing.T) {
 	}
 }
 
-func TestSlimService_ForeignServiceKeepsOnlyItsIdentityAndClass(t *testing.T) {
-	svc := ofClass(service("a", "p", "172.31.0.1"), "example.com/other")
-	svc.Labels = map[string]string{"big": "label"}
-	got := mustSlim(t, slimService(classifier), svc).(*v1.Service)
-	if classifier.Handles(got) || got.Labels != nil || got.Annotations != nil || len(got.Status.LoadBalancer.Ingress) != 0 {
-		t.Errorf("kept %+v", got)
+// Every field of an lbService is read somewhere; each must come from the
+// Service, and of a Service that is not ironlb's only its identity.
+func TestNewLBService_KeepsEveryFieldRead(t *testing.T) {
+	full := local(service("a", "p", "172.31.0.1", "::ffff:172.31.0.2", "fd00::1"))
+	full.UID, full.ResourceVersion, full.Generation = "uid-a", "42", 7
+	full.Labels = map[string]string{"big": "label"}
+	full.Status.LoadBalancer.Ingress = append(full.Status.LoadBalancer.Ingress, v1.LoadBalancerIngress{Hostname: "lb.example.com"})
+	announced := metav1.Condition{Type: v1alpha1.ConditionAnnounced, Status: metav1.ConditionTrue, Reason: ReasonAnnounced,
+		Message: "172.31.0.1 by n1 on eth0 (ARP)", ObservedGeneration: 7, LastTransitionTime: metav1.Unix(100, 0)}
+	full.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionIPAllocated, Status: metav1.ConditionTrue}, announced}
+	addrs := []netip.Addr{netip.MustParseAddr("172.31.0.1"), netip.MustParseAddr("172.31.0.2"), netip.MustParseAddr("fd00::1")}
+
+	for _, tc := range []struct {
+		name string
+		svc  *v1.Service
+		want lbService
+	}{
+		{"ironlb's", full, lbService{
+			Namespace: "default", Name: "a", UID: "uid-a", ResourceVersion: "42", Generation: 7,
+			ours: true, local: true, allocatedFrom: "p", allocated: "172.31.0.1,::ffff:172.31.0.2,fd00::1",
+			addrs: addrs, announced: &announced,
+		}},
+		{"externalTrafficPolicy Cluster, no condition", service("b", "p", "172.31.0.3"), lbService{
+			Namespace: "default", Name: "b", Generation: 3, ours: true, allocatedFrom: "p", allocated: "172.31.0.3",
+			addrs: []netip.Addr{netip.MustParseAddr("172.31.0.3")},
+		}},
+		{"no address yet", service("c", ""), lbService{Namespace: "default", Name: "c", Generation: 3, ours: true}},
+		{"another class keeps only its identity", ofClass(full.DeepCopy(), "example.com/other"), lbService{
+			Namespace: "default", Name: "a", UID: "uid-a", ResourceVersion: "42",
+		}},
+		{"ClusterIP keeps only its identity", clusterIP(full.DeepCopy()), lbService{
+			Namespace: "default", Name: "a", UID: "uid-a", ResourceVersion: "42",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := mustSlim(t, slimService(classifier), tc.svc).(*lbService)
+			if !reflect.DeepEqual(*got, tc.want) {
+				t.Errorf("got  %+v\nwant %+v", *got, tc.want)
+			}
+			if m, err := meta.Accessor(got); err != nil || m.GetNamespace() != tc.want.Namespace || m.GetName() != tc.want.Name {
+				t.Errorf("the cache cannot key it: %v, %v", m, err)
+			}
+		})
 	}
 }
 

@@ -212,9 +212,9 @@ func New(cfg Config) (*Speaker, error) {
 	// A change leads to a sync only if it can change a plan.
 	for inf, h := range map[cache.SharedIndexInformer]cache.ResourceEventHandler{
 		s.services: s.onChange("Service", func(old, cur any) bool {
-			o, _ := old.(*v1.Service)
-			c, _ := cur.(*v1.Service)
-			return serviceMatters(cfg.Classifier, o, c)
+			o, _ := old.(*lbService)
+			c, _ := cur.(*lbService)
+			return serviceMatters(o, c)
 		}),
 		s.nodes: s.onChange("Node", func(old, cur any) bool {
 			o, _ := old.(*v1.Node)
@@ -230,8 +230,8 @@ func New(cfg Config) (*Speaker, error) {
 	}
 	// The endpoints kept follow which Services need them.
 	follow := func(old, cur any) {
-		o, _ := old.(*v1.Service)
-		c, _ := cur.(*v1.Service)
+		o, _ := old.(*lbService)
+		c, _ := cur.(*lbService)
 		s.followEndpoints(o, c)
 	}
 	if _, err := s.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -291,14 +291,14 @@ func (s *Speaker) wantsEndpoints(svc types.NamespacedName) bool {
 	if !exists {
 		return false
 	}
-	cur, _ := obj.(*v1.Service)
-	return needsEndpoints(s.cfg.Classifier, cur)
+	cur, _ := obj.(*lbService)
+	return needsEndpoints(cur)
 }
 
 // followEndpoints tells the endpoints whose Service began or stopped
 // needing them (old → cur; nil when added or deleted).
-func (s *Speaker) followEndpoints(old, cur *v1.Service) {
-	was, is := needsEndpoints(s.cfg.Classifier, old), needsEndpoints(s.cfg.Classifier, cur)
+func (s *Speaker) followEndpoints(old, cur *lbService) {
+	was, is := needsEndpoints(old), needsEndpoints(cur)
 	switch svc := cmp.Or(cur, old); {
 	case is && !was:
 		s.endpoints.wantNow(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name})
@@ -650,12 +650,12 @@ func (s *Speaker) inputs(alive map[string]bool) inputs {
 		self:     s.cfg.Node,
 	}
 	for _, obj := range s.services.GetStore().List() {
-		svc := obj.(*v1.Service)
-		if !s.cfg.Classifier.Handles(svc) || len(svc.Status.LoadBalancer.Ingress) == 0 {
+		svc := obj.(*lbService)
+		if !svc.ours || len(svc.addrs) == 0 {
 			continue
 		}
 		in.services = append(in.services, svc)
-		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		key := svc.key()
 		if es := s.endpoints.of(key); len(es) > 0 {
 			in.slices[key] = es
 		}

@@ -53,7 +53,7 @@ func TestPoolOf_WhichPoolAnnouncesAnAddress(t *testing.T) {
 			if tc.unrecorded {
 				svc.Annotations[v1alpha1.AnnotationAllocatedAddresses] = "10.0.0.5"
 			}
-			p := poolOf(tc.pools, svc, addr)
+			p := poolOf(tc.pools, cached(svc), addr)
 			switch {
 			case tc.pool == "" && p != nil:
 				t.Fatalf("poolOf = %s, want none", p.Name)
@@ -105,13 +105,13 @@ func TestL2Plan_AddressThatLeftItsPoolIsStillAnswered(t *testing.T) {
 			if len(notAnnounced) != 0 {
 				t.Errorf("notAnnounced = %v, want none", notAnnounced)
 			}
-			c := announcedCondition(svc, plan, nil, nil, notAnnounced[key("s")], "")
+			c := announcedCondition(cached(svc), plan, nil, nil, notAnnounced[key("s")], "")
 			if c == nil || c.Status != metav1.ConditionTrue || c.Reason != tc.reason || c.Message != tc.msg {
 				t.Errorf("condition = %+v, want True/%s %q", c, tc.reason, tc.msg)
 			}
 			// The speakers' record of the owner still reads from that message.
 			svc.Status.Conditions = []metav1.Condition{*c}
-			if owners := announcedOwners(svc); owners[netip.MustParseAddr(tc.addr)] != "n2" {
+			if owners := announcedOwners(cached(svc)); owners[netip.MustParseAddr(tc.addr)] != "n2" {
 				t.Errorf("owners read from %q = %v, want n2", c.Message, owners)
 			}
 		})

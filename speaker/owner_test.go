@@ -268,14 +268,14 @@ func TestPlanReturningNodeTakesNothingBack(t *testing.T) {
 	away.nodes["n4"] = node("n4", nil, false)
 	before, _ := l2Plan(away)
 	for _, svc := range svcs {
-		c := announcedCondition(svc, before, nil, nil, "", "")
+		c := announcedCondition(cached(svc), before, nil, nil, "", "")
 		svc.Status.Conditions = []metav1.Condition{*c}
 	}
 
 	back := world(nodes, pools, svcs...)
 	back.recorded = map[netip.Addr]string{}
 	for _, svc := range svcs {
-		maps.Copy(back.recorded, announcedOwners(svc))
+		maps.Copy(back.recorded, announcedOwners(cached(svc)))
 	}
 	after, _ := l2Plan(back)
 	for addr, a := range after {
@@ -301,9 +301,9 @@ func TestPlanReturningNodeTakesNothingBack(t *testing.T) {
 func TestAnnouncedOwners(t *testing.T) {
 	svc := service("s", "p", "10.0.0.1", "fd00::1")
 	plan := planOf(ann("10.0.0.1", "worker-017.k8s.example.internal", "eth0"), ann("fd00::1", "n2", "eth0", "eth1"))
-	c := announcedCondition(svc, plan, nil, nil, "", "heartbeats do not flow between x and the other speakers")
+	c := announcedCondition(cached(svc), plan, nil, nil, "", "heartbeats do not flow between x and the other speakers")
 	svc.Status.Conditions = []metav1.Condition{*c}
-	got := announcedOwners(svc)
+	got := announcedOwners(cached(svc))
 	want := map[netip.Addr]string{netip.MustParseAddr("10.0.0.1"): "worker-017.k8s.example.internal", netip.MustParseAddr("fd00::1"): "n2"}
 	if !maps.Equal(got, want) {
 		t.Errorf("owners = %v, want %v (message %q)", got, want, c.Message)
@@ -311,7 +311,7 @@ func TestAnnouncedOwners(t *testing.T) {
 	if c.Reason != ReasonHeartbeatsBroken || !strings.Contains(c.Message, "heartbeats do not flow") {
 		t.Errorf("degraded condition = %s %q", c.Reason, c.Message)
 	}
-	if got := announcedOwners(service("t", "p", "10.0.0.2")); len(got) != 0 {
+	if got := announcedOwners(cached(service("t", "p", "10.0.0.2"))); len(got) != 0 {
 		t.Errorf("no condition: owners %v", got)
 	}
 }

@@ -36,7 +36,7 @@ const (
 // inputs (from the API server and the heartbeats), so every speaker computes
 // the same plan.
 type inputs struct {
-	services []*v1.Service                                         // ironlb's, with addresses
+	services []*lbService                                          // ironlb's, with addresses
 	slices   map[types.NamespacedName][]*discoveryv1.EndpointSlice // by Service
 	pools    []*v1alpha1.IPPool
 	nodes    map[string]*v1.Node
@@ -76,7 +76,7 @@ func (a announcement) protocol() string {
 // then: with thousands of Services it would cost more than the plan).
 // missing gets, by node, why a node the pool selects cannot answer on its
 // interfaces.
-func eligibleNodes(in inputs, svc *v1.Service, pool *v1alpha1.IPPool, missing map[string]string) (map[string]bool, string) {
+func eligibleNodes(in inputs, svc *lbService, pool *v1alpha1.IPPool, missing map[string]string) (map[string]bool, string) {
 	sel, err := selectorOf(pool.Spec.L2.NodeSelector)
 	if err != nil {
 		return nil, fmt.Sprintf("IPPool %s has an invalid l2.nodeSelector: %v", pool.Name, err)
@@ -192,8 +192,8 @@ func answeringInterfaces(pool *v1alpha1.IPPool, info map[string]string) []string
 // that an address another controller writes into the status (two load
 // balancers, a migration) is never answered for outside ironlb's pools.
 // nil when none.
-func poolOf(pools []*v1alpha1.IPPool, svc *v1.Service, addr netip.Addr) *v1alpha1.IPPool {
-	named := svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
+func poolOf(pools []*v1alpha1.IPPool, svc *lbService, addr netip.Addr) *v1alpha1.IPPool {
+	named := svc.allocatedFrom
 	var found, namedPool *v1alpha1.IPPool
 	for _, p := range pools {
 		if p.Name == named {
@@ -232,8 +232,8 @@ func notIronlbs(svc *v1.Service, addr netip.Addr) bool {
 
 // recordedFor reports whether ironlb-ccm's record of svc's addresses
 // (ironlb.io/allocated-addresses) names addr.
-func recordedFor(svc *v1.Service, addr netip.Addr) bool {
-	for _, s := range strings.Split(svc.Annotations[v1alpha1.AnnotationAllocatedAddresses], ",") {
+func recordedFor(svc *lbService, addr netip.Addr) bool {
+	for _, s := range strings.Split(svc.allocated, ",") {
 		if a, err := netip.ParseAddr(strings.TrimSpace(s)); err == nil && a.Unmap() == addr {
 			return true
 		}
@@ -266,11 +266,11 @@ func poolContains(p *v1alpha1.IPPool, addr netip.Addr) bool {
 
 // localOnly reports whether svc has externalTrafficPolicy Local and, if so,
 // the nodes with a local endpoint it may use.
-func (in inputs) localOnly(svc *v1.Service) (bool, map[string]bool) {
-	if svc.Spec.ExternalTrafficPolicy != v1.ServiceExternalTrafficPolicyLocal {
+func (in inputs) localOnly(svc *lbService) (bool, map[string]bool) {
+	if !svc.local {
 		return false, nil
 	}
-	return true, localEndpointNodes(in.slices[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}])
+	return true, localEndpointNodes(in.slices[svc.key()])
 }
 
 // localEndpointNodes are the nodes with a ready endpoint of the Service,

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/workqueue"
 
@@ -20,6 +21,15 @@ import (
 // of them from an L2 pool and half from a BGP pool, one in ten with
 // externalTrafficPolicy Local and endpoints on three nodes.
 func scale(nodes, services int) (inputs, []*v1alpha1.BGPPeer) {
+	in, svcs, peers := scaleServices(nodes, services)
+	for _, svc := range svcs {
+		in.services = append(in.services, cached(svc))
+	}
+	return in, peers
+}
+
+// scaleServices is scale's world without its Services, and the Services.
+func scaleServices(nodes, services int) (inputs, []*v1.Service, []*v1alpha1.BGPPeer) {
 	names := make([]string, nodes)
 	for i := range names {
 		names[i] = fmt.Sprintf("node-%03d", i)
@@ -29,6 +39,7 @@ func scale(nodes, services int) (inputs, []*v1alpha1.BGPPeer) {
 		bgpPool("bgp", "172.31.128.0/17"),
 	})
 	in.recorded = map[netip.Addr]string{}
+	var svcs []*v1.Service
 	next := map[string]netip.Addr{"l2": netip.MustParseAddr("172.31.0.1"), "bgp": netip.MustParseAddr("172.31.128.1")}
 	for i := range services {
 		pool := "l2"
@@ -45,9 +56,9 @@ func scale(nodes, services int) (inputs, []*v1alpha1.BGPPeer) {
 			es.ResourceVersion = svc.ResourceVersion
 			in.slices[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}] = []*discoveryv1.EndpointSlice{es}
 		}
-		in.services = append(in.services, svc)
+		svcs = append(svcs, svc)
 	}
-	return in, []*v1alpha1.BGPPeer{bgpPeer("router", nil, nil)}
+	return in, svcs, []*v1alpha1.BGPPeer{bgpPeer("router", nil, nil)}
 }
 
 // BenchmarkPlans_10000Services100Nodes computes every plan from nothing,

@@ -30,6 +30,14 @@ func service(name, pool string, addrs ...string) *v1.Service {
 	return s
 }
 
+// cached is svc as a speaker keeps it (slimService); nil for nil.
+func cached(svc *v1.Service) *lbService {
+	if svc == nil {
+		return nil
+	}
+	return newLBService(classifier, svc)
+}
+
 func local(s *v1.Service) *v1.Service {
 	s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
 	return s
@@ -106,9 +114,12 @@ func heartbeat(up ...string) map[string]string {
 // world has plain nodes, all alive with eth0 up, the pools, and the Services.
 func world(nodes []string, pools []*v1alpha1.IPPool, svcs ...*v1.Service) inputs {
 	in := inputs{
-		services: svcs, pools: pools,
+		pools:  pools,
 		slices: map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
 		nodes:  map[string]*v1.Node{}, alive: map[string]map[string]string{},
+	}
+	for _, svc := range svcs {
+		in.services = append(in.services, cached(svc))
 	}
 	for _, n := range nodes {
 		in.nodes[n] = node(n, nil, false)
@@ -319,7 +330,7 @@ func TestEligibility(t *testing.T) {
 				t.Errorf("missing = %v, want none", a.missing)
 			}
 			if tc.owner == "" {
-				c := announcedCondition(svc, plan, nil, nil, "", "")
+				c := announcedCondition(cached(svc), plan, nil, nil, "", "")
 				if c == nil || c.Reason != ReasonNoEligibleNode || c.Message != "10.0.0.1: "+a.reason {
 					t.Errorf("condition = %+v", c)
 				}
@@ -471,7 +482,7 @@ func TestAnnouncedCondition(t *testing.T) {
 		{name: "all bgp only", plan: planOf(ann("10.9.9.9", "n1", "eth0"))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := announcedCondition(svc, tc.plan, nil, nil, tc.notAnnounced, "")
+			c := announcedCondition(cached(svc), tc.plan, nil, nil, tc.notAnnounced, "")
 			if tc.status == "" {
 				if c != nil {
 					t.Fatalf("condition = %+v, want nil", c)
@@ -492,7 +503,7 @@ func TestAnnouncedCondition(t *testing.T) {
 func TestAnnouncedConditionFromPlan(t *testing.T) {
 	svc := service("s", "p", "10.0.0.1", "fd00::1")
 	plan, notAnnounced := l2Plan(world([]string{"n1"}, defaultPools, svc))
-	c := announcedCondition(svc, plan, nil, nil, notAnnounced[key("s")], "")
+	c := announcedCondition(cached(svc), plan, nil, nil, notAnnounced[key("s")], "")
 	want := "10.0.0.1 by n1 on eth0 (ARP); fd00::1 by n1 on eth0 (NDP)"
 	if c == nil || c.Status != metav1.ConditionTrue || c.Reason != ReasonAnnounced || c.Message != want {
 		t.Errorf("condition = %+v, want True/Announced %q", c, want)
@@ -500,7 +511,7 @@ func TestAnnouncedConditionFromPlan(t *testing.T) {
 
 	svc = service("s", "b", "10.0.0.1")
 	plan, notAnnounced = l2Plan(world([]string{"n1"}, []*v1alpha1.IPPool{bgpPool("b", "10.0.0.0/24")}, svc))
-	if c := announcedCondition(svc, plan, nil, nil, notAnnounced[key("s")], ""); c != nil {
+	if c := announcedCondition(cached(svc), plan, nil, nil, notAnnounced[key("s")], ""); c != nil {
 		t.Errorf("bgp-only condition = %+v, want nil", c)
 	}
 }
@@ -508,14 +519,14 @@ func TestAnnouncedConditionFromPlan(t *testing.T) {
 func TestWriter(t *testing.T) {
 	svc := service("s", "p", "10.0.0.1", "10.0.0.2", "10.0.0.3")
 	alive := map[string]bool{"n1": true, "n2": true, "n3": true}
-	if got := writer(svc, planOf(ann("10.0.0.1", ""), ann("10.0.0.2", "n2", "eth0"), ann("10.0.0.3", "n3", "eth0")), alive); got != "n2" {
+	if got := writer(cached(svc), planOf(ann("10.0.0.1", ""), ann("10.0.0.2", "n2", "eth0"), ann("10.0.0.3", "n3", "eth0")), alive); got != "n2" {
 		t.Errorf("writer = %q, want n2, the owner of the first owned address", got)
 	}
 
 	noOwner := planOf(ann("10.0.0.1", ""), ann("10.0.0.2", ""))
 	for i := range 20 {
 		s := service(fmt.Sprintf("s%d", i), "p", "10.0.0.1", "10.0.0.2")
-		want := writer(s, noOwner, alive)
+		want := writer(cached(s), noOwner, alive)
 		if _, ok := alive[want]; !ok {
 			t.Fatalf("writer of %s = %q, not alive", s.Name, want)
 		}
@@ -524,15 +535,15 @@ func TestWriter(t *testing.T) {
 			for _, j := range rand.Perm(3) {
 				shuffled[fmt.Sprintf("n%d", j+1)] = true
 			}
-			if got := writer(s, noOwner, shuffled); got != want {
+			if got := writer(cached(s), noOwner, shuffled); got != want {
 				t.Fatalf("writer of %s = %q, then %q", s.Name, want, got)
 			}
 		}
 	}
-	if got := writer(svc, noOwner, map[string]bool{"n3": true}); got != "n3" {
+	if got := writer(cached(svc), noOwner, map[string]bool{"n3": true}); got != "n3" {
 		t.Errorf("writer with only n3 alive = %q, want n3", got)
 	}
-	if got := writer(svc, noOwner, nil); got != "" {
+	if got := writer(cached(svc), noOwner, nil); got != "" {
 		t.Errorf("writer with no live speaker = %q, want \"\"", got)
 	}
 }

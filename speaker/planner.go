@@ -8,12 +8,10 @@ import (
 	"slices"
 	"strings"
 
-	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
-	"github.com/ironlb/ironlb/internal/svcstatus"
 )
 
 // A speaker's work follows what changed. The plans are built from parts:
@@ -112,7 +110,7 @@ func (p *planner) plan(in inputs, peers []*v1alpha1.BGPPeer) (map[netip.Addr]*an
 	dirty := map[netip.Addr]bool{}
 	seen := make(map[types.NamespacedName]bool, len(in.services))
 	for _, svc := range in.services {
-		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		key := svc.key()
 		seen[key] = true
 		if old := p.parts[key]; old != nil && old.current(svc, in.slices[key]) {
 			continue
@@ -200,10 +198,10 @@ func (p *planner) rebuild(addr netip.Addr, in inputs) {
 }
 
 // partOf computes what svc says about its addresses.
-func (p *planner) partOf(in inputs, peers []*v1alpha1.BGPPeer, svc *v1.Service) *servicePart {
+func (p *planner) partOf(in inputs, peers []*v1alpha1.BGPPeer, svc *lbService) *servicePart {
 	part := &servicePart{}
 	var notes []string
-	for _, addr := range svcstatus.Addrs(svc) {
+	for _, addr := range svc.addrs {
 		if part.of(addr) != nil {
 			continue // written twice in the status
 		}
@@ -214,14 +212,13 @@ func (p *planner) partOf(in inputs, peers []*v1alpha1.BGPPeer, svc *v1.Service) 
 		}
 		pool := poolOf(in.pools, svc, addr)
 		switch {
-		case pool == nil && svc.Annotations[v1alpha1.AnnotationAllocatedFrom] != "":
-			notes = append(notes, fmt.Sprintf("%s is in no IPPool, and IPPool %s it was allocated from does not exist", addr,
-				svc.Annotations[v1alpha1.AnnotationAllocatedFrom]))
+		case pool == nil && svc.allocatedFrom != "":
+			notes = append(notes, fmt.Sprintf("%s is in no IPPool, and IPPool %s it was allocated from does not exist", addr, svc.allocatedFrom))
 		case pool == nil:
 			notes = append(notes, fmt.Sprintf("%s is in no IPPool", addr))
 		case pool.Spec.L2 == nil && pool.Spec.BGP == nil:
 			notes = append(notes, fmt.Sprintf("IPPool %s has neither l2 nor bgp: %s is allocated but not announced", pool.Name, addr))
-		case svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal:
+		case svc.local:
 			part.addrs = append(part.addrs, addrOf{addr, addrPartOf(in, peers, svc, pool)})
 		default:
 			shared := p.shared[pool.Name]
@@ -237,7 +234,7 @@ func (p *planner) partOf(in inputs, peers []*v1alpha1.BGPPeer, svc *v1.Service) 
 }
 
 // addrPartOf is what svc says about an address from pool.
-func addrPartOf(in inputs, peers []*v1alpha1.BGPPeer, svc *v1.Service, pool *v1alpha1.IPPool) *addrPart {
+func addrPartOf(in inputs, peers []*v1alpha1.BGPPeer, svc *lbService, pool *v1alpha1.IPPool) *addrPart {
 	part := &addrPart{pool: pool}
 	if pool.Spec.L2 != nil {
 		part.missing = map[string]string{}
@@ -329,7 +326,7 @@ func compareKeys(x, y types.NamespacedName) int {
 
 // current reports whether part was computed from svc and slices as they
 // are, by their resource versions; never for an object without one.
-func (part *servicePart) current(svc *v1.Service, slices []*discoveryv1.EndpointSlice) bool {
+func (part *servicePart) current(svc *lbService, slices []*discoveryv1.EndpointSlice) bool {
 	if svc.ResourceVersion == "" || svc.ResourceVersion != part.version || len(slices) != len(part.sliceVersions) {
 		return false
 	}

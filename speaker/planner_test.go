@@ -36,8 +36,8 @@ func TestPlannerFollowsChanges(t *testing.T) {
 		return []*discoveryv1.EndpointSlice{es}
 	}
 	replace := func(in *inputs, svc *v1.Service) {
-		in.services = slices.DeleteFunc(in.services, func(s *v1.Service) bool { return s.Name == svc.Name })
-		in.services = append(in.services, versioned(svc))
+		in.services = slices.DeleteFunc(in.services, func(s *lbService) bool { return s.Name == svc.Name })
+		in.services = append(in.services, cached(versioned(svc)))
 	}
 	l2 := l2Pool("l2", nil, nil, "10.0.0.0/24")
 	bgp := bgpPool("bgp", "10.1.0.0/24")
@@ -65,7 +65,7 @@ func TestPlannerFollowsChanges(t *testing.T) {
 		{"nothing changed", func(*inputs) {}, 0},
 		{"one Service moves to another address", func(in *inputs) { replace(in, service("b", "l2", "10.0.0.9")) }, 1},
 		{"a Service is deleted", func(in *inputs) {
-			in.services = slices.DeleteFunc(in.services, func(s *v1.Service) bool { return s.Name == "c" })
+			in.services = slices.DeleteFunc(in.services, func(s *lbService) bool { return s.Name == "c" })
 		}, 0},
 		{"the endpoints of a Local Service move", func(in *inputs) { in.slices[key("d")] = slice("d", "n4") }, 1},
 		{"a Service sharing an address loses its endpoints", func(in *inputs) { in.slices[key("e")] = slice("e") }, 1},
@@ -140,7 +140,7 @@ func TestPlannerWithoutVersions(t *testing.T) {
 	in := world([]string{"n1", "n2"}, defaultPools, service("a", "p", "10.0.0.1"))
 	p := newPlanner()
 	p.plan(in, nil)
-	in.services = []*v1.Service{service("a", "p", "10.0.0.2")}
+	in.services = []*lbService{cached(service("a", "p", "10.0.0.2"))}
 	got, _, _ := p.plan(in, nil)
 	if p.computed != 1 || got[netip.MustParseAddr("10.0.0.2")] == nil || len(got) != 1 {
 		t.Fatalf("computed %d, plan %v; want a's new address only", p.computed, describe(got))

@@ -57,10 +57,10 @@ const (
 // unannounced.
 // degraded, when not empty, says why failover is slow now; it is added to a
 // condition with an L2 address.
-func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded string) *metav1.Condition {
+func announcedCondition(svc *lbService, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded string) *metav1.Condition {
 	var parts []string
 	ok, any, l2, unsent, outside := true, false, false, false, false
-	for _, addr := range svcstatus.Addrs(svc) {
+	for _, addr := range svc.addrs {
 		if b := bplan[addr]; b != nil {
 			any = true
 			outside = outside || b.outside != ""
@@ -117,8 +117,8 @@ func announcedCondition(svc *v1.Service, plan map[netip.Addr]*announcement, bpla
 // writer is the one speaker that writes svc's condition: the owner of its
 // first announced address, or, when none has an owner, the node the ranking
 // picks among candidates. Every speaker computes the same.
-func writer(svc *v1.Service, plan map[netip.Addr]*announcement, candidates map[string]bool) string {
-	for _, addr := range svcstatus.Addrs(svc) {
+func writer(svc *lbService, plan map[netip.Addr]*announcement, candidates map[string]bool) string {
+	for _, addr := range svc.addrs {
 		if a := plan[addr]; a != nil && a.owner != "" {
 			return a.owner
 		}
@@ -132,8 +132,8 @@ var ownerInMessage = regexp.MustCompile(`(?:^|; )(\S+) by (\S+) on `)
 // announcedOwners reads from svc's Announced condition which node answers
 // each L2 address: the speakers' own record of who owns what, which keeps an
 // address where it is across restarts of the speakers.
-func announcedOwners(svc *v1.Service) map[netip.Addr]string {
-	c := svcstatus.Condition(svc, v1alpha1.ConditionAnnounced)
+func announcedOwners(svc *lbService) map[netip.Addr]string {
+	c := svc.announced
 	if c == nil {
 		return nil
 	}
@@ -220,15 +220,23 @@ type conditionInputs struct {
 	degraded     string
 }
 
-// decision is what a Service's condition was decided from.
+// decision is what a Service's condition was decided from. There is one
+// for every Service, so it is kept small: one list for its addresses.
 type decision struct {
 	version                            string // the Service's resource version
-	l2                                 []*announcement
-	bgp                                []*advertisement
-	carried                            []bool // of each BGP advertisement: a session is Established
+	addrs                              []decidedAddr
 	notAnnounced, degraded, candidates string
 	mine                               bool   // this node writes it
 	round                              uint64 // the last queueConditions that saw the Service
+}
+
+// decidedAddr is what one of a Service's addresses was decided from: its
+// (shared) announcement and advertisement, and whether a session that
+// should carry the advertisement is Established.
+type decidedAddr struct {
+	l2      *announcement
+	bgp     *advertisement
+	carried bool
 }
 
 // still reports whether d was decided from these inputs: the same Service
@@ -236,14 +244,14 @@ type decision struct {
 // advertisement still carried by some session or still by none, the same
 // notes and writers. It builds nothing: it runs for every Service on every
 // sync.
-func (d decision) still(svc *v1.Service, addrs []netip.Addr, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded, writers string) bool {
-	if svc.ResourceVersion == "" || svc.ResourceVersion != d.version || len(addrs) != len(d.l2) ||
+func (d decision) still(svc *lbService, addrs []netip.Addr, plan map[netip.Addr]*announcement, bplan map[netip.Addr]*advertisement, up sessions, notAnnounced, degraded, writers string) bool {
+	if svc.ResourceVersion == "" || svc.ResourceVersion != d.version || len(addrs) != len(d.addrs) ||
 		notAnnounced != d.notAnnounced || degraded != d.degraded || writers != d.candidates {
 		return false
 	}
 	for i, addr := range addrs {
 		b := bplan[addr]
-		if plan[addr] != d.l2[i] || b != d.bgp[i] || b != nil && b.carried(up) != d.carried[i] {
+		if plan[addr] != d.addrs[i].l2 || b != d.addrs[i].bgp || b != nil && b.carried(up) != d.addrs[i].carried {
 			return false
 		}
 	}
@@ -311,18 +319,19 @@ func (w *conditionWriter) queueConditions(from conditionInputs, up sessions) {
 	w.decisions = 0
 	writers := strings.Join(slices.Sorted(maps.Keys(candidates)), ",")
 	for _, svc := range in.services {
-		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		addrs := svcstatus.Addrs(svc)
+		key := svc.key()
+		addrs := svc.addrs
 		if prev, ok := w.decided[key]; ok && prev.still(svc, addrs, plan, bplan, up, notAnnounced[key], degraded, writers) {
 			prev.round = w.round
 			w.decided[key] = prev
 			continue
 		}
 		w.decisions++
-		d := decision{version: svc.ResourceVersion, notAnnounced: notAnnounced[key], degraded: degraded, candidates: writers, round: w.round}
-		for _, addr := range addrs {
+		d := decision{version: svc.ResourceVersion, notAnnounced: notAnnounced[key], degraded: degraded, candidates: writers, round: w.round,
+			addrs: make([]decidedAddr, len(addrs))}
+		for i, addr := range addrs {
 			b := bplan[addr]
-			d.l2, d.bgp, d.carried = append(d.l2, plan[addr]), append(d.bgp, b), append(d.carried, b != nil && b.carried(up))
+			d.addrs[i] = decidedAddr{l2: plan[addr], bgp: b, carried: b != nil && b.carried(up)}
 		}
 		c := announcedCondition(svc, plan, bplan, up, notAnnounced[key], degraded)
 		d.mine = c != nil && writer(svc, plan, candidates) == w.node
@@ -339,7 +348,7 @@ func (w *conditionWriter) queueConditions(from conditionInputs, up sessions) {
 		} else {
 			delete(w.degraded, key)
 		}
-		if !svcstatus.SameCondition(svcstatus.Condition(svc, v1alpha1.ConditionAnnounced), c) {
+		if !svcstatus.SameCondition(svc.announced, c) {
 			w.queue.Add(key)
 		}
 	}
@@ -386,8 +395,7 @@ func (w *conditionWriter) write(ctx context.Context, key types.NamespacedName) e
 	if err != nil || !exists {
 		return err
 	}
-	svc := obj.(*v1.Service)
-	prev := svcstatus.Condition(svc, c.Type)
+	prev := obj.(*lbService).announced
 	if svcstatus.SameCondition(prev, &c) {
 		return nil
 	}

@@ -66,7 +66,7 @@ func TestQueueConditionsFollowChanges(t *testing.T) {
 		{"a moves to another address", func() {
 			in.alive = map[string]map[string]string{"n1": heartbeat("eth0"), "n2": heartbeat("eth0")}
 			in.recorded[netip.MustParseAddr("10.0.0.7")] = "n1"
-			in.services[0] = versioned(service("a", "p", "10.0.0.7"), "2")
+			in.services[0] = cached(versioned(service("a", "p", "10.0.0.7"), "2"))
 		}, "10.0.0.7 by n1 on eth0"},
 	}
 	for _, step := range steps {

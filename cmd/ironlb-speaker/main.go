@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -48,6 +49,8 @@ func main() {
 	profiling := fs.Bool("profiling", false, "Serve Go's profiles (/debug/pprof/) on the metrics address.")
 	qps := fs.Float32("kube-api-qps", 20, "Requests per second to the API server.")
 	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "ironlb-system"), "The speakers' namespace: their Leases, the cluster key Secret, and BGPPeer password Secrets that name none (default $POD_NAMESPACE).")
+	memLimit := fs.String("memory-limit", "auto", "Soft limit of the Go runtime's memory (heap, stacks, runtime), past which it collects garbage more often: a quantity such as 96Mi, \"none\", or \"auto\": GOMEMLIMIT if set, else three quarters of the container's memory limit, else none.")
+	gcPct := fs.Int("gc-percent", defaultGCPercent, "How much the heap may grow, in percent of what is live, before the Go runtime collects garbage (GOGC; a negative value turns collection off but for --memory-limit). GOGC, when set, wins over the default.")
 	showVersion := fs.String("version", "false", "Print the version and quit; --version=raw prints it as JSON.")
 	fs.Lookup("version").NoOptDefVal = "true"
 	klogFlags := flag.NewFlagSet("klog", flag.ExitOnError)
@@ -59,6 +62,21 @@ func main() {
 		return
 	}
 	klog.InfoS("Starting", "version", version.Get("ironlb-speaker").String())
+	limit, from, err := memoryLimit(*memLimit, os.Getenv("GOMEMLIMIT"), readContainerMemory())
+	if err != nil {
+		klog.ErrorS(err, "ironlb-speaker failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+	if limit > 0 {
+		debug.SetMemoryLimit(limit)
+	}
+	gogc := "GOGC"
+	if pct, set := gcPercent(*gcPct, fs.Changed("gc-percent"), os.Getenv("GOGC")); set {
+		debug.SetGCPercent(pct)
+		gogc = fmt.Sprint(pct)
+	}
+	klog.InfoS("Garbage collector", "memoryLimit", debug.SetMemoryLimit(-1), "memoryLimitFrom", from, "gcPercent", gogc)
 
 	if err := run(*kubeconfig, speaker.Config{
 		Node:              *node,
