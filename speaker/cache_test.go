@@ -277,6 +277,12 @@ func TestSlimObjects_PlansAreUnchanged(t *testing.T) {
 
 // Every field of an lbService is read somewhere; each must come from the
 // Service, and of a Service that is not ironlb's only its identity.
+// recordOf gives svc ironlb-ccm's record of its addresses.
+func recordOf(svc *v1.Service, record string) *v1.Service {
+	svc.Annotations = map[string]string{v1alpha1.AnnotationAllocatedAddresses: record}
+	return svc
+}
+
 func TestNewLBService_KeepsEveryFieldRead(t *testing.T) {
 	full := local(service("a", "p", "172.31.0.1", "::ffff:172.31.0.2", "fd00::1"))
 	full.UID, full.ResourceVersion, full.Generation = "uid-a", "42", 7
@@ -294,14 +300,15 @@ func TestNewLBService_KeepsEveryFieldRead(t *testing.T) {
 	}{
 		{"ironlb's", full, lbService{
 			Namespace: "default", Name: "a", UID: "uid-a", ResourceVersion: "42", Generation: 7,
-			ours: true, local: true, allocatedFrom: "p", allocated: "172.31.0.1,::ffff:172.31.0.2,fd00::1",
+			ours: true, local: true, allocatedFrom: "p", allocated: "172.31.0.1,::ffff:172.31.0.2,fd00::1", recorded: true,
 			addrs: addrs, announced: &announced,
 		}},
 		{"externalTrafficPolicy Cluster, no condition", service("b", "p", "172.31.0.3"), lbService{
-			Namespace: "default", Name: "b", Generation: 3, ours: true, allocatedFrom: "p", allocated: "172.31.0.3",
+			Namespace: "default", Name: "b", Generation: 3, ours: true, allocatedFrom: "p", allocated: "172.31.0.3", recorded: true,
 			addrs: []netip.Addr{netip.MustParseAddr("172.31.0.3")},
 		}},
 		{"no address yet", service("c", ""), lbService{Namespace: "default", Name: "c", Generation: 3, ours: true}},
+		{"a record that names no address", recordOf(service("d", ""), ""), lbService{Namespace: "default", Name: "d", Generation: 3, ours: true, recorded: true}},
 		{"another class keeps only its identity", ofClass(full.DeepCopy(), "example.com/other"), lbService{
 			Namespace: "default", Name: "a", UID: "uid-a", ResourceVersion: "42",
 		}},

@@ -225,9 +225,8 @@ func poolOf(pools []*v1alpha1.IPPool, svc *lbService, addr netip.Addr) *v1alpha1
 // controller's address, even one inside an ironlb pool. A Service without a
 // record (written before ironlb-ccm kept one) is announced as its status
 // says.
-func notIronlbs(svc *v1.Service, addr netip.Addr) bool {
-	_, recorded := svc.Annotations[v1alpha1.AnnotationAllocatedAddresses]
-	return recorded && !recordedFor(svc, addr)
+func notIronlbs(svc *lbService, addr netip.Addr) bool {
+	return svc.recorded && !recordedFor(svc, addr)
 }
 
 // recordedFor reports whether ironlb-ccm's record of svc's addresses

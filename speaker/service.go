@@ -37,6 +37,10 @@ type lbService struct {
 	// AnnotationAllocatedAddresses): an address that left every pool is
 	// answered only if the record names it (poolOf).
 	allocatedFrom, allocated string
+	// recorded: the Service carries that record at all (it may name no
+	// address); without one, every address of its status is announced
+	// (notIronlbs).
+	recorded bool
 	// addrs are its addresses in status.loadBalancer (svcstatus.Addrs).
 	addrs []netip.Addr
 	// announced is its Announced condition, nil if it has none.
@@ -63,7 +67,7 @@ func newLBService(c lbclass.Classifier, svc *v1.Service) *lbService {
 	out.Generation = svc.Generation
 	out.local = svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
 	out.allocatedFrom = svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
-	out.allocated = svc.Annotations[v1alpha1.AnnotationAllocatedAddresses]
+	out.allocated, out.recorded = svc.Annotations[v1alpha1.AnnotationAllocatedAddresses]
 	if addrs := svcstatus.Addrs(svc); len(addrs) > 0 {
 		out.addrs = addrs[:len(addrs):len(addrs)]
 	}
