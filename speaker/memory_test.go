@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/lbclass"
@@ -94,12 +93,7 @@ func TestMemory_10000Services(t *testing.T) {
 	l2, notAnnounced, bgp := p.plan(in, peers)
 	afterPlanner := liveHeap()
 
-	w := &conditionWriter{
-		node:    "node-000",
-		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
-		desired: map[types.NamespacedName]metav1.Condition{}, degraded: map[types.NamespacedName]string{},
-		decided: map[types.NamespacedName]decision{},
-	}
+	w := testWriter("node-000")
 	defer w.queue.ShutDown()
 	w.queueConditions(conditionInputs{in: in, l2: l2, bgp: bgp, notAnnounced: notAnnounced}, allUp(peers, slices.Collect(maps.Keys(in.nodes))...))
 	afterWriter := liveHeap()
@@ -131,12 +125,7 @@ func BenchmarkChurn_10000Services(b *testing.B) {
 		up := allUp(peers, slices.Collect(maps.Keys(world.nodes))...)
 		store := cache.NewStore(cache.DeletionHandlingMetaNamespaceKeyFunc)
 		p := newPlanner()
-		w := &conditionWriter{
-			node:    "node-000",
-			queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
-			desired: map[types.NamespacedName]metav1.Condition{}, degraded: map[types.NamespacedName]string{},
-			decided: map[types.NamespacedName]decision{},
-		}
+		w := testWriter("node-000")
 		before := cpuTime()
 		var gc runtime.MemStats
 		runtime.ReadMemStats(&gc)

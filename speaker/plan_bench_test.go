@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/workqueue"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -114,12 +112,7 @@ func TestScaleWorld_AnnouncesEveryService(t *testing.T) {
 func BenchmarkConditions_OneServiceChanged_10000Services100Nodes(b *testing.B) {
 	in, peers := scale(100, 10000)
 	p := newPlanner()
-	w := &conditionWriter{
-		node:    "node-000",
-		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]()),
-		desired: map[types.NamespacedName]metav1.Condition{}, degraded: map[types.NamespacedName]string{},
-		decided: map[types.NamespacedName]decision{},
-	}
+	w := testWriter("node-000")
 	defer w.queue.ShutDown()
 	up := allUp(peers, slices.Collect(maps.Keys(in.nodes))...)
 	l2, notAnnounced, bgp := p.plan(in, peers)
