@@ -135,7 +135,11 @@ func freeIndex(others []*State) (int, error) {
 }
 
 // startTicks is field 22 of /proc/<pid>/stat, the process's start time.
-// A zombie counts as gone.
+// A zombie counts as gone once it is the last of its threads: the thread
+// that leads a process turns zombie as soon as it exits, while its other
+// threads may still be exiting and holding the process's files (a
+// listening socket among them, so that a process started again at once
+// would find its port still taken).
 func startTicks(pid int) (uint64, bool) {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
@@ -148,8 +152,13 @@ func startTicks(pid int) (uint64, bool) {
 		return 0, false
 	}
 	f := strings.Fields(s[i+1:])
-	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+	if len(f) < 20 {
 		return 0, false
+	}
+	if f[0] == "Z" || f[0] == "X" {
+		if tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task"); err != nil || len(tasks) <= 1 {
+			return 0, false
+		}
 	}
 	t, err := strconv.ParseUint(f[19], 10, 64)
 	return t, err == nil
