@@ -36,15 +36,15 @@ type ARPWatch struct {
 	darkSince map[netip.Addr]time.Time
 	dark      map[netip.Addr][]time.Duration // stretches ended in this step
 	splits    []Split
-	last      map[netip.Addr]int // what the last round saw (as owners)
 	alone     map[netip.Addr]int // the last node seen answering alone
 	moves     map[netip.Addr]int // in this step
 	stepBegan time.Time
 	stepRound int
 	err       error
 	// Trace, when set before the first round, is told of every dark
-	// stretch as it ends: the address, when it began and ended, and the
-	// node that answered before and after it.
+	// stretch as it ends: the address, when it began and ended, the last
+	// node that answered it alone before it (0: none yet), and who answers
+	// after it (a node, or -1 for several).
 	Trace func(a netip.Addr, from, to time.Time, before, after int)
 
 	stop, done chan struct{}
@@ -83,7 +83,7 @@ func StartARPWatch(probe *ARPProbe, addrs []netip.Addr) *ARPWatch {
 func NewARPWatch(probe *ARPProbe, addrs []netip.Addr) *ARPWatch {
 	w := &ARPWatch{
 		probe: probe, addrs: addrs,
-		owners: map[netip.Addr]int{}, last: map[netip.Addr]int{}, alone: map[netip.Addr]int{}, moves: map[netip.Addr]int{}, darkSince: map[netip.Addr]time.Time{}, dark: map[netip.Addr][]time.Duration{},
+		owners: map[netip.Addr]int{}, alone: map[netip.Addr]int{}, moves: map[netip.Addr]int{}, darkSince: map[netip.Addr]time.Time{}, dark: map[netip.Addr][]time.Duration{},
 		stepBegan: time.Now(), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	return w
@@ -137,6 +137,7 @@ func (w *ARPWatch) take(at time.Time, answers map[netip.Addr][]net.HardwareAddr)
 			nodes = append(nodes, w.probe.plan.NodeByMAC(mac)) // 0: no node's MAC
 		}
 		slices.Sort(nodes)
+		before := w.alone[a]
 		switch {
 		case len(nodes) == 0:
 			w.owners[a] = 0
@@ -149,7 +150,7 @@ func (w *ARPWatch) take(at time.Time, answers map[netip.Addr][]net.HardwareAddr)
 			w.splits = append(w.splits, Split{At: at, Addr: a, Nodes: nodes})
 		default:
 			w.owners[a] = nodes[0]
-			if prev, ok := w.alone[a]; ok && prev != nodes[0] {
+			if before != 0 && before != nodes[0] {
 				w.moves[a]++
 			}
 			w.alone[a] = nodes[0]
@@ -158,10 +159,9 @@ func (w *ARPWatch) take(at time.Time, answers map[netip.Addr][]net.HardwareAddr)
 			w.dark[a] = append(w.dark[a], at.Sub(since))
 			delete(w.darkSince, a)
 			if w.Trace != nil {
-				w.Trace(a, since, at, w.last[a], w.owners[a])
+				w.Trace(a, since, at, before, w.owners[a])
 			}
 		}
-		w.last[a] = w.owners[a]
 	}
 }
 

@@ -18,6 +18,14 @@ func TestARPWatchRounds(t *testing.T) {
 	}
 	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	w := NewARPWatch(&ARPProbe{plan: plan}, []netip.Addr{a, b})
+	type traced struct {
+		addr          netip.Addr
+		before, after int
+	}
+	var traces []traced
+	w.Trace = func(a netip.Addr, _, _ time.Time, before, after int) {
+		traces = append(traces, traced{a, before, after})
+	}
 	mac := func(n int) []net.HardwareAddr { return []net.HardwareAddr{plan.NodeMAC(n)} }
 	t0 := time.Now()
 	rounds := []map[netip.Addr][]net.HardwareAddr{
@@ -46,6 +54,9 @@ func TestARPWatchRounds(t *testing.T) {
 	}
 	if len(d.Splits) != 1 || d.Splits[0].Addr != a || len(d.Splits[0].Nodes) != 2 {
 		t.Errorf("splits %v, want a by nodes 2 and 3 once", d.Splits)
+	}
+	if len(traces) != 1 || traces[0] != (traced{a, 1, 2}) {
+		t.Errorf("traced %v, want a's one dark stretch, from node 1 to node 2", traces)
 	}
 	if d := w.Step(); len(d.Moves)+len(d.Splits)+len(d.Longest) != 0 {
 		t.Errorf("the next step begins with %v", d)
