@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/gctarget"
 	"github.com/ironlb/ironlb/provider"
 )
 
@@ -44,7 +45,7 @@ func main() {
 		"Treat the internal load balancer annotations of other clouds (GKE, AWS, Azure, IBM, OpenStack, Huawei CCE, Tencent, Alibaba, Oracle) like ironlb's own.")
 	addClusterKeyFlags(fs)
 	addServingFlags(fss.FlagSet("ironlb serving"))
-	addGCFlags(fs)
+	gcPercent = gctarget.Flag(fs)
 
 	controllers := provider.ControllerInitFuncConstructors()
 	controllers[clusterKeyControllerName] = clusterKeyController()

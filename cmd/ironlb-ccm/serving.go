@@ -12,12 +12,14 @@ import (
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
 
+	"github.com/ironlb/ironlb/internal/gctarget"
 	"github.com/ironlb/ironlb/internal/version"
 )
 
 var (
 	metricsAddr, healthAddr string
 	metricsProfiling        bool
+	gcPercent               *int // --gc-percent
 )
 
 // addServingFlags adds plain-HTTP endpoints for Prometheus and kubelet probes, beside the
@@ -38,7 +40,7 @@ func startServing(cmd *cobra.Command) {
 			fmt.Println(version.Print(cmd.Use, f.Value.String()))
 			os.Exit(0)
 		}
-		applyGC(c.Flags())
+		klog.V(2).InfoS("Go collector", "gcPercent", gctarget.Apply(c.Flags(), *gcPercent))
 		metrics := map[string]http.Handler{"/metrics": legacyregistry.Handler()}
 		if metricsProfiling {
 			metrics["/debug/pprof/"] = http.HandlerFunc(pprof.Index)

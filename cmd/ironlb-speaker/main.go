@@ -28,6 +28,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/internal/gctarget"
 	"github.com/ironlb/ironlb/internal/lbclass"
 	"github.com/ironlb/ironlb/internal/version"
 	"github.com/ironlb/ironlb/speaker"
@@ -50,7 +51,7 @@ func main() {
 	qps := fs.Float32("kube-api-qps", 20, "Requests per second to the API server.")
 	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "ironlb-system"), "The speakers' namespace: their Leases, the cluster key Secret, and BGPPeer password Secrets that name none (default $POD_NAMESPACE).")
 	memLimit := fs.String("memory-limit", "auto", "Soft limit of the Go runtime's memory (heap, stacks, runtime), past which it collects garbage more often: a quantity such as 96Mi, \"none\", or \"auto\": GOMEMLIMIT if set, else three quarters of the container's memory limit, else none.")
-	gcPct := fs.Int("gc-percent", defaultGCPercent, "How much the heap may grow, in percent of what is live, before the Go runtime collects garbage (GOGC; a negative value turns collection off but for --memory-limit). GOGC, when set, wins over the default.")
+	gcPct := gctarget.Flag(fs)
 	showVersion := fs.String("version", "false", "Print the version and quit; --version=raw prints it as JSON.")
 	fs.Lookup("version").NoOptDefVal = "true"
 	klogFlags := flag.NewFlagSet("klog", flag.ExitOnError)
@@ -71,12 +72,7 @@ func main() {
 	if limit > 0 {
 		debug.SetMemoryLimit(limit)
 	}
-	gogc := "GOGC"
-	if pct, set := gcPercent(*gcPct, fs.Changed("gc-percent"), os.Getenv("GOGC")); set {
-		debug.SetGCPercent(pct)
-		gogc = fmt.Sprint(pct)
-	}
-	klog.InfoS("Garbage collector", "memoryLimit", debug.SetMemoryLimit(-1), "memoryLimitFrom", from, "gcPercent", gogc)
+	klog.InfoS("Garbage collector", "memoryLimit", debug.SetMemoryLimit(-1), "memoryLimitFrom", from, "gcPercent", gctarget.Apply(fs, *gcPct))
 
 	if err := run(*kubeconfig, speaker.Config{
 		Node:              *node,

@@ -17,22 +17,6 @@ import (
 // and return memory sooner as it nears the limit, at some CPU, and only
 // then: below the limit nothing changes.
 
-// defaultGCPercent is the speaker's GOGC: the heap may grow by half of
-// what is live before a collection, not by all of it. Creating 10,000
-// Services (BenchmarkChurn_10000Services) it cut the runtime's peak memory
-// by a quarter for about 7% more CPU, spent only while Services change.
-const defaultGCPercent = 50
-
-// gcPercent is the GOGC to set from the --gc-percent flag (value, and
-// whether it was given) and GOGC (env); set false: leave the runtime's,
-// which follows GOGC.
-func gcPercent(value int, given bool, env string) (pct int, set bool) {
-	if !given && env != "" {
-		return 0, false
-	}
-	return value, true
-}
-
 // cgroupFiles hold the container's memory limit: cgroup v2, then v1.
 var cgroupFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}
 

@@ -29,26 +29,6 @@ func TestMemoryLimit(t *testing.T) {
 	}
 }
 
-func TestGCPercent(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		value int
-		given bool
-		env   string
-		want  int
-		set   bool
-	}{
-		{"the default", defaultGCPercent, false, "", defaultGCPercent, true},
-		{"GOGC wins over the default", defaultGCPercent, false, "200", 0, false},
-		{"the flag wins over GOGC", 80, true, "200", 80, true},
-		{"the flag turns collection off", -1, true, "", -1, true},
-	} {
-		if got, set := gcPercent(tc.value, tc.given, tc.env); got != tc.want || set != tc.set {
-			t.Errorf("%s: gcPercent(%d, %t, %q) = %d, %t; want %d, %t", tc.name, tc.value, tc.given, tc.env, got, set, tc.want, tc.set)
-		}
-	}
-}
-
 func TestContainerMemory(t *testing.T) {
 	for content, want := range map[string]int64{
 		"max\n":                 0,
