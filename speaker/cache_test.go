@@ -300,11 +300,11 @@ func TestNewLBService_KeepsEveryFieldRead(t *testing.T) {
 	}{
 		{"ironlb's", full, lbService{
 			Namespace: "default", Name: "a", UID: "uid-a", ResourceVersion: "42", Generation: 7,
-			ours: true, local: true, allocatedFrom: "p", allocated: "172.31.0.1,::ffff:172.31.0.2,fd00::1", recorded: true,
+			ours: true, local: true, allocatedFrom: "p", record: addrs, recorded: true,
 			addrs: addrs, announced: &announced,
 		}},
 		{"externalTrafficPolicy Cluster, no condition", service("b", "p", "172.31.0.3"), lbService{
-			Namespace: "default", Name: "b", Generation: 3, ours: true, allocatedFrom: "p", allocated: "172.31.0.3", recorded: true,
+			Namespace: "default", Name: "b", Generation: 3, ours: true, allocatedFrom: "p", record: []netip.Addr{netip.MustParseAddr("172.31.0.3")}, recorded: true,
 			addrs: []netip.Addr{netip.MustParseAddr("172.31.0.3")},
 		}},
 		{"no address yet", service("c", ""), lbService{Namespace: "default", Name: "c", Generation: 3, ours: true}},

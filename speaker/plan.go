@@ -232,12 +232,16 @@ func notIronlbs(svc *lbService, addr netip.Addr) bool {
 // recordedFor reports whether ironlb-ccm's record of svc's addresses
 // (ironlb.io/allocated-addresses) names addr.
 func recordedFor(svc *lbService, addr netip.Addr) bool {
-	for _, s := range strings.Split(svc.allocated, ",") {
-		if a, err := netip.ParseAddr(strings.TrimSpace(s)); err == nil && a.Unmap() == addr {
-			return true
-		}
+	return slices.Contains(svc.record, addr)
+}
+
+// joinAddrs lists addrs as a record does, comma-separated.
+func joinAddrs(addrs []netip.Addr) string {
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
 	}
-	return false
+	return strings.Join(s, ",")
 }
 
 // outsidePool says why addr, announced with the settings of pool, is not

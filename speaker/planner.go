@@ -207,7 +207,7 @@ func (p *planner) partOf(in inputs, peers []*v1alpha1.BGPPeer, svc *lbService) *
 		}
 		if notIronlbs(svc, addr) {
 			notes = append(notes, fmt.Sprintf("%s is not an address ironlb-ccm allocated to this Service (%s names %s): another controller wrote it",
-				addr, v1alpha1.AnnotationAllocatedAddresses, svc.allocated))
+				addr, v1alpha1.AnnotationAllocatedAddresses, joinAddrs(svc.record)))
 			continue
 		}
 		pool := poolOf(in.pools, svc, addr)

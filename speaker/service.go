@@ -2,6 +2,7 @@ package speaker
 
 import (
 	"net/netip"
+	"strings"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,14 +33,16 @@ type lbService struct {
 	// local: externalTrafficPolicy Local, so only nodes with an endpoint
 	// may answer or announce it.
 	local bool
-	// allocatedFrom is the pool its addresses came from and allocated
-	// ironlb-ccm's record of them (v1alpha1.AnnotationAllocatedFrom,
-	// AnnotationAllocatedAddresses): an address that left every pool is
-	// answered only if the record names it (poolOf).
-	allocatedFrom, allocated string
-	// recorded: the Service carries that record at all (it may name no
-	// address); without one, every address of its status is announced
+	// allocatedFrom is the pool its addresses came from
+	// (v1alpha1.AnnotationAllocatedFrom).
+	allocatedFrom string
+	// record is ironlb-ccm's record of its addresses
+	// (AnnotationAllocatedAddresses), parsed once here, and recorded
+	// whether the Service carries one at all (it may name no address): an
+	// address that left every pool is answered only if the record names it
+	// (poolOf), and with a record, only the addresses it names
 	// (notIronlbs).
+	record   []netip.Addr
 	recorded bool
 	// addrs are its addresses in status.loadBalancer (svcstatus.Addrs).
 	addrs []netip.Addr
@@ -67,7 +70,14 @@ func newLBService(c lbclass.Classifier, svc *v1.Service) *lbService {
 	out.Generation = svc.Generation
 	out.local = svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
 	out.allocatedFrom = svc.Annotations[v1alpha1.AnnotationAllocatedFrom]
-	out.allocated, out.recorded = svc.Annotations[v1alpha1.AnnotationAllocatedAddresses]
+	if v, ok := svc.Annotations[v1alpha1.AnnotationAllocatedAddresses]; ok {
+		out.recorded = true
+		for _, s := range strings.Split(v, ",") {
+			if a, err := netip.ParseAddr(strings.TrimSpace(s)); err == nil {
+				out.record = append(out.record, a.Unmap())
+			}
+		}
+	}
 	if addrs := svcstatus.Addrs(svc); len(addrs) > 0 {
 		out.addrs = addrs[:len(addrs):len(addrs)]
 	}
