@@ -1,11 +1,16 @@
 package provider
 
 import (
+	"maps"
 	"slices"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
@@ -25,51 +30,83 @@ import (
 // the cache as if deleted, and ironlb would neither release its address nor take its finalizer
 // off.
 
-// trimService is the Service informer's transform (see above). Objects that are not Services,
-// such as the tombstones of deletions, pass through unchanged.
+// trimService is the Service informer's transform (see above): it turns a Service into a
+// *cachedService. Objects that are not Services, such as the tombstones of deletions, pass
+// through unchanged.
 func trimService(obj any) (any, error) {
 	svc, ok := obj.(*v1.Service)
 	if !ok {
 		return obj, nil
 	}
-	return trimmedService(svc), nil
+	return newCachedService(svc), nil
 }
 
-// trimmedService is the part of svc that ironlb-ccm reads, in a new object. It shares parts of
-// svc, and may put equal shared values in them (see shared).
-func trimmedService(svc *v1.Service) *v1.Service {
-	out := &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:              svc.Name,
-			Namespace:         svc.Namespace,
-			UID:               svc.UID,             // Events' involvedObject
-			ResourceVersion:   svc.ResourceVersion, // the mutation cache keeps the newer copy
-			Generation:        svc.Generation,      // the condition's observedGeneration
-			CreationTimestamp: svc.CreationTimestamp,
-			DeletionTimestamp: svc.DeletionTimestamp,
-			Labels:            svc.Labels, // IPPool serviceSelector
-			Annotations:       readAnnotations(svc.Annotations),
-			Finalizers:        shared(svc.Finalizers, onlyCleanupFinalizer),
-			ManagedFields:     ingressWriters(svc.ManagedFields),
-		},
-		Spec: v1.ServiceSpec{
-			Type:              svc.Spec.Type,
-			LoadBalancerClass: svc.Spec.LoadBalancerClass,
-			LoadBalancerIP:    svc.Spec.LoadBalancerIP,
-			IPFamilies:        sharedFamilies(svc.Spec.IPFamilies),
-			IPFamilyPolicy:    sharedPolicy(svc.Spec.IPFamilyPolicy),
-		},
-		Status: v1.ServiceStatus{LoadBalancer: svc.Status.LoadBalancer},
+// cachedService is what ironlb-ccm keeps of a Service: the fields it reads, in a type of its own
+// rather than a v1.Service with the rest left empty, which would keep the room for every field
+// (several hundred bytes) and a map for a few annotations. The controller reads a Service as a
+// v1.Service (service), built for one sync and then dropped. It is a runtime.Object with an
+// object meta, for the informer's keys and indexes and for the mutation cache's resource versions.
+// Cached objects are never written to.
+type cachedService struct {
+	name, namespace string
+	uid             types.UID // Events' involvedObject
+	resourceVersion string    // the mutation cache keeps the newer copy
+	generation      int64     // the condition's observedGeneration
+	created         metav1.Time
+	deleting        *metav1.Time
+	labels          map[string]string // IPPool serviceSelector
+	annotations     []annotation      // only those ironlb reads (readAnnotation), by key
+	finalizers      []string
+	ingressWriters  []metav1.ManagedFieldsEntry // see ingressWriters
+
+	typ            v1.ServiceType
+	class          *string
+	loadBalancerIP string
+	families       []v1.IPFamily
+	policy         *v1.IPFamilyPolicy
+	ports          []portKey // sharing an address and the ingress's ports need only these
+
+	ingress   []v1.LoadBalancerIngress
+	condition *metav1.Condition // ironlb's own (IPAllocated)
+}
+
+type annotation struct{ key, value string }
+
+type portKey struct {
+	protocol v1.Protocol
+	port     int32
+}
+
+// newCachedService is the part of svc that ironlb-ccm reads. It shares parts of svc, and may
+// put equal shared values in them (see shared).
+func newCachedService(svc *v1.Service) *cachedService {
+	out := &cachedService{
+		name:            svc.Name,
+		namespace:       svc.Namespace,
+		uid:             svc.UID,
+		resourceVersion: svc.ResourceVersion,
+		generation:      svc.Generation,
+		created:         svc.CreationTimestamp,
+		deleting:        svc.DeletionTimestamp,
+		labels:          svc.Labels,
+		annotations:     readAnnotations(svc.Annotations),
+		finalizers:      shared(svc.Finalizers, onlyCleanupFinalizer),
+		ingressWriters:  ingressWriters(svc.ManagedFields),
+		typ:             svc.Spec.Type,
+		class:           svc.Spec.LoadBalancerClass,
+		loadBalancerIP:  svc.Spec.LoadBalancerIP,
+		families:        sharedFamilies(svc.Spec.IPFamilies),
+		policy:          sharedPolicy(svc.Spec.IPFamilyPolicy),
+		ingress:         svc.Status.LoadBalancer.Ingress,
 	}
 	if len(svc.Spec.Ports) > 0 {
-		// Sharing an address and the ingress's ports need only the protocol and the port.
-		out.Spec.Ports = make([]v1.ServicePort, len(svc.Spec.Ports))
+		out.ports = make([]portKey, len(svc.Spec.Ports))
 		for i, p := range svc.Spec.Ports {
-			out.Spec.Ports[i] = v1.ServicePort{Protocol: sharedProtocol(p.Protocol), Port: p.Port}
+			out.ports[i] = portKey{protocol: sharedProtocol(p.Protocol), port: p.Port}
 		}
 	}
-	for i := range out.Status.LoadBalancer.Ingress {
-		ing := &out.Status.LoadBalancer.Ingress[i]
+	for i := range out.ingress {
+		ing := &out.ingress[i]
 		if ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeVIP {
 			ing.IPMode = &vipMode
 		}
@@ -80,10 +117,87 @@ func trimmedService(svc *v1.Service) *v1.Service {
 	if c := ownCondition(svc); c != nil {
 		cond := *c
 		cond.Type = v1alpha1.ConditionIPAllocated
-		out.Status.Conditions = []metav1.Condition{cond}
+		out.condition = &cond
 	}
 	return out
 }
+
+// service is s as the v1.Service the controller reads, with every field ironlb-ccm does not read
+// left empty. It is new, but shares its lists and maps with s: it must not be written to.
+func (s *cachedService) service() *v1.Service {
+	out := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              s.name,
+			Namespace:         s.namespace,
+			UID:               s.uid,
+			ResourceVersion:   s.resourceVersion,
+			Generation:        s.generation,
+			CreationTimestamp: s.created,
+			DeletionTimestamp: s.deleting,
+			Labels:            s.labels,
+			Finalizers:        s.finalizers,
+			ManagedFields:     s.ingressWriters,
+		},
+		Spec: v1.ServiceSpec{
+			Type:              s.typ,
+			LoadBalancerClass: s.class,
+			LoadBalancerIP:    s.loadBalancerIP,
+			IPFamilies:        s.families,
+			IPFamilyPolicy:    s.policy,
+		},
+		Status: v1.ServiceStatus{LoadBalancer: v1.LoadBalancerStatus{Ingress: s.ingress}},
+	}
+	if len(s.annotations) > 0 {
+		out.Annotations = make(map[string]string, len(s.annotations))
+		for _, a := range s.annotations {
+			out.Annotations[a.key] = a.value
+		}
+	}
+	if len(s.ports) > 0 {
+		out.Spec.Ports = make([]v1.ServicePort, len(s.ports))
+		for i, p := range s.ports {
+			out.Spec.Ports[i] = v1.ServicePort{Protocol: p.protocol, Port: p.port}
+		}
+	}
+	if s.condition != nil {
+		out.Status.Conditions = []metav1.Condition{*s.condition}
+	}
+	return out
+}
+
+// trimmedService is what the controller reads of svc: svc through the cache.
+func trimmedService(svc *v1.Service) *v1.Service {
+	return newCachedService(svc).service()
+}
+
+// changed reports whether cur differs from s in anything that can change what ironlb does: not
+// in its resource version, generation or other controllers' write times alone, such as the
+// status writes of other components.
+func (s *cachedService) changed(cur *cachedService) bool {
+	return s.typ != cur.typ || s.loadBalancerIP != cur.loadBalancerIP ||
+		!equalPtr(s.class, cur.class) || !equalPtr(s.policy, cur.policy) ||
+		!slices.Equal(s.families, cur.families) || !slices.Equal(s.ports, cur.ports) ||
+		!slices.Equal(s.annotations, cur.annotations) || !maps.Equal(s.labels, cur.labels) ||
+		!slices.Equal(s.finalizers, cur.finalizers) ||
+		!equality.Semantic.DeepEqual(s.deleting, cur.deleting) ||
+		!equality.Semantic.DeepEqual(s.ingress, cur.ingress) ||
+		!equality.Semantic.DeepEqual(s.condition, cur.condition)
+}
+
+func equalPtr[T comparable](a, b *T) bool {
+	return a == b || (a != nil && b != nil && *a == *b)
+}
+
+// GetObjectMeta gives the informer's key and namespace index and the mutation cache what they
+// read: name, namespace, UID and resource version.
+func (s *cachedService) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Name: s.name, Namespace: s.namespace, UID: s.uid, ResourceVersion: s.resourceVersion}
+}
+
+func (s *cachedService) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+// DeepCopyObject returns s itself: cached objects are never written to.
+func (s *cachedService) DeepCopyObject() runtime.Object { return s }
 
 // Values that nearly every cached Service holds are shared instead of held once per Service, a
 // few hundred bytes per Service that add up at tens of thousands. Cached objects are never
@@ -134,21 +248,18 @@ func sharedProtocol(p v1.Protocol) v1.Protocol {
 	return p
 }
 
-// readAnnotations keeps the annotations ironlb-ccm reads: ironlb's own (requests and what it
-// wrote) and the internal load balancer annotations of ironlb and of other clouds (see
-// isInternal).
-func readAnnotations(ann map[string]string) map[string]string {
-	var out map[string]string
+// readAnnotations keeps the annotations ironlb-ccm reads, sorted by key: ironlb's own (requests
+// and what it wrote) and the internal load balancer annotations of ironlb and of other clouds
+// (see isInternal).
+func readAnnotations(ann map[string]string) []annotation {
+	var out []annotation
 	for k, v := range ann {
-		if !readAnnotation(k) {
-			continue
+		if readAnnotation(k) {
+			out = append(out, annotation{k, v})
 		}
-		if out == nil {
-			out = map[string]string{}
-		}
-		out[k] = v
 	}
-	return out
+	slices.SortFunc(out, func(a, b annotation) int { return strings.Compare(a.key, b.key) })
+	return slices.Clip(out)
 }
 
 func readAnnotation(key string) bool {
@@ -204,6 +315,8 @@ func trimNamespace(obj any) (any, error) {
 }
 
 var (
-	_ cache.TransformFunc = trimService
-	_ cache.TransformFunc = trimNamespace
+	_ cache.TransformFunc       = trimService
+	_ cache.TransformFunc       = trimNamespace
+	_ runtime.Object            = &cachedService{}
+	_ metav1.ObjectMetaAccessor = &cachedService{}
 )

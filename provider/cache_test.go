@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/reference"
 	cloudprovider "k8s.io/cloud-provider"
+	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/lbclass"
@@ -202,7 +203,7 @@ func TestTrimService_IronlbReadsTheSameOfTheTrimmedService(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := viewOf(t, obj.(*v1.Service)); !reflect.DeepEqual(got, want) {
+			if got := viewOf(t, obj.(*cachedService).service()); !reflect.DeepEqual(got, want) {
 				t.Errorf("ironlb reads differently from the trimmed Service:\n got %s\nwant %s", dump(got), dump(want))
 			}
 		})
@@ -251,7 +252,7 @@ func TestTrimService_ChangesThatMatterStillShow(t *testing.T) {
 			tt.change(cur)
 			o, _ := trimService(old)
 			c, _ := trimService(cur)
-			if !serviceChanged(o.(*v1.Service), c.(*v1.Service)) {
+			if !o.(*cachedService).changed(c.(*cachedService)) {
 				t.Error("the change does not show between the trimmed Services")
 			}
 		})
@@ -263,7 +264,7 @@ func TestTrimService_DropsWhatIronlbNeverReads(t *testing.T) {
 	full.ManagedFields = append(full.ManagedFields,
 		managed("other-lb", metav1.ManagedFieldsOperationUpdate, "status", fieldsIngressAndMsg, cacheNow.Add(-time.Second)))
 	obj, _ := trimService(full)
-	svc := obj.(*v1.Service)
+	svc := obj.(*cachedService).service()
 
 	wantAnn := map[string]string{
 		v1alpha1.AnnotationPool:               "public",
@@ -294,7 +295,7 @@ func TestTrimService_DropsWhatIronlbNeverReads(t *testing.T) {
 
 func TestTrimService_NoManagedFieldsWhenNoOtherControllerWritesTheIngress(t *testing.T) {
 	obj, _ := trimService(fullService())
-	if mf := obj.(*v1.Service).ManagedFields; mf != nil {
+	if mf := obj.(*cachedService).ingressWriters; mf != nil {
 		t.Errorf("managedFields = %+v, want none", mf)
 	}
 }
@@ -309,7 +310,7 @@ func TestTrimService_TombstonesPassThrough(t *testing.T) {
 
 func TestTrimService_IsIdempotent(t *testing.T) {
 	once, _ := trimService(fullService())
-	twice, _ := trimService(once.(*v1.Service).DeepCopy())
+	twice, _ := trimService(once.(*cachedService).service().DeepCopy())
 	if !reflect.DeepEqual(once, twice) {
 		t.Errorf("trimming twice gives\n%+v\nnot\n%+v", twice, once)
 	}
@@ -330,12 +331,12 @@ func TestTrimNamespace_KeepsNameAndLabels(t *testing.T) {
 func TestTrimService_CommonValuesAreShared(t *testing.T) {
 	a, _ := trimService(fullService())
 	b, _ := trimService(fullService())
-	x, y := a.(*v1.Service), b.(*v1.Service)
+	x, y := a.(*cachedService).service(), b.(*cachedService).service()
 	one := func(s *v1.Service) *v1.Service {
 		s = s.DeepCopy()
 		s.Finalizers = []string{v1alpha1.LoadBalancerCleanupFinalizer}
 		o, _ := trimService(s)
-		return o.(*v1.Service)
+		return o.(*cachedService).service()
 	}
 	p, q := one(fullService()), one(fullService())
 	switch {
@@ -347,5 +348,45 @@ func TestTrimService_CommonValuesAreShared(t *testing.T) {
 		t.Error("the family policy is not shared")
 	case x.Status.LoadBalancer.Ingress[0].IPMode != y.Status.LoadBalancer.Ingress[0].IPMode:
 		t.Error("the ingress's IP mode is not shared")
+	}
+}
+
+// The informer keys cached Services by namespace and name, and the mutation cache returns the
+// newer of its copy and the informer's by resource version: both read them through the object
+// meta that cachedService gives. A copy that were not a runtime.Object would be ignored by the
+// mutation cache, and a write would look undone until the informer showed it.
+func TestCachedService_KeysAndMutationCache(t *testing.T) {
+	at := func(rv string) *cachedService {
+		s := fullService()
+		s.ResourceVersion = rv
+		return newCachedService(s)
+	}
+	if key, err := cache.MetaNamespaceKeyFunc(at("1")); err != nil || key != "shop/web" {
+		t.Fatalf("key = %q, %v; want shop/web", key, err)
+	}
+	store := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	if err := store.Add(at("5")); err != nil {
+		t.Fatal(err)
+	}
+	mc := cache.NewIntegerResourceVersionMutationCache(klog.Background(), store, store, time.Minute, false)
+	read := func() string {
+		obj, ok, err := mc.GetByKey("shop/web")
+		if err != nil || !ok {
+			t.Fatalf("GetByKey: %v, %v", ok, err)
+		}
+		return obj.(*cachedService).resourceVersion
+	}
+	mc.Mutation(at("7"))
+	if rv := read(); rv != "7" {
+		t.Errorf("after our write of version 7, the cache gives version %s", rv)
+	}
+	if err := store.Update(at("8")); err != nil {
+		t.Fatal(err)
+	}
+	if rv := read(); rv != "8" {
+		t.Errorf("after the informer showed version 8, the cache gives version %s", rv)
+	}
+	if got, err := store.ByIndex(cache.NamespaceIndex, "shop"); err != nil || len(got) != 1 {
+		t.Errorf("namespace index: %d objects, %v; want 1", len(got), err)
 	}
 }

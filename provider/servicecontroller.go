@@ -14,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -51,8 +50,8 @@ type ServiceController struct {
 	balancer    balancer
 	clusterName string
 	client      kubernetes.Interface
-	services    corelisters.ServiceLister
-	current     cache.MutationCache // the lister plus our own writes the informer has not shown yet
+	services    cache.Store         // *cachedService (see cache.go)
+	current     cache.MutationCache // services plus our own writes the informer has not shown yet
 	namespaces  corelisters.NamespaceLister
 	synced      []cache.InformerSynced
 	queue       workqueue.TypedRateLimitingInterface[string]
@@ -64,8 +63,6 @@ type ServiceController struct {
 	line      map[string]waiter   // of those, the ones refused for want of a free address
 	standoffs map[string]standoff // Services another controller wrote the status of
 }
-
-var everything = labels.Everything()
 
 // balancer is what the controller needs of the cloud: the upstream LoadBalancer, through which
 // every allocation, confirmation and release goes, and the restore at start-up that the upstream
@@ -92,7 +89,7 @@ func NewServiceController(cloud *Cloud, clusterName string, client kubernetes.In
 		balancer:    cloud.lb,
 		clusterName: clusterName,
 		client:      client,
-		services:    services.Lister(),
+		services:    services.Informer().GetStore(),
 		namespaces:  namespaces.Lister(),
 		synced:      []cache.InformerSynced{services.Informer().HasSynced, namespaces.Informer().HasSynced, pools.HasSynced},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -118,7 +115,7 @@ func NewServiceController(cloud *Cloud, clusterName string, client kubernetes.In
 	_, _ = services.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: c.enqueue,
 		UpdateFunc: func(old, cur interface{}) {
-			if serviceChanged(old.(*v1.Service), cur.(*v1.Service)) {
+			if old.(*cachedService).changed(cur.(*cachedService)) {
 				c.enqueue(cur)
 			}
 		},
@@ -133,18 +130,6 @@ func NewServiceController(cloud *Cloud, clusterName string, client kubernetes.In
 		},
 	})
 	return c
-}
-
-// serviceChanged filters out updates that cannot change what ironlb does, such as the status
-// writes of other components.
-func serviceChanged(old, cur *v1.Service) bool {
-	return !equality.Semantic.DeepEqual(old.Spec, cur.Spec) ||
-		!equality.Semantic.DeepEqual(old.Annotations, cur.Annotations) ||
-		!equality.Semantic.DeepEqual(old.Labels, cur.Labels) ||
-		!equality.Semantic.DeepEqual(old.Finalizers, cur.Finalizers) ||
-		!equality.Semantic.DeepEqual(old.DeletionTimestamp, cur.DeletionTimestamp) ||
-		!equality.Semantic.DeepEqual(old.Status.LoadBalancer, cur.Status.LoadBalancer) ||
-		!equality.Semantic.DeepEqual(ownCondition(old), ownCondition(cur))
 }
 
 func (c *ServiceController) enqueue(obj interface{}) {
@@ -181,11 +166,7 @@ func (c *ServiceController) Run(ctx context.Context, workers int) {
 }
 
 func (c *ServiceController) restore(logger klog.Logger) (restored, conflicts int) {
-	all, err := c.services.List(everything)
-	if err != nil {
-		utilruntime.HandleError(err)
-		return 0, 0
-	}
+	all := c.listServices()
 	sort.Slice(all, func(i, j int) bool {
 		a, b := all[i], all[j]
 		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
@@ -224,11 +205,7 @@ func (c *ServiceController) restore(logger klog.Logger) (restored, conflicts int
 // time in the order they started waiting and before any worker runs, so that the line
 // survives a restart or a new leader: each is served, or takes its place in the line again.
 func (c *ServiceController) serveWaiting(ctx context.Context) {
-	all, err := c.services.List(everything)
-	if err != nil {
-		utilruntime.HandleError(err)
-		return
-	}
+	all := c.listServices()
 	now := time.Now()
 	var ws []waiter
 	for _, svc := range all {
@@ -273,7 +250,17 @@ func (c *ServiceController) get(key string) (*v1.Service, bool, error) {
 	if err != nil || !exists {
 		return nil, false, err
 	}
-	return obj.(*v1.Service), true, nil
+	return obj.(*cachedService).service(), true, nil
+}
+
+// listServices is every Service in the cache.
+func (c *ServiceController) listServices() []*v1.Service {
+	objs := c.services.List()
+	out := make([]*v1.Service, 0, len(objs))
+	for _, obj := range objs {
+		out = append(out, obj.(*cachedService).service())
+	}
+	return out
 }
 
 func (c *ServiceController) sync(ctx context.Context, key string) error {
@@ -386,7 +373,7 @@ func (c *ServiceController) removeFinalizer(ctx context.Context, svc *v1.Service
 	if err != nil {
 		return fmt.Errorf("remove finalizer of %s: %w", serviceKey(svc), err)
 	}
-	c.current.Mutation(trimmedService(updated))
+	c.current.Mutation(newCachedService(updated))
 	return nil
 }
 
@@ -601,7 +588,7 @@ func (c *ServiceController) write(ctx context.Context, svc *v1.Service, lb *v1.L
 	if err != nil {
 		return fmt.Errorf("write status of %s: %w", serviceKey(svc), err)
 	}
-	c.current.Mutation(trimmedService(updated))
+	c.current.Mutation(newCachedService(updated))
 
 	switch hasFinalizer := slices.Contains(updated.Finalizers, v1alpha1.LoadBalancerCleanupFinalizer); {
 	case holds && !hasFinalizer:

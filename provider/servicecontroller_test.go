@@ -128,7 +128,7 @@ func TestAllocatedCondition_TransitionTimeKeptWhileStatusUnchanged(t *testing.T)
 	}
 }
 
-func TestServiceChanged_OnlyChangesThatMatterToIronlbCount(t *testing.T) {
+func TestCachedServiceChanged_OnlyChangesThatMatterToIronlbCount(t *testing.T) {
 	base := func() *v1.Service {
 		svc := testLBService(map[string]string{v1alpha1.AnnotationPool: "public"})
 		svc.ResourceVersion = "10"
@@ -159,6 +159,12 @@ func TestServiceChanged_OnlyChangesThatMatterToIronlbCount(t *testing.T) {
 		{"spec type", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeClusterIP }, true},
 		{"spec class", func(s *v1.Service) { s.Spec.LoadBalancerClass = testStrPtr("example.com/other") }, true},
 		{"spec loadBalancerIP", func(s *v1.Service) { s.Spec.LoadBalancerIP = "172.31.10.9" }, true},
+		{"spec families", func(s *v1.Service) { s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol} }, true},
+		{"spec family policy", func(s *v1.Service) {
+			p := v1.IPFamilyPolicyRequireDualStack
+			s.Spec.IPFamilyPolicy = &p
+		}, true},
+		{"spec port protocol", func(s *v1.Service) { s.Spec.Ports[0].Protocol = v1.ProtocolUDP }, true},
 		{"annotation value", func(s *v1.Service) { s.Annotations[v1alpha1.AnnotationPool] = "backup" }, true},
 		{"annotation added", func(s *v1.Service) { s.Annotations[v1alpha1.AnnotationSharingKey] = "dns" }, true},
 		{"label", func(s *v1.Service) { s.Labels["tier"] = "web" }, true},
@@ -173,8 +179,8 @@ func TestServiceChanged_OnlyChangesThatMatterToIronlbCount(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			old, cur := base(), base()
 			tt.change(cur)
-			if got := serviceChanged(old, cur); got != tt.want {
-				t.Errorf("serviceChanged = %v, want %v", got, tt.want)
+			if got := newCachedService(old).changed(newCachedService(cur)); got != tt.want {
+				t.Errorf("changed = %v, want %v", got, tt.want)
 			}
 		})
 	}
