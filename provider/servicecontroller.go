@@ -77,7 +77,9 @@ type balancer interface {
 func NewServiceController(cloud *Cloud, clusterName string, client kubernetes.Interface, services coreinformers.ServiceInformer,
 	namespaces coreinformers.NamespaceInformer, pools *PoolController, recorder record.EventRecorder) *ServiceController {
 	// The caches keep only what ironlb reads (see cache.go). The informers have not started
-	// yet: the controller manager starts them after every controller is built.
+	// yet: the controller manager starts them after every controller is built. The Service
+	// informer holds *cachedService, not *v1.Service: no other controller of ironlb-ccm reads
+	// Services (the stock ones it runs read Nodes), and one that did would need its own.
 	if err := services.Informer().SetTransform(trimService); err != nil {
 		utilruntime.HandleError(fmt.Errorf("trim the Service cache: %w", err))
 	}
