@@ -3,6 +3,7 @@ package provider
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -26,8 +27,18 @@ import (
 // The finalizer is put on before an address the pool announces is published (protect), and
 // taken off by the status writer (reconcileFinalizer), which counts the pool's users again under
 // the same lock first: an address handed out meanwhile either is counted, or is published after
-// the removal and puts the finalizer back. A pool deleted in the moment between its first address
-// being handed out and the finalizer landing goes at once, as all pools did before.
+// the removal and puts the finalizer back.
+//
+// A pool can be deleted in the moment between its first address being handed out and the
+// finalizer landing, before the informer shows the deletion: the API server then refuses the
+// finalizer (no new finalizers on an object being deleted; a pool that is gone cannot be given
+// one). protect then reports errPoolGoing, and the service controller gives the address back
+// unpublished: the next try, once the informer shows the pool going, takes an address from
+// another pool, or waits. An address is never published from a pool that could not be protected
+// because it was going.
+
+// errPoolGoing says that a pool could not be protected because it is gone or being deleted.
+var errPoolGoing = errors.New("the IPPool is gone or being deleted")
 
 // finalizerChange is what to do with a pool's finalizer.
 type finalizerChange int
@@ -113,6 +124,18 @@ func (c *PoolController) reconcileFinalizer(ctx context.Context, p *v1alpha1.IPP
 	return c.setFinalizer(ctx, p.Name, p.UID, p.Finalizers, change == finalizerAdded)
 }
 
+// poolGoing decides from a fresh read of a pool (live, or the error of the read) whether the pool
+// that had the UID uid is gone or being deleted. A read that failed otherwise says nothing.
+func poolGoing(live *unstructured.Unstructured, getErr error, uid types.UID) bool {
+	switch {
+	case apierrors.IsNotFound(getErr):
+		return true
+	case getErr != nil:
+		return false
+	}
+	return live.GetUID() != uid || live.GetDeletionTimestamp() != nil
+}
+
 // setFinalizer puts ironlb's finalizer on the pool (on) or takes it off, given the pool's UID and
 // finalizers as cached. Putting it on is a server-side apply under ironlb-ccm's field manager,
 // which leaves other finalizers alone and needs no current copy. Taking it off removes it by
@@ -144,6 +167,12 @@ func (c *PoolController) setFinalizer(ctx context.Context, name string, uid type
 		what := "remove the finalizer of"
 		if on {
 			what = "add the finalizer to"
+			// Refused because the pool is going (see the comment at the top)? Asked before the
+			// RBAC check below: a pool that is gone refuses an apply as a create, forbidden.
+			live, getErr := pools.Get(ctx, name, metav1.GetOptions{})
+			if poolGoing(live, getErr, uid) {
+				return fmt.Errorf("%s IPPool %s: %w (%v)", what, name, errPoolGoing, err)
+			}
 		}
 		err = fmt.Errorf("%s IPPool %s: %w", what, name, err)
 		if apierrors.IsForbidden(err) {

@@ -1,13 +1,21 @@
 package provider
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/provider/ipam"
@@ -85,5 +93,93 @@ func TestPoolStatus_DeletingPoolNamesTheServicesThatKeepIt(t *testing.T) {
 	ready = testPoolCondition(t, got, v1alpha1.PoolConditionReady)
 	if ready.Reason != PoolReasonDeleting || !strings.Contains(ready.Message, "no Service's address is announced with it") {
 		t.Errorf("Ready = %+v, want Deleting with no Service left", ready)
+	}
+}
+
+func TestPoolGoing_DecidedFromAFreshRead(t *testing.T) {
+	pool := func(uid types.UID, deleting bool) *unstructured.Unstructured {
+		p := &unstructured.Unstructured{}
+		p.SetName("public")
+		p.SetUID(uid)
+		if deleting {
+			now := metav1.Now()
+			p.SetDeletionTimestamp(&now)
+		}
+		return p
+	}
+	notFound := apierrors.NewNotFound(v1alpha1.IPPoolResource.GroupResource(), "public")
+	for _, tc := range []struct {
+		name   string
+		live   *unstructured.Unstructured
+		getErr error
+		want   bool
+	}{
+		{"there, not being deleted", pool("u1", false), nil, false},
+		{"being deleted", pool("u1", true), nil, true},
+		{"gone", nil, notFound, true},
+		{"gone and created again", pool("u2", false), nil, true},
+		{"the read failed", nil, errors.New("connection refused"), false},
+	} {
+		if got := poolGoing(tc.live, tc.getErr, "u1"); got != tc.want {
+			t.Errorf("%s: poolGoing = %t, want %t", tc.name, got, tc.want)
+		}
+	}
+}
+
+// The race of a pool deleted between its first address and its finalizer, which the informer
+// does not show yet: the API server refuses the finalizer, and protect says the pool is going
+// (errPoolGoing) so that the address is given back unpublished, instead of an error retried as
+// if the pool stayed, or an RBAC message for a pool that is gone.
+func TestProtect_PoolGoingMeanwhileIsReported(t *testing.T) {
+	cached := &unstructured.Unstructured{}
+	cached.SetAPIVersion(v1alpha1.SchemeGroupVersion.String())
+	cached.SetKind("IPPool")
+	cached.SetName("public")
+	cached.SetUID("u1")
+	deleting := cached.DeepCopy()
+	now := metav1.Now()
+	deleting.SetDeletionTimestamp(&now)
+	deleting.SetFinalizers([]string{"example.com/keep"})
+	gk := schema.GroupKind{Group: v1alpha1.SchemeGroupVersion.Group, Kind: "IPPool"}
+	refusedNewFinalizer := apierrors.NewInvalid(gk, "public", field.ErrorList{field.Forbidden(field.NewPath("metadata", "finalizers"),
+		`no new finalizers can be added if the object is being deleted, found new finalizers []string{"ironlb.io/pool-protection"}`)})
+	createForbidden := apierrors.NewForbidden(v1alpha1.IPPoolResource.GroupResource(), "public", errors.New(`User "ironlb-ccm" cannot create resource "ippools"`))
+
+	for _, tc := range []struct {
+		name      string
+		live      []runtime.Object // the pool as the API server has it
+		applyErr  error
+		wantGoing bool
+		wantErr   bool
+		wantRBAC  bool // logged as missing RBAC, and served unprotected
+	}{
+		{name: "being deleted", live: []runtime.Object{deleting}, applyErr: refusedNewFinalizer, wantGoing: true, wantErr: true},
+		{name: "gone: the apply would create it", applyErr: createForbidden, wantGoing: true, wantErr: true},
+		{name: "there, RBAC refuses the patch", live: []runtime.Object{cached.DeepCopy()}, applyErr: createForbidden, wantRBAC: true},
+		{name: "there, the apply lands", live: []runtime.Object{cached.DeepCopy()}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+				map[schema.GroupVersionResource]string{v1alpha1.IPPoolResource: "IPPoolList"}, tc.live...)
+			applied := 0
+			dyn.PrependReactor("patch", "ippools", func(k8stesting.Action) (bool, runtime.Object, error) {
+				applied++
+				return true, cached.DeepCopy(), tc.applyErr
+			})
+			c := NewPoolController(nil, dyn, 0)
+			if err := c.informer.GetStore().Add(cached.DeepCopy()); err != nil {
+				t.Fatal(err)
+			}
+			err := c.protect(context.Background(), "public")
+			if applied != 1 {
+				t.Fatalf("%d applies of the finalizer, want 1", applied)
+			}
+			if got := errors.Is(err, errPoolGoing); got != tc.wantGoing || (err != nil) != tc.wantErr {
+				t.Errorf("protect = %v; want errPoolGoing %t, an error %t", err, tc.wantGoing, tc.wantErr)
+			}
+			if c.protection.forbidden != tc.wantRBAC {
+				t.Errorf("taken for missing RBAC: %t, want %t", c.protection.forbidden, tc.wantRBAC)
+			}
+		})
 	}
 }

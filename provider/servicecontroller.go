@@ -2,6 +2,7 @@ package provider
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -443,6 +444,13 @@ func (c *ServiceController) ensure(ctx context.Context, svc *v1.Service) error {
 	if holds {
 		// The pool that announces the addresses must not go while they are served.
 		if err := c.pools.protect(ctx, pool); err != nil {
+			if errors.Is(err, errPoolGoing) {
+				// Not published: given back, and taken from another pool on the next try.
+				if _, rerr := c.release(ctx, svc); rerr != nil {
+					return rerr
+				}
+				logger.Info("Gave back addresses of a pool being deleted", "service", klog.KObj(svc), "pool", pool, "ips", joinAddrs(after))
+			}
 			return err
 		}
 		if ann != pool {
