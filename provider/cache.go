@@ -4,6 +4,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"unique"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -82,7 +83,7 @@ type portKey struct {
 func newCachedService(svc *v1.Service) *cachedService {
 	out := &cachedService{
 		name:            svc.Name,
-		namespace:       svc.Namespace,
+		namespace:       intern(svc.Namespace),
 		uid:             svc.UID,
 		resourceVersion: svc.ResourceVersion,
 		generation:      svc.Generation,
@@ -117,6 +118,8 @@ func newCachedService(svc *v1.Service) *cachedService {
 	if c := ownCondition(svc); c != nil {
 		cond := *c
 		cond.Type = v1alpha1.ConditionIPAllocated
+		cond.Status = metav1.ConditionStatus(intern(string(cond.Status)))
+		cond.Reason = intern(cond.Reason)
 		out.condition = &cond
 	}
 	return out
@@ -210,6 +213,13 @@ var (
 	vipMode              = v1.LoadBalancerIPModeVIP
 )
 
+// intern returns the one copy of s that every cached object shares: for strings that many
+// Services hold alike, such as namespaces, annotation keys, pool names and condition reasons.
+// A copy no object holds any more is dropped by the garbage collector.
+func intern(s string) string {
+	return unique.Make(s).Value()
+}
+
 // shared returns common if list equals it, else list.
 func shared[T comparable](list, common []T) []T {
 	if slices.Equal(list, common) {
@@ -254,9 +264,13 @@ func sharedProtocol(p v1.Protocol) v1.Protocol {
 func readAnnotations(ann map[string]string) []annotation {
 	var out []annotation
 	for k, v := range ann {
-		if readAnnotation(k) {
-			out = append(out, annotation{k, v})
+		if !readAnnotation(k) {
+			continue
 		}
+		if k == v1alpha1.AnnotationAllocatedFrom {
+			v = intern(v) // a pool's name, the same on many Services
+		}
+		out = append(out, annotation{intern(k), v})
 	}
 	slices.SortFunc(out, func(a, b annotation) int { return strings.Compare(a.key, b.key) })
 	return slices.Clip(out)

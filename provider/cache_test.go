@@ -1,12 +1,14 @@
 package provider
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -329,8 +331,20 @@ func TestTrimNamespace_KeepsNameAndLabels(t *testing.T) {
 }
 
 func TestTrimService_CommonValuesAreShared(t *testing.T) {
-	a, _ := trimService(fullService())
-	b, _ := trimService(fullService())
+	// As the informer gets them: decoded, each with strings of its own.
+	decoded := func() *v1.Service {
+		data, err := json.Marshal(fullService())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var svc v1.Service
+		if err := json.Unmarshal(data, &svc); err != nil {
+			t.Fatal(err)
+		}
+		return &svc
+	}
+	a, _ := trimService(decoded())
+	b, _ := trimService(decoded())
 	x, y := a.(*cachedService).service(), b.(*cachedService).service()
 	one := func(s *v1.Service) *v1.Service {
 		s = s.DeepCopy()
@@ -349,6 +363,22 @@ func TestTrimService_CommonValuesAreShared(t *testing.T) {
 	case x.Status.LoadBalancer.Ingress[0].IPMode != y.Status.LoadBalancer.Ingress[0].IPMode:
 		t.Error("the ingress's IP mode is not shared")
 	}
+	// Strings held alike by many Services: decoded, each Service has its own copy.
+	ca, cb := a.(*cachedService), b.(*cachedService)
+	same := func(what, s1, s2 string) {
+		if unsafe.StringData(s1) != unsafe.StringData(s2) {
+			t.Errorf("the %s %q is not shared", what, s1)
+		}
+	}
+	same("namespace", ca.namespace, cb.namespace)
+	for i := range ca.annotations {
+		same("annotation key", ca.annotations[i].key, cb.annotations[i].key)
+		if ca.annotations[i].key == v1alpha1.AnnotationAllocatedFrom {
+			same("pool name", ca.annotations[i].value, cb.annotations[i].value)
+		}
+	}
+	same("condition reason", ca.condition.Reason, cb.condition.Reason)
+	same("condition status", string(ca.condition.Status), string(cb.condition.Status))
 }
 
 // The informer keys cached Services by namespace and name, and the mutation cache returns the
