@@ -8,6 +8,9 @@ TEST_TIMEOUT ?= 40m
 # libraries once per flag set.
 export CGO_ENABLED := 0
 export GOFLAGS := -trimpath $(GOFLAGS)
+# make test runs go vet over everything first, so go test does not vet each package again
+# (its own subset of checks, with facts of every dependency: minutes on a cold cache).
+GOTEST := $(GO) test -vet=off
 
 .PHONY: all build images test-images generate verify-generate vet prereq test test-unit test-integration test-e2e upstream lab lab-down lab-status lab-down-tests bench clean
 
@@ -35,7 +38,7 @@ images:
 test-images: images
 	IRONLB_IMAGES="$(CURDIR)/bin/images" IRONLB_IMAGES_VERSION="$(VERSION)" IRONLB_IMAGES_COMMIT="$(COMMIT)" \
 	IRONLB_IMAGES_REGISTRY="$(REGISTRY)" IRONLB_IMAGES_PLATFORMS="$(PLATFORMS)" \
-	$(GO) test -count=1 -v -run '^TestImages$$' ./hack/images/
+	$(GOTEST) -count=1 -v -run '^TestImages$$' ./hack/images/
 
 # CRDs and deepcopy come from the markers in api/; never edit them by hand.
 generate:
@@ -83,8 +86,8 @@ upstream:
 # interrupted run, the next run (or make lab-down-tests) removes what was left.
 # e2e/l2scale (30 speakers) runs after the others, alone: two cores carry it or another lab, not both.
 test-e2e: prereq
-	cd e2e && { $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $$($(GO) list ./... | grep -v /l2scale) ; rc=$$?; \
-	  $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./l2scale/ || rc=1; $(GO) run ./cmd/lab down --tests; exit $$rc; }
+	cd e2e && { $(GOTEST) -count=1 -timeout $(TEST_TIMEOUT) -v $$($(GO) list ./... | grep -v /l2scale) ; rc=$$?; \
+	  $(GOTEST) -count=1 -timeout $(TEST_TIMEOUT) -v ./l2scale/ || rc=1; $(GO) run ./cmd/lab down --tests; exit $$rc; }
 
 # A lab with a sample pool and Service, and the curl that reaches it. It replaces a lab of
 # its own (name "lab") and leaves the test suites' labs alone.
@@ -102,10 +105,10 @@ lab-down-tests:
 	cd e2e && $(GO) run ./cmd/lab down --tests
 
 test-unit:
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e /test/ -e /hack/images)
+	$(GOTEST) -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e /test/ -e /hack/images)
 
 test-integration:
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/integration/
+	$(GOTEST) -count=1 -timeout $(TEST_TIMEOUT) -v ./test/integration/
 
 # Allocator micro-benchmarks and Services per second on a real API server, as one table; one
 # speaker recompute at 10,000 Services and 100 nodes; then
