@@ -25,9 +25,15 @@ var testKey = []byte("0123456789abcdef0123456789abcdef")
 // with cond's last description of the state if it never holds.
 func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(eventually)
+	waitWithin(t, eventually, what, cond)
+}
+
+// waitWithin is waitFor with a bound of its own.
+func waitWithin(t *testing.T, bound time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
 	var state string
-	for range 2000 {
+	for range int(bound / (5 * time.Millisecond)) {
 		var ok bool
 		if ok, state = cond(); ok {
 			return
@@ -37,7 +43,7 @@ func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("%s: not within %v; last state: %s", what, eventually, state)
+	t.Fatalf("%s: not within %v; last state: %s", what, bound, state)
 }
 
 // freeAddr returns ip with a UDP port that was free a moment ago.
@@ -157,7 +163,10 @@ func (c *cluster) view(name string) View { return c.nodes[name].m.View() }
 func (c *cluster) waitAlive(observer string, want ...string) {
 	c.t.Helper()
 	want = slices.Sorted(slices.Values(want))
-	waitFor(c.t, fmt.Sprintf("%s sees %d alive", observer, len(want)), func() (bool, string) {
+	// Hearing of every member takes a few of the cluster's intervals; at 500 members with slow
+	// timers on a loaded machine, longer than the usual bound.
+	bound := max(eventually, 6*cmpOr(c.cfg.Timeout, DefaultTimeout))
+	waitWithin(c.t, bound, fmt.Sprintf("%s sees %d alive", observer, len(want)), func() (bool, string) {
 		v := c.view(observer)
 		if v.Isolated || !slices.Equal(aliveNames(v), want) {
 			return false, describe(v, want)

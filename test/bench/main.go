@@ -238,7 +238,7 @@ func throughput(ctx context.Context, ccmBin, tmp string, n int, preexisting bool
 	}
 	defer ccm.Stop()
 
-	// Bounded: creating may take long on a loaded machine, serving may take a minute after it.
+	// Bounded: creating may take long on a loaded machine, serving may take minutes after it.
 	var createdDone time.Time
 	for i := 0; ; i++ {
 		select {
@@ -250,7 +250,7 @@ func throughput(ctx context.Context, ccmBin, tmp string, n int, preexisting bool
 			continue
 		case <-allDone:
 		case <-time.After(time.Second):
-			if i > 3600 || (!createdDone.IsZero() && time.Since(createdDone) > time.Minute) {
+			if i > 3600 || (!createdDone.IsZero() && time.Since(createdDone) > 5*time.Minute) {
 				mu.Lock()
 				got := len(served)
 				mu.Unlock()

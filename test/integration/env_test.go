@@ -75,8 +75,11 @@ type env struct {
 	ctx    context.Context
 }
 
+// newEnv gives the test an API server and etcd of its own. The tests run in parallel: each
+// mostly waits for ironlb-ccm and its API server, so two at a time keep the cores busier than one.
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	t.Parallel()
 	api := testenv.StartAPIServer(t, testenv.WithBinaries(bins))
 	cfg := api.Config()
 	e := &env{t: t, api: api, ctx: t.Context()}
