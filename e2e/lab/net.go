@@ -208,21 +208,31 @@ func buildNetwork(ctx context.Context, p Plan) error {
 }
 
 // ensureUnreachable adds the root namespace's unreachable routes for the lab
-// ranges if they are missing.
+// ranges if they are missing. Labs come up side by side (the test suites run in
+// parallel): a route another lab added between the look and the add is there,
+// as wanted, so the add's "File exists" is no error then.
 func ensureUnreachable(ctx context.Context) error {
 	for _, r := range labRanges {
-		out, err := run(ctx, "ip", family(r.Addr()), "route", "show", "type", "unreachable", "exact", r.String())
+		ok, err := hasUnreachable(ctx, r)
 		if err != nil {
 			return err
 		}
-		if strings.TrimSpace(out) != "" {
+		if ok {
 			continue
 		}
 		if _, err := run(ctx, "ip", family(r.Addr()), "route", "add", "unreachable", r.String()); err != nil {
-			return err
+			if ok, _ := hasUnreachable(ctx, r); !ok {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// hasUnreachable says whether the root namespace has the unreachable route for r.
+func hasUnreachable(ctx context.Context, r netip.Prefix) (bool, error) {
+	out, err := run(ctx, "ip", family(r.Addr()), "route", "show", "type", "unreachable", "exact", r.String())
+	return strings.TrimSpace(out) != "", err
 }
 
 // removeUnreachable removes them once no lab is left.
