@@ -8,6 +8,7 @@ import (
 
 	cloudprovider "k8s.io/cloud-provider"
 
+	"github.com/ironlb/ironlb/internal/health"
 	"github.com/ironlb/ironlb/internal/lbclass"
 	"github.com/ironlb/ironlb/provider/ipam"
 )
@@ -23,6 +24,10 @@ type Options struct {
 	HandleClassless bool
 	// OtherCloudsInternal honours the internal load balancer annotations of other clouds.
 	OtherCloudsInternal bool
+	// Health is what ironlb-ccm reports to the kubelet's probes (nil: nothing). The service
+	// controller, once this replica leads, is not ready until it has restored what Services
+	// hold and served those that waited; no pass of its workers may run on for minutes.
+	Health *health.Status
 }
 
 // Cloud implements cloudprovider.Interface for ironlb.

@@ -144,22 +144,29 @@ func (c *ServiceController) enqueue(obj interface{}) {
 	c.queue.Add(key)
 }
 
+// servicesLoop names the service controller in ironlb-ccm's probes.
+const servicesLoop = "services"
+
 // Run restores what Services already hold, then serves the queue with the given workers until
 // ctx ends.
 func (c *ServiceController) Run(ctx context.Context, workers int) {
 	defer utilruntime.HandleCrash()
 	defer c.queue.ShutDown()
 	logger := klog.FromContext(ctx)
+	health := c.cloud.opts.Health
+	health.Wait(servicesLoop, "this replica leads: waiting for the informers to sync")
 
 	if !cache.WaitForNamedCacheSync("ironlb-service", ctx.Done(), c.synced...) {
 		return
 	}
+	health.Wait(servicesLoop, "restoring the addresses Services hold and serving those that waited")
 	// Before any new address is handed out, the allocator learns every address that Services
 	// hold, oldest Service first, so that a restart or a new leader never moves an address.
 	restored, conflicts := c.restore(logger)
 	logger.Info("Restored addresses from Services", "services", restored, "conflicts", conflicts)
 	c.pools.HoldersKnown()
 	c.serveWaiting(ctx)
+	health.Up(servicesLoop)
 
 	go c.followPools(ctx)
 	for i := 0; i < workers; i++ {
@@ -237,7 +244,9 @@ func (c *ServiceController) processNext(ctx context.Context) bool {
 	}
 	defer c.queue.Done(key)
 	start := time.Now()
+	done := c.cloud.opts.Health.Pass(servicesLoop)
 	err := c.sync(ctx, key)
+	done()
 	syncDuration.Observe(time.Since(start).Seconds())
 	if err == nil {
 		c.queue.Forget(key)

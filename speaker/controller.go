@@ -33,6 +33,7 @@ import (
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/clusterkey"
+	"github.com/ironlb/ironlb/internal/health"
 	"github.com/ironlb/ironlb/internal/lbclass"
 	"github.com/ironlb/ironlb/speaker/bfd"
 	"github.com/ironlb/ironlb/speaker/bgp"
@@ -58,7 +59,19 @@ type Config struct {
 	// when its reference names no namespace.
 	Namespace string
 	Logger    klog.Logger
+	// Health is what the speaker reports to the kubelet's probes (nil: nothing): ready once
+	// its caches are synced, its heartbeats and BGP server run and its first sync is done;
+	// live while no sync runs for longer than it ever should.
+	Health *health.Status
 }
+
+// The parts of a speaker that its readiness waits for, and its sync loop.
+const (
+	partCaches     = "caches"
+	partHeartbeats = "heartbeats"
+	partBGP        = "bgp"
+	partSync       = "sync"
+)
 
 // DefaultLeaseDuration is how long a speaker's Lease stays fresh in the
 // fallback; renewed every third of it.
@@ -155,6 +168,10 @@ func New(cfg Config) (*Speaker, error) {
 	if cfg.Logger.GetSink() == nil {
 		cfg.Logger = klog.Background()
 	}
+	cfg.Health.Wait(partCaches, "the informers have not synced yet")
+	cfg.Health.Wait(partHeartbeats, "not started: the caches come first")
+	cfg.Health.Wait(partBGP, "not started: the heartbeats come first")
+	cfg.Health.Wait(partSync, "no sync done yet")
 	s := &Speaker{
 		cfg:     cfg,
 		logger:  cfg.Logger,
@@ -327,16 +344,19 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), s.endpoints.hasSynced) {
 		return ctx.Err()
 	}
+	s.cfg.Health.Up(partCaches)
+	s.cfg.Health.Wait(partHeartbeats, "waiting for this node's Node object and InternalIP")
 	myIP, err := s.nodeIP(ctx)
 	if err != nil {
 		return err
 	}
 	s.myIP = myIP
+	s.cfg.Health.Wait(partHeartbeats, "waiting for the cluster key Secret")
 	keys, err := s.keys.wait(ctx)
 	if err != nil {
 		return err
 	}
-	s.members, err = member.New(member.Config{
+	s.members, err = s.startMembers(ctx, member.Config{
 		Node:     s.cfg.Node,
 		Bind:     netip.AddrPortFrom(myIP, s.cfg.PeerPort),
 		Key:      keys.Sign,
@@ -356,6 +376,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.cfg.Health.Up(partBGP)
 	s.bgp = newBGPAnnouncer(s.cfg, manager, func() { s.queue.Add(syncKey) })
 	// The heartbeats outlive ctx by the time it takes to stop answering.
 	memberCtx, stopMembers := context.WithCancel(context.WithoutCancel(ctx))
@@ -406,13 +427,44 @@ func (s *Speaker) processNext(ctx context.Context) bool {
 		return true
 	}
 	syncs.Inc()
-	if err := s.sync(ctx); err != nil {
+	done := s.cfg.Health.Pass(partSync)
+	err := s.sync(ctx)
+	done()
+	if err != nil {
 		s.logger.Error(err, "Sync failed; retrying")
+		s.cfg.Health.Wait(partSync, "the last sync failed: "+err.Error())
 		s.queue.AddRateLimited(key)
 		return true
 	}
+	s.cfg.Health.Up(partSync)
 	s.queue.Forget(key)
 	return true
+}
+
+// heartbeatRetry is how long a speaker waits before it tries again to start its heartbeats.
+const heartbeatRetry = 2 * time.Second
+
+// startMembers starts the heartbeats, trying again until they start: a port another process
+// holds, say, keeps the speaker running and NotReady, with the error as the reason, instead
+// of restarting it in a loop; it becomes Ready once the port is free.
+func (s *Speaker) startMembers(ctx context.Context, cfg member.Config) (*member.Members, error) {
+	for attempt := 0; ; attempt++ {
+		m, err := member.New(cfg)
+		if err == nil {
+			s.cfg.Health.Up(partHeartbeats)
+			s.cfg.Health.Wait(partBGP, "not started yet")
+			return m, nil
+		}
+		s.cfg.Health.Wait(partHeartbeats, err.Error())
+		if attempt%30 == 0 {
+			s.logger.Error(err, "Cannot start the heartbeats; not Ready until they start, trying again", "node", s.cfg.Node, "every", heartbeatRetry)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(heartbeatRetry):
+		}
+	}
 }
 
 // nodeIP is this node's first InternalIP, where its heartbeats come from.

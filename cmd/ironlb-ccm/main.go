@@ -20,6 +20,7 @@ import (
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/gctarget"
+	"github.com/ironlb/ironlb/internal/health"
 	"github.com/ironlb/ironlb/provider"
 )
 
@@ -28,6 +29,7 @@ func main() {
 		LoadBalancerClass:   v1alpha1.DefaultLoadBalancerClass,
 		HandleClassless:     true,
 		OtherCloudsInternal: true,
+		Health:              health.New(health.DefaultStuckAfter),
 	}
 	provider.Register(opts)
 
@@ -52,7 +54,7 @@ func main() {
 	cmd := app.NewCloudControllerManagerCommand(s, cloudInitializer, controllers,
 		names.CCMControllerAliases(), fss, wait.NeverStop)
 	cmd.Use = "ironlb-ccm"
-	startServing(cmd)
+	startServing(cmd, opts.Health)
 	os.Exit(cli.Run(cmd))
 }
 

@@ -13,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/internal/gctarget"
+	"github.com/ironlb/ironlb/internal/health"
 	"github.com/ironlb/ironlb/internal/version"
 )
 
@@ -26,14 +27,15 @@ var (
 // controller manager's authenticated --secure-port.
 func addServingFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":10290", "Address for plain-HTTP /metrics; \"0\" disables it.")
-	fs.StringVar(&healthAddr, "health-probe-bind-address", ":10291", "Address for plain-HTTP /healthz and /readyz; \"0\" disables it.")
+	fs.StringVar(&healthAddr, "health-probe-bind-address", ":10291", "Address for plain-HTTP /healthz (live: no sync stuck) and /readyz (ready: standing by for the Lease, or leading with every Service restored); \"0\" disables it.")
 	// --profiling is the controller manager's, on the authenticated --secure-port.
 	fs.BoolVar(&metricsProfiling, "metrics-profiling", false, "Serve Go's profiles (/debug/pprof/) on the plain-HTTP metrics address.")
 }
 
-// startServing starts the endpoints once flags are parsed, before the controller manager runs.
+// startServing starts the endpoints once flags are parsed, before the controller manager runs:
+// /readyz and /healthz answer from status.
 // --version (and --version=raw) print ironlb's version, not the Kubernetes libraries' one.
-func startServing(cmd *cobra.Command) {
+func startServing(cmd *cobra.Command, status *health.Status) {
 	run := cmd.RunE
 	cmd.RunE = func(c *cobra.Command, args []string) error {
 		if f := c.Flags().Lookup("version"); f != nil && (f.Value.String() == "true" || f.Value.String() == "raw") {
@@ -47,8 +49,7 @@ func startServing(cmd *cobra.Command) {
 			metrics["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)
 		}
 		serve("metrics", metricsAddr, metrics)
-		ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-		serve("health", healthAddr, map[string]http.Handler{"/healthz": ok, "/readyz": ok})
+		serve("health", healthAddr, status.Handlers())
 		return run(c, args)
 	}
 }

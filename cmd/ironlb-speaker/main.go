@@ -29,6 +29,7 @@ import (
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/gctarget"
+	"github.com/ironlb/ironlb/internal/health"
 	"github.com/ironlb/ironlb/internal/lbclass"
 	"github.com/ironlb/ironlb/internal/version"
 	"github.com/ironlb/ironlb/speaker"
@@ -42,7 +43,7 @@ func main() {
 	class := fs.String("load-balancer-class", v1alpha1.DefaultLoadBalancerClass, "The spec.loadBalancerClass that is ironlb's.")
 	classless := fs.Bool("handle-classless", true, "Also announce Services with no loadBalancerClass.")
 	metricsAddr := fs.String("metrics-bind-address", ":10292", "Address for plain-HTTP /metrics; \"0\" disables it.")
-	healthAddr := fs.String("health-probe-bind-address", ":10293", "Address for plain-HTTP /healthz; \"0\" disables it.")
+	healthAddr := fs.String("health-probe-bind-address", ":10293", "Address for plain-HTTP /healthz (live: no sync stuck) and /readyz (ready: caches synced, heartbeats and BGP server running, first sync done); \"0\" disables it.")
 	peerPort := fs.Uint16("peer-port", member.DefaultPort, "UDP port of the heartbeats between speakers, on each node's InternalIP.")
 	interval := fs.Duration("heartbeat-interval", member.DefaultInterval, "How often a speaker tells the others it is alive.")
 	timeout := fs.Duration("heartbeat-timeout", member.DefaultTimeout, "How long a silent speaker counts as alive; its addresses move after that.")
@@ -110,6 +111,7 @@ func run(kubeconfig string, cfg speaker.Config, qps float32, metricsAddr, health
 	if cfg.Dynamic, err = dynamic.NewForConfig(rc); err != nil {
 		return err
 	}
+	cfg.Health = health.New(health.DefaultStuckAfter)
 	s, err := speaker.New(cfg)
 	if err != nil {
 		return err
@@ -131,8 +133,7 @@ func run(kubeconfig string, cfg speaker.Config, qps float32, metricsAddr, health
 	if err := serve("metrics", metricsAddr, metrics); err != nil {
 		return err
 	}
-	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-	if err := serve("health", healthAddr, map[string]http.Handler{"/healthz": ok}); err != nil {
+	if err := serve("health", healthAddr, cfg.Health.Handlers()); err != nil {
 		return err
 	}
 

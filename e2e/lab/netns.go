@@ -66,3 +66,18 @@ func DialTCP(ns string, addr netip.AddrPort, timeout time.Duration) (net.Conn, e
 	}
 	return conn, nil
 }
+
+// ListenUDP opens a UDP socket bound to addr in namespace ns, for a test that
+// takes a port a speaker needs (its heartbeats' port, say) before it starts.
+func ListenUDP(ns string, addr netip.AddrPort) (*net.UDPConn, error) {
+	var conn *net.UDPConn
+	err := inNamespace(ns, func() error {
+		var err error
+		conn, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen in %s on %s: %w", ns, addr, err)
+	}
+	return conn, nil
+}
