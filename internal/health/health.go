@@ -82,6 +82,9 @@ func (s *Status) Pass(loop string) (done func()) {
 
 // Ready says whether every part is up, and else why not.
 func (s *Status) Ready() (bool, []string) {
+	if s == nil {
+		return true, nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	why := notUp(s.waiting)
@@ -90,6 +93,9 @@ func (s *Status) Ready() (bool, []string) {
 
 // Live says whether no loop is stuck, and else which are.
 func (s *Status) Live() (bool, []string) {
+	if s == nil {
+		return true, nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	why := stuck(s.now(), s.passes, s.stuckAfter)

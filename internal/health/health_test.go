@@ -115,4 +115,11 @@ func TestNil(t *testing.T) {
 	s.Wait("a", "b")
 	s.Up("a")
 	s.Pass("sync")()
+	for path, h := range s.Handlers() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != http.StatusOK {
+			t.Errorf("%s of a nil Status: %d %s; want 200: it reports nothing", path, rec.Code, rec.Body)
+		}
+	}
 }
