@@ -37,6 +37,7 @@ import (
 	"github.com/ironlb/ironlb/internal/lbclass"
 	"github.com/ironlb/ironlb/speaker/bfd"
 	"github.com/ironlb/ironlb/speaker/bgp"
+	"github.com/ironlb/ironlb/speaker/l2"
 	"github.com/ironlb/ironlb/speaker/member"
 )
 
@@ -54,6 +55,10 @@ type Config struct {
 	// LeaseDuration is how long a speaker's Lease stays fresh in the
 	// fallback, when heartbeats do not flow (DefaultLeaseDuration if 0).
 	LeaseDuration time.Duration
+	// L2Probing is how an address this node is to answer is looked at
+	// first, so that it is answered only once no other host answers it
+	// (l2.DefaultProbing if zero; a zero Window with a MaxWait: no look).
+	L2Probing l2.Probing
 	// Namespace is the speakers' own: where their Leases and the cluster
 	// key Secret are, and where a BGPPeer's password Secret is looked for
 	// when its reference names no namespace.
@@ -203,7 +208,10 @@ func New(cfg Config) (*Speaker, error) {
 			func(o *metav1.ListOptions) { o.FieldSelector = serviceSelector })
 	})
 	// Responders open only in sync, after Run has made the membership.
-	s.l2 = newL2Announcer(cfg.Node, cfg.Logger, s.events, func() (bool, bool, bool) {
+	if cfg.L2Probing == (l2.Probing{}) {
+		cfg.L2Probing = l2.DefaultProbing
+	}
+	s.l2 = newL2Announcer(cfg.Node, cfg.Logger, s.events, cfg.L2Probing, func() (bool, bool, bool) {
 		return s.members.Answerable(), !s.leases.fenced(time.Now()), s.members.Heard()
 	})
 	s.conditions = newConditionWriter(cfg, s.services.GetStore(), s.events)

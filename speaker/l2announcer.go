@@ -3,6 +3,7 @@ package speaker
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	"github.com/ironlb/ironlb/speaker/l2"
@@ -29,12 +31,15 @@ type l2Announcer struct {
 	// viaLeases: the fallback decides who owns what, not the heartbeats,
 	// so a reply does not wait for the heartbeats to show this node heard.
 	viaLeases atomic.Bool
+	// probing: how the responders look at an address before answering it.
+	probing l2.Probing
 
 	mu         sync.Mutex
-	responders map[string]*running // by interface
-	owned      map[netip.Addr]bool // addresses answered here, for events
-	failed     map[string]bool     // interfaces that could not be opened
-	warned     map[string]bool     // AnnounceFailed events already sent
+	responders map[string]*running                   // by interface
+	owned      map[netip.Addr]bool                   // addresses answered here, for events
+	services   map[netip.Addr][]types.NamespacedName // of each owned address, for conflict events
+	failed     map[string]bool                       // interfaces that could not be opened
+	warned     map[string]bool                       // AnnounceFailed events already sent
 }
 
 type running struct {
@@ -43,9 +48,10 @@ type running struct {
 	done   chan struct{}
 }
 
-func newL2Announcer(node string, logger klog.Logger, events *eventSink, fence func() (answerable, leaseOK, heard bool)) *l2Announcer {
-	return &l2Announcer{node: node, logger: logger, events: events, fence: fence,
-		responders: map[string]*running{}, owned: map[netip.Addr]bool{}, failed: map[string]bool{}, warned: map[string]bool{}}
+func newL2Announcer(node string, logger klog.Logger, events *eventSink, probing l2.Probing, fence func() (answerable, leaseOK, heard bool)) *l2Announcer {
+	return &l2Announcer{node: node, logger: logger, events: events, fence: fence, probing: probing,
+		responders: map[string]*running{}, owned: map[netip.Addr]bool{}, services: map[netip.Addr][]types.NamespacedName{},
+		failed: map[string]bool{}, warned: map[string]bool{}}
 }
 
 // Apply answers exactly p.answer, and warns about nodes that lack a pool's
@@ -94,7 +100,7 @@ func (l *l2Announcer) answer(ctx context.Context, want map[string][]netip.Addr, 
 		if _, ok := l.responders[ifc]; ok {
 			continue
 		}
-		r, err := l2.New(ifc, l.logger.WithName("l2"), l2.WithGate(l.open))
+		r, err := l2.New(ifc, l.logger.WithName("l2"), l2.WithGate(l.open), l2.WithProbing(l.probing), l2.WithConflict(l.conflict))
 		if err != nil {
 			l.logger.Error(err, "Cannot answer on interface; its addresses go to another node", "interface", ifc)
 			l.failed[ifc] = true
@@ -113,12 +119,16 @@ func (l *l2Announcer) answer(ctx context.Context, want map[string][]netip.Addr, 
 		l.responders[ifc] = run
 	}
 	owned := map[netip.Addr]bool{}
+	clear(l.services)
 	for ifc, run := range l.responders {
 		addrs := want[ifc]
 		slices.SortFunc(addrs, netip.Addr.Compare)
 		run.r.SetAddresses(addrs)
 		for _, a := range addrs {
 			owned[a] = true
+			if ann := plan[a]; ann != nil {
+				l.services[a] = ann.services
+			}
 		}
 	}
 	var v4, v6 float64
@@ -146,6 +156,19 @@ func (l *l2Announcer) answer(ctx context.Context, want map[string][]netip.Addr, 
 	l.owned = owned
 	addressesOwned.WithLabelValues("arp").Set(v4)
 	addressesOwned.WithLabelValues("ndp").Set(v6)
+}
+
+// conflict is told by a responder that it answers addr although the host at
+// mac still answered it after the longest wait: a host on the LAN has the
+// address configured, or forges answers. The Services that have it say so.
+func (l *l2Announcer) conflict(addr netip.Addr, mac net.HardwareAddr) {
+	l.mu.Lock()
+	svcs := slices.Clone(l.services[addr])
+	l.mu.Unlock()
+	for _, svc := range svcs {
+		l.events.warning(svc, EventAddressConflict, fmt.Sprintf("Another host (MAC %s) kept answering %s after %s waited %s for it to stop; %s answers it too. Find that host: an address of the pool is in use, or someone forges answers",
+			mac, addr, l.node, l.probing.MaxWait, l.node))
+	}
 }
 
 // warnMissing sends AnnounceFailed once per Service and problem when this

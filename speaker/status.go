@@ -32,6 +32,10 @@ import (
 const (
 	EventAnnouncing     = "Announcing"
 	EventAnnounceFailed = "AnnounceFailed"
+	// EventAddressConflict: another host kept answering an address after
+	// this node waited the longest for it to stop (l2.Probing), and this
+	// node answers it too.
+	EventAddressConflict = "AddressConflict"
 
 	// Reasons of the Announced condition.
 	ReasonAnnounced      = "Announced"

@@ -33,6 +33,7 @@ import (
 	"github.com/ironlb/ironlb/internal/lbclass"
 	"github.com/ironlb/ironlb/internal/version"
 	"github.com/ironlb/ironlb/speaker"
+	"github.com/ironlb/ironlb/speaker/l2"
 	"github.com/ironlb/ironlb/speaker/member"
 )
 
@@ -48,6 +49,8 @@ func main() {
 	interval := fs.Duration("heartbeat-interval", member.DefaultInterval, "How often a speaker tells the others it is alive.")
 	timeout := fs.Duration("heartbeat-timeout", member.DefaultTimeout, "How long a silent speaker counts as alive; its addresses move after that.")
 	leaseDuration := fs.Duration("lease-duration", speaker.DefaultLeaseDuration, "How long a speaker's Lease stays fresh in the fallback, when heartbeats cannot flow; failover then takes about this long.")
+	probeWindow := fs.Duration("l2-probe-window", l2.DefaultProbing.Window, "Before answering an address it takes over, a speaker asks the link who answers it (ARP probe, IPv6 duplicate address detection) and waits this long for an answer; it answers only once nobody else does, so two nodes never answer one address. 0 answers at once.")
+	probeMaxWait := fs.Duration("l2-probe-max-wait", l2.DefaultProbing.MaxWait, "The longest a speaker waits for another host to stop answering an address it takes over; it then answers too and sends an AddressConflict event.")
 	profiling := fs.Bool("profiling", false, "Serve Go's profiles (/debug/pprof/) on the metrics address.")
 	qps := fs.Float32("kube-api-qps", 20, "Requests per second to the API server.")
 	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "ironlb-system"), "The speakers' namespace: their Leases, the cluster key Secret, and BGPPeer password Secrets that name none (default $POD_NAMESPACE).")
@@ -82,6 +85,7 @@ func main() {
 		HeartbeatInterval: *interval,
 		HeartbeatTimeout:  *timeout,
 		LeaseDuration:     *leaseDuration,
+		L2Probing:         l2.Probing{Window: *probeWindow, MaxWait: *probeMaxWait},
 		Namespace:         *namespace,
 		Logger:            klog.Background().WithName("speaker"),
 	}, *qps, *metricsAddr, *healthAddr, *profiling); err != nil {

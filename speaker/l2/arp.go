@@ -59,6 +59,9 @@ func (r *Responder) serveARP(ctx context.Context) {
 		pause.reset()
 		if forUs(frame.Source, frame.Destination, r.ifi.HardwareAddr) {
 			r.handleARP(req)
+			if addr, kind := arpClaim(req); kind != notAClaim {
+				r.noteClaim(addr, kind, req.SenderHardwareAddr)
+			}
 		}
 	}
 }

@@ -66,8 +66,8 @@ func solicitationFor(target netip.Addr, opts ...ndp.Option) *ndp.NeighborSolicit
 
 var sourceLLA = &ndp.LinkLayerAddress{Direction: ndp.Source, Addr: theirMAC}
 
-func TestSolicitationFilter(t *testing.T) {
-	vm, err := bpf.NewVM(solicitationFilter())
+func TestNeighborFilter(t *testing.T) {
+	vm, err := bpf.NewVM(neighborFilter())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestSolicitationFilter(t *testing.T) {
 	}{
 		{"multicast solicitation", ndpFrame(t, solicitationFor(vip6, sourceLLA), client6, vip6Group), true},
 		{"unicast solicitation", ndpFrame(t, solicitationFor(vip6, sourceLLA), client6, vip6), true},
-		{"advertisement", ndpFrame(t, unsolicitedAdvertisement(vip6, theirMAC), client6, netip.IPv6LinkLocalAllNodes()), false},
+		{"advertisement", ndpFrame(t, unsolicitedAdvertisement(vip6, theirMAC), client6, netip.IPv6LinkLocalAllNodes()), true},
 		{"router solicitation", ndpFrame(t, &ndp.RouterSolicitation{}, client6, netip.MustParseAddr("ff02::2")), false},
 		{"echo request", ethernetFrame(t, theirMAC, ourMAC, ethernet.EtherTypeIPv6, ipv6Packet(client6, vip6, 64, protocolICMPv6, echo)), false},
 		{"extension header", ethernetFrame(t, theirMAC, ourMAC, ethernet.EtherTypeIPv6, ipv6Packet(client6, vip6, 255, 0, hopByHop)), false},

@@ -27,12 +27,13 @@ const (
 	acceptFrame = 1 << 18
 )
 
-// solicitationFilter is the BPF program of the NDP packet socket: it
-// passes Ethernet frames carrying IPv6 whose Next Header is ICMPv6 and whose
-// ICMPv6 type is Neighbor Solicitation (135), and drops everything else in
-// the kernel. Extension headers between the IPv6 header and ICMPv6 are not
-// followed: such solicitations are dropped, and no common stack sends them.
-func solicitationFilter() []bpf.Instruction {
+// neighborFilter is the BPF program of the NDP packet socket: it passes
+// Ethernet frames carrying IPv6 whose Next Header is ICMPv6 and whose ICMPv6
+// type is Neighbor Solicitation (135) or Neighbor Advertisement (136, for
+// the looks before taking, probe.go), and drops everything else in the
+// kernel. Extension headers between the IPv6 header and ICMPv6 are not
+// followed: such messages are dropped, and no common stack sends them.
+func neighborFilter() []bpf.Instruction {
 	const (
 		etherTypeOffset  = 12
 		nextHeaderOffset = ethernetHeaderLen + 6
@@ -40,11 +41,12 @@ func solicitationFilter() []bpf.Instruction {
 	)
 	return []bpf.Instruction{
 		bpf.LoadAbsolute{Off: etherTypeOffset, Size: 2},
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(ethernet.EtherTypeIPv6), SkipTrue: 5},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(ethernet.EtherTypeIPv6), SkipTrue: 6},
 		bpf.LoadAbsolute{Off: nextHeaderOffset, Size: 1},
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: protocolICMPv6, SkipTrue: 3},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: protocolICMPv6, SkipTrue: 4},
 		bpf.LoadAbsolute{Off: icmpTypeOffset, Size: 1},
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(ipv6.ICMPTypeNeighborSolicitation), SkipTrue: 1},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(ipv6.ICMPTypeNeighborSolicitation), SkipTrue: 1},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(ipv6.ICMPTypeNeighborAdvertisement), SkipTrue: 1},
 		bpf.RetConstant{Val: acceptFrame},
 		bpf.RetConstant{Val: 0},
 	}
@@ -72,9 +74,9 @@ func (r *Responder) openNDP(addrs []net.Addr) error {
 		return fmt.Errorf("interface %s: filtering NDP socket: %w", r.ifi.Name, err)
 	}
 
-	prog, err := bpf.Assemble(solicitationFilter())
+	prog, err := bpf.Assemble(neighborFilter())
 	if err != nil {
-		return fmt.Errorf("interface %s: assembling solicitation filter: %w", r.ifi.Name, err)
+		return fmt.Errorf("interface %s: assembling neighbor filter: %w", r.ifi.Name, err)
 	}
 	p, err := packet.Listen(r.ifi, packet.Raw, int(ethernet.EtherTypeIPv6), &packet.Config{Filter: prog})
 	if err != nil {
@@ -85,7 +87,8 @@ func (r *Responder) openNDP(addrs []net.Addr) error {
 	return nil
 }
 
-// serveNDP answers neighbor solicitations until the socket is closed or ctx ends.
+// serveNDP answers neighbor solicitations, and notes the claims of other
+// hosts (probe.go), until the socket is closed or ctx ends.
 func (r *Responder) serveNDP(ctx context.Context) {
 	// Solicitations are small; a longer frame is cut short and then dropped
 	// by parseSolicitation's length check.
@@ -104,18 +107,32 @@ func (r *Responder) serveNDP(ctx context.Context) {
 			continue
 		}
 		pause.reset()
-		r.handleSolicitation(buf[:n])
+		r.handleNeighborFrame(buf[:n])
+	}
+}
+
+// handleNeighborFrame answers a solicitation for an owned address and notes
+// what a frame from another host claims.
+func (r *Responder) handleNeighborFrame(frame []byte) {
+	m, err := parseNeighborFrame(frame)
+	if err != nil {
+		r.logger.V(5).Info("Ignoring invalid neighbor message", "err", err)
+		return
+	}
+	if !forUs(m.srcMAC, m.dstMAC, r.ifi.HardwareAddr) {
+		return
+	}
+	if addr, kind := m.claim(); kind != notAClaim {
+		r.noteClaim(addr, kind, m.srcMAC)
+	}
+	if m.solicitation != nil {
+		r.handleSolicitation(m.solicitation)
 	}
 }
 
 // handleSolicitation answers a solicitation for an owned address.
-func (r *Responder) handleSolicitation(frame []byte) {
-	s, err := parseSolicitation(frame)
-	if err != nil {
-		r.logger.V(5).Info("Ignoring invalid neighbor solicitation", "err", err)
-		return
-	}
-	if !forUs(s.srcMAC, s.dstMAC, r.ifi.HardwareAddr) || !r.owns(s.target) {
+func (r *Responder) handleSolicitation(s *solicitation) {
+	if !r.owns(s.target) {
 		return
 	}
 	r.ndpMetrics.requests.Inc()
@@ -162,10 +179,43 @@ type solicitation struct {
 	target         netip.Addr
 }
 
-// parseSolicitation parses an Ethernet frame that passed solicitationFilter
-// and validates it as RFC 4861 section 7.1.1 asks. The kernel does these
-// checks for ICMPv6 sockets; a packet socket gets the frame unchecked.
+// A neighborFrame is a validated Neighbor Solicitation or Advertisement.
+type neighborFrame struct {
+	srcMAC, dstMAC net.HardwareAddr
+	solicitation   *solicitation              // nil for an advertisement
+	advertisement  *ndp.NeighborAdvertisement // nil for a solicitation
+}
+
+// claim is what the frame says of an address (probe.go): an advertisement
+// answers its target; a solicitation from the unspecified address (Duplicate
+// Address Detection) is a probe for its target.
+func (m *neighborFrame) claim() (netip.Addr, claimKind) {
+	switch {
+	case m.advertisement != nil:
+		return m.advertisement.TargetAddress, claimAnswer
+	case m.solicitation.src.IsUnspecified():
+		return m.solicitation.target, claimProbe
+	}
+	return netip.Addr{}, notAClaim
+}
+
+// parseSolicitation parses an Ethernet frame that passed neighborFilter as
+// a Neighbor Solicitation (parseNeighborFrame).
 func parseSolicitation(frame []byte) (*solicitation, error) {
+	m, err := parseNeighborFrame(frame)
+	if err != nil {
+		return nil, err
+	}
+	if m.solicitation == nil {
+		return nil, fmt.Errorf("%T, not a neighbor solicitation", m.advertisement)
+	}
+	return m.solicitation, nil
+}
+
+// parseNeighborFrame parses an Ethernet frame that passed neighborFilter
+// and validates it as RFC 4861 sections 7.1.1 and 7.1.2 ask. The kernel does
+// these checks for ICMPv6 sockets; a packet socket gets the frame unchecked.
+func parseNeighborFrame(frame []byte) (*neighborFrame, error) {
 	var f ethernet.Frame
 	if err := f.UnmarshalBinary(frame); err != nil {
 		return nil, fmt.Errorf("ethernet header: %w", err)
@@ -200,19 +250,30 @@ func parseSolicitation(frame []byte) (*solicitation, error) {
 	if err != nil {
 		return nil, err
 	}
-	ns, ok := m.(*ndp.NeighborSolicitation)
-	if !ok {
-		return nil, fmt.Errorf("%T, not a neighbor solicitation", m)
-	}
-	if ns.TargetAddress.IsMulticast() {
-		return nil, fmt.Errorf("multicast target %s", ns.TargetAddress)
-	}
-	if src.IsUnspecified() {
-		if err := checkDAD(ns, dst); err != nil {
-			return nil, err
+	out := &neighborFrame{srcMAC: f.Source, dstMAC: f.Destination}
+	switch msg := m.(type) {
+	case *ndp.NeighborSolicitation:
+		if msg.TargetAddress.IsMulticast() {
+			return nil, fmt.Errorf("multicast target %s", msg.TargetAddress)
 		}
+		if src.IsUnspecified() {
+			if err := checkDAD(msg, dst); err != nil {
+				return nil, err
+			}
+		}
+		out.solicitation = &solicitation{srcMAC: f.Source, dstMAC: f.Destination, src: src, dst: dst, target: msg.TargetAddress}
+	case *ndp.NeighborAdvertisement:
+		if msg.TargetAddress.IsMulticast() {
+			return nil, fmt.Errorf("multicast target %s", msg.TargetAddress)
+		}
+		if msg.Solicited && dst.IsMulticast() {
+			return nil, fmt.Errorf("solicited advertisement for %s sent to multicast %s", msg.TargetAddress, dst)
+		}
+		out.advertisement = msg
+	default:
+		return nil, fmt.Errorf("%T, not a neighbor solicitation or advertisement", m)
 	}
-	return &solicitation{srcMAC: f.Source, dstMAC: f.Destination, src: src, dst: dst, target: ns.TargetAddress}, nil
+	return out, nil
 }
 
 // checkICMPv6Checksum verifies the checksum of an ICMPv6 message by having
@@ -308,6 +369,29 @@ func (a advertisement) frame(srcMAC net.HardwareAddr) ([]byte, error) {
 		Source:      srcMAC,
 		EtherType:   ethernet.EtherTypeIPv6,
 		Payload:     append(ipv6Header(src, a.dst, len(msg)), msg...),
+	}
+	return f.MarshalBinary()
+}
+
+// dadSolicitation builds the Ethernet frame of a Duplicate Address
+// Detection solicitation for addr from mac: from the unspecified address to
+// addr's solicited-node group, without a source link-layer address (RFC 4862
+// section 5.4.2). A host that answers addr answers it to all nodes.
+func dadSolicitation(addr netip.Addr, mac net.HardwareAddr) ([]byte, error) {
+	group, err := ndp.SolicitedNodeMulticast(addr)
+	if err != nil {
+		return nil, err
+	}
+	src := netip.IPv6Unspecified()
+	msg, err := ndp.MarshalMessageChecksum(&ndp.NeighborSolicitation{TargetAddress: addr}, src, group)
+	if err != nil {
+		return nil, fmt.Errorf("neighbor solicitation for %s: %w", addr, err)
+	}
+	f := ethernet.Frame{
+		Destination: multicastMAC(group),
+		Source:      mac,
+		EtherType:   ethernet.EtherTypeIPv6,
+		Payload:     append(ipv6Header(src, group, len(msg)), msg...),
 	}
 	return f.MarshalBinary()
 }

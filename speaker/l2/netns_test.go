@@ -66,7 +66,7 @@ func TestResponderOnVeth(t *testing.T) {
 	addrs := filepath.Join(t.TempDir(), "addrs")
 	writeAddrs(t, addrs, 1, vip4, vip6)
 	h := startHelper(t, n, addrs)
-	h.WaitLine(t, "applied 1", 20*time.Second)
+	h.WaitLine(t, "answered 1", 20*time.Second)
 
 	t.Run("answered", func(t *testing.T) {
 		if macs := n.arping(t, vip4); len(macs) != 1 || macs[0] != nodeMAC.String() {
@@ -148,7 +148,7 @@ func TestResponderOnVeth(t *testing.T) {
 		}
 		capture := n.captureAnnouncements(t)
 		writeAddrs(t, addrs, 3, vip4, vip6)
-		h.WaitLine(t, "applied 3", 10*time.Second)
+		h.WaitLine(t, "answered 3", 10*time.Second)
 		for _, a := range []netip.Addr{vip4, vip6} {
 			if !netnstest.Poll(3*time.Second, func() bool { return strings.Contains(n.neighbor(t, a), nodeMAC.String()) }) {
 				t.Errorf("client's entry for %s not updated to %s: %s", a, nodeMAC, n.neighbor(t, a))
@@ -161,11 +161,46 @@ func TestResponderOnVeth(t *testing.T) {
 		}
 	})
 
+	t.Run("another host answers", func(t *testing.T) {
+		// The client has other4 and other6 configured, so its kernel
+		// answers them: the Responder, told to answer them too, looks and
+		// waits while it does, and answers once the client lets them go.
+		for _, a := range []string{other4.String() + "/32", other6.String() + "/128"} {
+			netnstest.IP(t, "-n", n.client, "addr", "add", a, "dev", n.clientLink, "nodad")
+		}
+		writeAddrs(t, addrs, 4, vip4, vip6, other4, other6)
+		h.WaitLine(t, "applied 4", 10*time.Second)
+		for _, a := range []netip.Addr{other4, other6} {
+			if !netnstest.Poll(3*time.Second, func() bool {
+				return h.logged(`"Another host answers the address`, `address="`+a.String()+`"`, `mac="`+clientMAC.String()+`"`)
+			}) {
+				t.Errorf("the Responder did not see the client answer %s", a)
+			}
+		}
+		time.Sleep(time.Second)
+		if h.logged(`"Answering"`, `address="`+other4.String()+`"`) || h.logged(`"Answering"`, `address="`+other6.String()+`"`) {
+			t.Fatal("the Responder answers an address while another host answers it")
+		}
+		for _, a := range []string{other4.String() + "/32", other6.String() + "/128"} {
+			netnstest.IP(t, "-n", n.client, "addr", "del", a, "dev", n.clientLink)
+		}
+		gone := time.Now()
+		h.WaitLine(t, "answered 4", 5*time.Second)
+		t.Logf("answered %v after the client let the addresses go", time.Since(gone).Round(time.Millisecond))
+		if macs := n.arping(t, other4); len(macs) != 1 || macs[0] != nodeMAC.String() {
+			t.Errorf("ARP for %s answered by %v, want only %s", other4, macs, nodeMAC)
+		}
+		if mac := n.ndisc6(t, other6); mac != nodeMAC.String() {
+			t.Errorf("NDP for %s answered by %q, want %s", other6, mac, nodeMAC)
+		}
+	})
+
 	metrics := h.stop(t)
 	for _, proto := range []string{protocolARP, protocolNDP} {
 		m := metrics[proto]
-		if m["requests"] < 1 || m["replies"] < 1 || m["gratuitous"] != float64(2*len(testSchedule)) {
-			t.Errorf("%s counters %v: want requests and replies >= 1, gratuitous %d", proto, m, 2*len(testSchedule))
+		// Announced: the VIP twice (sets 1 and 3), the other address once.
+		if m["requests"] < 1 || m["replies"] < 1 || m["gratuitous"] != float64(3*len(testSchedule)) || m["waited"] != 1 {
+			t.Errorf("%s counters %v: want requests and replies >= 1, gratuitous %d, waited 1", proto, m, 3*len(testSchedule))
 		}
 	}
 }
@@ -541,6 +576,13 @@ func TestHelperResponder(t *testing.T) {
 				r.SetAddresses(addrs)
 				applied = gen
 				fmt.Printf("applied %d\n", gen)
+				// Answered after a look (probe.go), or more while another
+				// host answers them.
+				go func() {
+					if netnstest.Poll(time.Minute, func() bool { return ownsAll(r, addrs) }) {
+						fmt.Printf("answered %d\n", gen)
+					}
+				}()
 			}
 		}
 	}
@@ -548,8 +590,17 @@ func TestHelperResponder(t *testing.T) {
 		t.Error(err)
 	}
 	for proto, c := range map[string]counters{protocolARP: r.arpMetrics, protocolNDP: r.ndpMetrics} {
-		fmt.Printf("metrics %s requests=%v replies=%v gratuitous=%v\n", proto, value(c.requests), value(c.replies), value(c.gratuitous))
+		fmt.Printf("metrics %s requests=%v replies=%v gratuitous=%v waited=%v\n", proto, value(c.requests), value(c.replies), value(c.gratuitous), value(c.waited))
 	}
+}
+
+func ownsAll(r *Responder, addrs []netip.Addr) bool {
+	for _, a := range addrs {
+		if !r.owns(a) {
+			return false
+		}
+	}
+	return true
 }
 
 func value(c prometheus.Counter) float64 {

@@ -37,6 +37,8 @@ type Option func(*config)
 type config struct {
 	schedule []time.Duration
 	gate     func() bool
+	probing  Probing
+	conflict func(netip.Addr, net.HardwareAddr)
 }
 
 // WithGate makes every reply and announcement wait for gate to return true
@@ -68,6 +70,8 @@ type Responder struct {
 	logger   klog.Logger
 	schedule []time.Duration
 	gate     func() bool // nil: always open
+	probing  Probing
+	conflict func(netip.Addr, net.HardwareAddr) // nil: not reported
 
 	// IPv4; arp is nil when the interface has no IPv4 address.
 	arp        *arp.Client
@@ -80,9 +84,11 @@ type Responder struct {
 	memberships *ndp.Conn
 	ndpMetrics  counters
 
-	// announce sends one gratuitous announcement for an address. It is a
-	// field so that tests can watch the schedule without sockets.
+	// announce sends one gratuitous announcement for an address, and probe
+	// one probe (probe.go). They are fields so that tests can watch them
+	// without sockets.
 	announce func(netip.Addr)
+	probe    func(netip.Addr)
 	// announceCtx is the parent of every announcement schedule;
 	// stopAnnouncements, called by Close, ends them all.
 	announceCtx       context.Context
@@ -92,8 +98,10 @@ type Responder struct {
 	mu      sync.RWMutex
 	running bool
 	closed  bool
-	// owned is the set answered for, each with the cancel of its schedule.
-	owned map[netip.Addr]context.CancelFunc
+	// owned is the set answered for, each with the cancel of its schedule;
+	// pending, the addresses of the set still looked at (probe.go).
+	owned   map[netip.Addr]context.CancelFunc
+	pending map[netip.Addr]*look
 	// groups are the solicited-node multicast groups joined on memberships.
 	groups map[netip.Addr]struct{}
 }
@@ -114,12 +122,13 @@ func New(ifaceName string, logger klog.Logger, opts ...Option) (*Responder, erro
 		return nil, fmt.Errorf("interface %s: listing its addresses: %w", ifaceName, err)
 	}
 
-	cfg := config{schedule: defaultSchedule}
+	cfg := config{schedule: defaultSchedule, probing: DefaultProbing}
 	for _, opt := range opts {
 		opt(&cfg)
 	}
 	r := newResponder(ifi, logger, cfg)
 	r.announce = r.sendAnnouncement
+	r.probe = r.sendProbe
 
 	if err := r.openARP(addrs); err != nil {
 		return nil, err
@@ -142,9 +151,14 @@ func newResponder(ifi *net.Interface, logger klog.Logger, cfg config) *Responder
 		logger:            logger.WithValues("interface", ifi.Name),
 		schedule:          cfg.schedule,
 		gate:              cfg.gate,
+		probing:           cfg.probing,
+		conflict:          cfg.conflict,
+		arpMetrics:        newCounters(protocolARP, ifi.Name),
+		ndpMetrics:        newCounters(protocolNDP, ifi.Name),
 		announceCtx:       ctx,
 		stopAnnouncements: cancel,
 		owned:             map[netip.Addr]context.CancelFunc{},
+		pending:           map[netip.Addr]*look{},
 		groups:            map[netip.Addr]struct{}{},
 	}
 }
@@ -234,8 +248,9 @@ func (r *Responder) owns(addr netip.Addr) bool {
 // SetAddresses replaces the set of addresses answered for. Addresses leaving
 // the set are no longer answered from the moment this returns, and their
 // announcements stop (one already being sent may still go out). Addresses
-// new to the set are announced at once and then on the schedule. Invalid,
-// unspecified and multicast addresses are ignored and logged.
+// new to the set are looked at first (probe.go: one look when no other host
+// answers them), then answered, announced at once and then on the schedule.
+// Invalid, unspecified and multicast addresses are ignored and logged.
 func (r *Responder) SetAddresses(addrs []netip.Addr) {
 	want := r.normalize(addrs)
 
@@ -252,14 +267,24 @@ func (r *Responder) SetAddresses(addrs []netip.Addr) {
 			r.logger.V(1).Info("Stopped answering", "address", addr)
 		}
 	}
+	for addr, l := range r.pending {
+		if _, keep := want[addr]; !keep {
+			l.cancel()
+			delete(r.pending, addr)
+		}
+	}
 	// Join before announcing: neighbours may solicit right after hearing one.
 	r.syncGroups(want)
 	for addr := range want {
-		if _, ok := r.owned[addr]; ok {
+		if _, ok := r.owned[addr]; ok || r.pending[addr] != nil {
 			continue
 		}
-		r.owned[addr] = r.startAnnouncements(addr)
-		r.logger.V(1).Info("Answering", "address", addr)
+		if r.probing.Window > 0 {
+			r.pending[addr] = r.startLooking(addr)
+		} else {
+			r.owned[addr] = r.startAnnouncements(addr)
+			r.logger.V(1).Info("Answering", "address", addr)
+		}
 		if !r.canAnswer(addr) {
 			r.logger.Info("Cannot answer for address: its family is unavailable on this interface", "address", addr)
 		}
@@ -279,6 +304,14 @@ func (r *Responder) normalize(addrs []netip.Addr) map[netip.Addr]struct{} {
 		set[a] = struct{}{}
 	}
 	return set
+}
+
+// counters are the counters of addr's protocol.
+func (r *Responder) counters(addr netip.Addr) counters {
+	if addr.Is4() {
+		return r.arpMetrics
+	}
+	return r.ndpMetrics
 }
 
 func (r *Responder) canAnswer(addr netip.Addr) bool {
