@@ -383,7 +383,8 @@ func TestForUs(t *testing.T) {
 	}
 }
 
-// announcements records the announcements of a Responder without sockets.
+// announcements counts, by address, the announcements (or the probes) of a
+// Responder without sockets.
 type announcements struct {
 	mu     sync.Mutex
 	counts map[netip.Addr]int

@@ -128,24 +128,6 @@ func TestNeighborFrameClaims(t *testing.T) {
 	_ = ndp.HopLimit
 }
 
-// probes records the probes of a Responder without sockets.
-type probes struct {
-	mu     sync.Mutex
-	counts map[netip.Addr]int
-}
-
-func (p *probes) record(addr netip.Addr) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.counts[addr]++
-}
-
-func (p *probes) count(addr netip.Addr) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.counts[addr]
-}
-
 // claimer keeps claiming addr as the host at mac, every 5 ms, until stopped.
 func claimer(r *Responder, addr netip.Addr, kind claimKind, mac net.HardwareAddr) (stop func()) {
 	done := make(chan struct{})
@@ -177,7 +159,7 @@ func TestLookBeforeTaking(t *testing.T) {
 	})
 	rec := &announcements{counts: map[netip.Addr]int{}}
 	r.announce = rec.record
-	sent := &probes{counts: map[netip.Addr]int{}}
+	sent := &announcements{counts: map[netip.Addr]int{}} // counts the probes
 	r.probe = sent.record
 	defer r.Close()
 	free := netip.MustParseAddr("172.31.248.10")
