@@ -9,7 +9,6 @@ import (
 
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
-	"github.com/mdlayher/ndp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/klog/v2/ktesting"
 )
@@ -125,7 +124,6 @@ func TestNeighborFrameClaims(t *testing.T) {
 	if _, err := parseNeighborFrame(ndpFrame(t, na, vip6, netip.IPv6LinkLocalAllNodes())); err == nil {
 		t.Error("solicited advertisement to all nodes accepted")
 	}
-	_ = ndp.HopLimit
 }
 
 // claimer keeps claiming addr as the host at mac, every 5 ms, until stopped.
