@@ -46,6 +46,9 @@ func (l *Lab) buildBinaries(ctx context.Context) error {
 	errs := make(chan error, 2)
 	go func() {
 		want := slices.Clone(upstream.Lab)
+		if l.cfg.Kubelet {
+			want = append(want, upstream.Nodes...)
+		}
 		kubectl := ""
 		if l.cfg.Kubectl {
 			if kubectl = testenv.Kubectl(ctx); kubectl == "" {
@@ -99,7 +102,15 @@ func (l *Lab) buildBinaries(ctx context.Context) error {
 			err = e
 		}
 	}
-	return err
+	if err != nil || !l.cfg.Kubelet {
+		return err
+	}
+	began = time.Now()
+	if l.images, err = l.buildImages(ctx); err != nil {
+		return err
+	}
+	l.progress("lab %s: images of ironlb-ccm, ironlb-speaker, pause and echo built in %s", l.cfg.Name, time.Since(began).Round(100*time.Millisecond))
+	return nil
 }
 
 // startControlPlane runs etcd and kube-apiserver in the root namespace on
@@ -115,6 +126,15 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 		testenv.WithUser(kubeProxyUser),
 		testenv.WithUser(kcmUser),
 		testenv.WithAPIServerArgs(l.cfg.APIServerArgs...),
+	}
+	if l.cfg.Kubelet {
+		opts = append(opts, testenv.WithUser(schedulerUser))
+		for n := 1; n <= l.Nodes; n++ {
+			opts = append(opts, testenv.WithUser(l.nodeUser(n), "system:nodes"))
+		}
+		// Kubelets are authorized as nodes; kubectl logs and exec reach
+		// them at their InternalIP (their names resolve nowhere).
+		opts = append(opts, testenv.WithAPIServerArgs("--authorization-mode=Node,RBAC", "--kubelet-preferred-address-types=InternalIP"))
 	}
 	if !l.cfg.Attached {
 		opts = append(opts, testenv.WithDetached())
@@ -136,7 +156,14 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 	if err := os.WriteFile(kubeconfig, data, 0o600); err != nil {
 		return err
 	}
-	for _, u := range []string{kubeProxyUser, kcmUser} {
+	users := []string{kubeProxyUser, kcmUser}
+	if l.cfg.Kubelet {
+		users = append(users, schedulerUser)
+		for n := 1; n <= l.Nodes; n++ {
+			users = append(users, l.nodeUser(n))
+		}
+	}
+	for _, u := range users {
 		if err := api.KubeconfigFor(u, l.kubeconfigFor(u)); err != nil {
 			return err
 		}
@@ -171,7 +198,13 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 		"--leader-elect=false",
 		"--cluster-name="+l.Prefix(),
 	)
-	return err
+	if err != nil || !l.cfg.Kubelet {
+		return err
+	}
+	if err := l.writeKubernetesEndpoints(ctx, api.URL()); err != nil {
+		return err
+	}
+	return l.startScheduler()
 }
 
 // apiProcs turns testenv's etcd and kube-apiserver into records; they are
@@ -196,8 +229,20 @@ func (l *Lab) kubeconfigFor(user string) string {
 // startNodes creates the Node objects, Ready and with both addresses as a
 // kubelet would report them, and runs kube-proxy in each node's namespace.
 func (l *Lab) startNodes(ctx context.Context) error {
+	if l.cfg.Kubelet {
+		if err := routePodsFromRoot(ctx, l.Plan); err != nil {
+			return err
+		}
+	}
 	for n := 1; n <= l.Nodes; n++ {
-		if err := l.createNode(ctx, n); err != nil {
+		if l.cfg.Kubelet {
+			if err := l.createKubeletNode(ctx, n); err != nil {
+				return err
+			}
+			if err := l.startKubeletNode(ctx, n, l.images); err != nil {
+				return err
+			}
+		} else if err := l.createNode(ctx, n); err != nil {
 			return err
 		}
 		kubeconfig := filepath.Join(l.dir, fmt.Sprintf("kube-proxy-%s.kubeconfig", l.NodeName(n)))
@@ -222,6 +267,11 @@ func (l *Lab) startNodes(ctx context.Context) error {
 		}
 	}
 	for n := 1; n <= l.Nodes; n++ {
+		if l.cfg.Kubelet {
+			if err := l.WaitNodeReady(ctx, n); err != nil {
+				return err
+			}
+		}
 		if err := l.WaitKubeProxy(ctx, n); err != nil {
 			return err
 		}

@@ -6,10 +6,12 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
@@ -41,8 +43,9 @@ const (
 	tokenLifetime = 30 * 24 * 3600
 )
 
-// identityKinds are what the lab applies of deploy/: no workloads (there is
-// no kubelet to run them; the lab runs the binaries itself).
+// identityKinds are what the lab applies of deploy/ first, and all of it
+// with process nodes (no kubelet runs workloads there: the lab runs the
+// binaries itself). Real nodes get the rest too (installWorkloads).
 var identityKinds = []string{"CustomResourceDefinition", "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
 	"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
@@ -85,39 +88,94 @@ func (l *Lab) installDeploy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	dc, err := discovery.NewDiscoveryClientForConfig(l.RESTConfig)
-	if err != nil {
-		return err
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
 	for _, kinds := range [][]string{identityKinds[:1], identityKinds[1:]} {
-		for _, obj := range objs {
-			if !slices.Contains(kinds, obj.GetKind()) {
-				continue
-			}
-			gvk := obj.GroupVersionKind()
-			m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-			if err != nil {
-				return fmt.Errorf("%s %s: %w", gvk.Kind, obj.GetName(), err)
-			}
-			var ri dynamic.ResourceInterface = l.Dynamic.Resource(m.Resource)
-			if ns := obj.GetNamespace(); ns != "" {
-				ri = l.Dynamic.Resource(m.Resource).Namespace(ns)
-			}
-			if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: fieldManager, Force: true}); err != nil {
-				return fmt.Errorf("apply %s %s from %s: %w", gvk.Kind, obj.GetName(), DeployDir, err)
-			}
-			if gvk.Kind == "CustomResourceDefinition" {
-				if err := testenv.WaitEstablished(ctx, l.Dynamic, obj.GetName()); err != nil {
-					return err
-				}
-			}
+		if err := l.apply(ctx, objs, func(kind string) bool { return slices.Contains(kinds, kind) }); err != nil {
+			return err
 		}
 	}
 	for _, sa := range []string{CCMAccount, SpeakerAccount} {
 		if err := l.writeAccountKubeconfig(ctx, sa); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// apply applies the objects whose kind wants says yes to (server-side, as
+// kubectl apply --server-side does), waiting until each CRD is established.
+func (l *Lab) apply(ctx context.Context, objs []*unstructured.Unstructured, wants func(kind string) bool) error {
+	dc, err := discovery.NewDiscoveryClientForConfig(l.RESTConfig)
+	if err != nil {
+		return err
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	for _, obj := range objs {
+		if !wants(obj.GetKind()) {
+			continue
+		}
+		gvk := obj.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", gvk.Kind, obj.GetName(), err)
+		}
+		var ri dynamic.ResourceInterface = l.Dynamic.Resource(m.Resource)
+		if ns := obj.GetNamespace(); ns != "" {
+			ri = l.Dynamic.Resource(m.Resource).Namespace(ns)
+		}
+		if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: fieldManager, Force: true}); err != nil {
+			return fmt.Errorf("apply %s %s from %s: %w", gvk.Kind, obj.GetName(), DeployDir, err)
+		}
+		if gvk.Kind == "CustomResourceDefinition" {
+			if err := testenv.WaitEstablished(ctx, l.Dynamic, obj.GetName()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// installWorkloads applies the rest of deploy/default on real nodes (the
+// Deployment and DaemonSet among it, unchanged) and waits until every
+// ironlb-ccm and ironlb-speaker pod is Ready.
+func (l *Lab) installWorkloads(ctx context.Context) error {
+	objs, err := deployObjects()
+	if err != nil {
+		return err
+	}
+	if err := l.apply(ctx, objs, func(kind string) bool { return !slices.Contains(identityKinds, kind) }); err != nil {
+		return err
+	}
+	return l.WaitRolledOut(ctx, 3*time.Minute)
+}
+
+// WaitRolledOut waits until the ironlb-ccm Deployment and the
+// ironlb-speaker DaemonSet have every pod of their current template Ready.
+func (l *Lab) WaitRolledOut(ctx context.Context, timeout time.Duration) error {
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		d, err := l.Client.AppsV1().Deployments(Namespace).Get(ctx, CCMAccount, metav1.GetOptions{})
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		ds, err := l.Client.AppsV1().DaemonSets(Namespace).Get(ctx, SpeakerAccount, metav1.GetOptions{})
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		want := int32(1)
+		if d.Spec.Replicas != nil {
+			want = *d.Spec.Replicas
+		}
+		last = fmt.Sprintf("Deployment %s: %d of %d updated and ready (generation %d observed %d); DaemonSet %s: %d of %d updated, %d ready (generation %d observed %d)",
+			CCMAccount, d.Status.UpdatedReplicas, want, d.Generation, d.Status.ObservedGeneration,
+			SpeakerAccount, ds.Status.UpdatedNumberScheduled, ds.Status.DesiredNumberScheduled, ds.Status.NumberReady, ds.Generation, ds.Status.ObservedGeneration)
+		return d.Status.ObservedGeneration == d.Generation && d.Status.UpdatedReplicas == want && d.Status.ReadyReplicas == want && d.Status.Replicas == want &&
+			ds.Status.ObservedGeneration == ds.Generation && ds.Status.DesiredNumberScheduled > 0 &&
+			ds.Status.UpdatedNumberScheduled == ds.Status.DesiredNumberScheduled && ds.Status.NumberReady == ds.Status.DesiredNumberScheduled, nil
+	})
+	if err != nil {
+		return fmt.Errorf("ironlb not rolled out: %s: %w", last, err)
 	}
 	return nil
 }

@@ -47,6 +47,10 @@ type Config struct {
 	SpeakerArgs []string
 	// APIServerArgs are extra kube-apiserver flags (e.g. an audit log).
 	APIServerArgs []string
+	// Kubelet makes the full nodes real (kubelet.go): a containerd and a
+	// kubelet each, pods scheduled onto them. CCM and Speakers then install
+	// ironlb from deploy/ unchanged, as pods of its Deployment and DaemonSet.
+	Kubelet bool
 	// Kubectl builds kubectl too (bin/kubectl in the state directory).
 	Kubectl bool
 	// Attached processes die with this process (tests); otherwise they run
@@ -75,6 +79,8 @@ type Lab struct {
 	Dynamic    dynamic.Interface
 
 	bins binaries
+	// images are the image archives real nodes import (Config.Kubelet).
+	images []string
 }
 
 type binaries struct {
@@ -149,11 +155,20 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err := l.startNodes(ctx); err != nil {
 		return l, err
 	}
-	l.progress("lab %s: %d nodes Ready, kube-proxy (nftables) synced on each", cfg.Name, cfg.Nodes)
+	if cfg.Kubelet {
+		l.progress("lab %s: %d nodes Ready (kubelet, containerd), kube-proxy (nftables) synced on each", cfg.Name, cfg.Nodes)
+	} else {
+		l.progress("lab %s: %d nodes Ready, kube-proxy (nftables) synced on each", cfg.Name, cfg.Nodes)
+	}
 	if err := l.createSpeakerOnlyNodes(ctx); err != nil {
 		return l, err
 	}
-	if cfg.CCM {
+	if cfg.Kubelet && (cfg.CCM || cfg.Speakers) {
+		if err := l.installWorkloads(ctx); err != nil {
+			return l, err
+		}
+		l.progress("lab %s: ironlb installed from %s: ironlb-ccm and ironlb-speaker pods Ready", cfg.Name, DeployDir)
+	} else if cfg.CCM {
 		if err := l.StartCCM(ctx, cfg.CCMArgs...); err != nil {
 			return l, err
 		}
@@ -164,7 +179,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			return l, err
 		}
 	}
-	if cfg.Speakers {
+	if cfg.Speakers && !cfg.Kubelet {
 		if err := l.startSpeakers(ctx, cfg.SpeakerArgs...); err != nil {
 			return l, err
 		}
@@ -223,7 +238,7 @@ func claim(ctx context.Context, root string, cfg Config) (*Lab, error) {
 		Plan:  plan,
 		cfg:   cfg,
 		dir:   dir,
-		state: &State{Name: cfg.Name, Index: index, Nodes: cfg.Nodes, SpeakerOnlyNodes: cfg.SpeakerOnlyNodes, Created: time.Now().UTC()},
+		state: &State{Name: cfg.Name, Index: index, Nodes: cfg.Nodes, SpeakerOnlyNodes: cfg.SpeakerOnlyNodes, Kubelet: cfg.Kubelet, Created: time.Now().UTC()},
 	}
 	return l, writeState(dir, l.state)
 }
@@ -316,6 +331,9 @@ func down(ctx context.Context, root string, s *State) error {
 	wg.Wait()
 	var errs []error
 	if plan, err := NewPlan(s.Index, max(s.Nodes, 1)); err == nil {
+		if s.Kubelet {
+			errs = append(errs, removeKubeletNodes(filepath.Join(root, s.Name), plan))
+		}
 		errs = append(errs, removeNetwork(ctx, plan))
 	}
 	errs = append(errs, os.RemoveAll(filepath.Join(root, s.Name)))

@@ -117,14 +117,10 @@ func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
 			Ports:          []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
 		},
 	}
-	if _, err := l.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create Service hello: %w", err)
-	}
 	key := types.NamespacedName{Namespace: "default", Name: "hello"}
-	for i, n := range []int{2, 3} {
-		if _, err := l.AddEndpoint(ctx, key, fmt.Sprintf("hello-%d", i+1), n); err != nil {
-			return err
-		}
+	backends, err := l.sampleService(ctx, svc, []int{2, 3})
+	if err != nil {
+		return err
 	}
 	addrs, err := l.WaitIngress(ctx, key, 2, 30*time.Second)
 	if err != nil {
@@ -134,7 +130,7 @@ func (l *Lab) Sample(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\nService default/hello (type LoadBalancer, %s) with endpoints on node2 and node3:\n", *s.Spec.IPFamilyPolicy)
+	fmt.Fprintf(out, "\nService default/hello (type LoadBalancer, %s) with %s:\n", *s.Spec.IPFamilyPolicy, backends)
 	fmt.Fprintf(out, "  cluster IPs   %s\n", strings.Join(s.Spec.ClusterIPs, ", "))
 	var ext []string
 	for _, a := range addrs {
@@ -199,14 +195,10 @@ func (l *Lab) sampleBGP(ctx context.Context, out io.Writer) error {
 			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
 		},
 	}
-	if _, err := l.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create Service hello-routed: %w", err)
-	}
 	key := types.NamespacedName{Namespace: "default", Name: "hello-routed"}
-	for i, n := range []int{1, 3} {
-		if _, err := l.AddEndpoint(ctx, key, fmt.Sprintf("routed-%d", i+1), n); err != nil {
-			return err
-		}
+	backends, err := l.sampleService(ctx, svc, []int{1, 3})
+	if err != nil {
+		return err
 	}
 	addrs, err := l.WaitIngress(ctx, key, 1, 30*time.Second)
 	if err != nil {
@@ -216,7 +208,7 @@ func (l *Lab) sampleBGP(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\nService default/hello-routed, from IPPool sample-bgp (BGP), endpoints on node1 and node3:\n")
+	fmt.Fprintf(out, "\nService default/hello-routed, from IPPool sample-bgp (BGP), %s:\n", backends)
 	for _, c := range s.Status.Conditions {
 		fmt.Fprintf(out, "  condition     %s=%s %s: %s\n", c.Type, c.Status, c.Reason, c.Message)
 	}
@@ -236,6 +228,35 @@ func (l *Lab) sampleBGP(ctx context.Context, out io.Writer) error {
 	}
 	fmt.Fprint(out, body)
 	return nil
+}
+
+// sampleService creates a sample Service (port 80 to 8080) with two
+// backends and says what they are. On real nodes they are echo pods of a
+// Deployment named after the Service, which it selects (the EndpointSlice
+// controller lists them); on process nodes, echo endpoints that the lab
+// runs on the given nodes and lists itself.
+func (l *Lab) sampleService(ctx context.Context, svc *corev1.Service, nodes []int) (string, error) {
+	if l.state.Kubelet {
+		svc.Spec.Selector = map[string]string{"app": svc.Name}
+	}
+	if _, err := l.Client.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		return "", fmt.Errorf("create Service %s: %w", svc.Name, err)
+	}
+	if l.state.Kubelet {
+		if err := l.EchoDeployment(ctx, svc.Namespace, svc.Name, int32(len(nodes)), 8080); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%d echo pods of Deployment %s", len(nodes), svc.Name), nil
+	}
+	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	var on []string
+	for i, n := range nodes {
+		if _, err := l.AddEndpoint(ctx, key, fmt.Sprintf("%s-%d", strings.TrimPrefix(svc.Name, "hello-"), i+1), n); err != nil {
+			return "", err
+		}
+		on = append(on, l.NodeName(n))
+	}
+	return "endpoints on " + strings.Join(on, " and "), nil
 }
 
 // WaitCondition waits until svc has condition typ with status want and returns the Service.

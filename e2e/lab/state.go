@@ -38,6 +38,8 @@ type State struct {
 	Processes []Proc      `json:"processes,omitempty"`
 	Endpoints []*Endpoint `json:"endpoints,omitempty"`
 
+	// Kubelet: the full nodes run a kubelet and containerd (kubelet.go).
+	Kubelet bool `json:"kubelet,omitempty"`
 	// SpeakerOnlyNodes follow the Nodes full ones (scale.go).
 	SpeakerOnlyNodes int `json:"speakerOnlyNodes,omitempty"`
 }

@@ -23,6 +23,8 @@ type Bins struct {
 	Etcd                  string
 	KubeProxy             string
 	KubeControllerManager string
+	Kubelet               string
+	KubeScheduler         string
 	Kubectl               string
 	Helm                  string
 
@@ -53,6 +55,10 @@ func (b *Bins) path(name string) *string {
 		return &b.KubeProxy
 	case "kube-controller-manager":
 		return &b.KubeControllerManager
+	case "kubelet":
+		return &b.Kubelet
+	case "kube-scheduler":
+		return &b.KubeScheduler
 	case "kubectl":
 		return &b.Kubectl
 	case "helm":
@@ -70,7 +76,7 @@ const (
 )
 
 // Binaries returns the paths of the upstream kube-apiserver, etcd, kube-proxy,
-// kube-controller-manager, kubectl and helm, built from the versions pinned in e2e/go.mod.
+// kube-controller-manager, kubelet, kube-scheduler, kubectl and helm, built from the versions pinned in e2e/go.mod.
 // Only the binaries named in want (by file name, e.g. "kube-proxy") are built
 // if missing; with no want, kube-apiserver and etcd, which is all a control
 // plane for integration tests needs.

@@ -1,5 +1,6 @@
 // Package upstream names the upstream binaries that the lab and the tests run
-// (kube-apiserver, etcd, kube-proxy, kube-controller-manager, kubectl, helm),
+// (kube-apiserver, etcd, kube-proxy, kube-controller-manager, kubelet,
+// kube-scheduler, kubectl, helm),
 // the versions e2e/go.mod pins, and where they are cached once built.
 //
 // It needs nothing beyond the standard library, so that the prerequisite
@@ -35,6 +36,8 @@ var Binaries = []Binary{
 	{"etcd", "go.etcd.io/etcd/server/v3"},
 	{"kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy"},
 	{"kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager"},
+	{"kubelet", "k8s.io/kubernetes/cmd/kubelet"},
+	{"kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler"},
 	{"kubectl", "k8s.io/kubernetes/cmd/kubectl"},
 	{"helm", "helm.sh/helm/v4/cmd/helm"},
 }
@@ -42,6 +45,10 @@ var Binaries = []Binary{
 // Lab are the binaries every lab runs. kubectl (for people looking around) is
 // built only when no compatible one is installed, helm only for the tests.
 var Lab = []string{"kube-apiserver", "etcd", "kube-proxy", "kube-controller-manager"}
+
+// Nodes are what a lab of real nodes runs besides: a kubelet per node and
+// the scheduler that places pods on them.
+var Nodes = []string{"kubelet", "kube-scheduler"}
 
 // Pinned reads the Kubernetes, etcd and Helm versions that goMod (e2e/go.mod)
 // requires, so each version is written down once.

@@ -2,7 +2,7 @@
 // Kubernetes control plane, nodes with kube-proxy, an FRR router and clients
 // in network namespaces. It needs root.
 //
-//	lab up     [--name lab] [--nodes 3] [--no-sample]
+//	lab up     [--name lab] [--nodes 3] [--no-sample] [--kubelet]
 //	lab status [--name lab]
 //	lab down   [--name lab | --all | --tests]
 //
@@ -37,8 +37,9 @@ func main() {
 	case "up":
 		nodes := fs.Int("nodes", 3, "number of nodes")
 		noSample := fs.Bool("no-sample", false, "do not create the sample pool and Service")
+		kubelet := fs.Bool("kubelet", false, "real nodes: a kubelet and containerd each, ironlb installed from deploy/ as pods")
 		fs.Parse(args)
-		err = up(ctx, *name, *nodes, !*noSample)
+		err = up(ctx, *name, *nodes, !*noSample, *kubelet)
 	case "down":
 		all := fs.Bool("all", false, "take every lab down")
 		tests := fs.Bool("tests", false, "take down the labs of the end-to-end tests (names e2e-*)")
@@ -89,9 +90,9 @@ func sayWhatUpDoes(name string) {
 	}
 }
 
-func up(ctx context.Context, name string, nodes int, sample bool) error {
+func up(ctx context.Context, name string, nodes int, sample, kubelet bool) error {
 	sayWhatUpDoes(name)
-	l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: nodes, CCM: true, Speakers: true, Kubectl: true, Progress: os.Stdout})
+	l, err := lab.Up(ctx, lab.Config{Name: name, Nodes: nodes, CCM: true, Speakers: true, Kubelet: kubelet, Kubectl: true, Progress: os.Stdout})
 	if err != nil {
 		return err
 	}
