@@ -113,12 +113,17 @@ func (l *Lab) freePodAddrs(n int) ([]netip.Addr, error) {
 			used[e.Addrs[0]] = true
 		}
 	}
-	for i := 1; i < 15; i++ {
+	// On a real node the upper half of the range is CNI's (podRanges).
+	last := 14
+	if l.state.Kubelet {
+		last = cniGateway - 1
+	}
+	for i := 1; i <= last; i++ {
 		if a := l.PodAddrs(n, i); !used[a[0].String()] {
 			return a, nil
 		}
 	}
-	return nil, fmt.Errorf("node %s has no pod address left (14 endpoints)", l.NodeName(n))
+	return nil, fmt.Errorf("node %s has no pod address left (%d endpoints)", l.NodeName(n), last)
 }
 
 // echoPath finds the echo binary also for a lab opened by another process.

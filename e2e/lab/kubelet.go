@@ -67,7 +67,7 @@ func (p Plan) CgroupRoot(n int) string { return "/" + p.NodeNS(n) }
 // podRange is the part of node n's pod range that CNI hands to pods: the
 // upper half of the IPv4 /28 (gateway .7 of it, pods .8 to .14) and of the
 // IPv6 range. The lower half stays free for the process endpoints
-// (AddEndpoint), which take PodAddrs(n, 1..6).
+// (AddEndpoint), which take PodAddrs(n, 1..6) on a real node.
 type podRange struct {
 	Subnet, Gateway, First, Last netip.Addr
 	Bits                         int
@@ -80,10 +80,13 @@ func (p Plan) podRanges(n int) []podRange {
 	v6 := cidrs[1].Addr().As16()
 	at6 := func(i int) netip.Addr { b := v6; b[14], b[15] = byte(i>>8), byte(i); return netip.AddrFrom16(b) }
 	return []podRange{
-		{Subnet: cidrs[0].Addr(), Bits: cidrs[0].Bits(), Gateway: at4(7), First: at4(8), Last: at4(14)},
-		{Subnet: cidrs[1].Addr(), Bits: cidrs[1].Bits(), Gateway: at6(7), First: at6(8), Last: at6(0xff)},
+		{Subnet: cidrs[0].Addr(), Bits: cidrs[0].Bits(), Gateway: at4(cniGateway), First: at4(cniGateway + 1), Last: at4(14)},
+		{Subnet: cidrs[1].Addr(), Bits: cidrs[1].Bits(), Gateway: at6(cniGateway), First: at6(cniGateway + 1), Last: at6(0xff)},
 	}
 }
+
+// cniGateway is the host number of a node's bridge in its pod range.
+const cniGateway = 7
 
 // cniConfig is node n's CNI network: a bridge with the node as gateway and
 // host-local addresses kept under the node's directory.
@@ -143,13 +146,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = %q
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = %q
     max_conf_num = 1
 `, filepath.Join(d, "containerd", "root"), filepath.Join(d, "containerd", "state"),
 		l.containerdSocket(n), l.containerdSocket(n)+".ttrpc", filepath.Join(d, "containerd", "opt"),
-		PauseImage, filepath.Join(d, "cni"))
+		PauseImage, filepath.Join(d, "containerd", "runc"), filepath.Join(d, "cni"))
 }
 
 // kubeletConfig is node n's KubeletConfiguration. failCgroupV1: the lab's
@@ -188,7 +193,8 @@ localStorageCapacityIsolation: false
 serializeImagePulls: false
 syncFrequency: 10s
 fileCheckFrequency: 10s
-`, l.CgroupRoot(n), l.NodeAddrs(n)[0], "unix://"+l.containerdSocket(n))
+podLogsDir: %q
+`, l.CgroupRoot(n), l.NodeAddrs(n)[0], "unix://"+l.containerdSocket(n), filepath.Join(l.nodeDir(n), "logs"))
 }
 
 // enter runs bin in namespace ns through nsenter, which (unlike ip netns
@@ -203,7 +209,7 @@ func enter(ns, bin string, args ...string) (string, []string) {
 // that createKubeletNode made.
 func (l *Lab) startKubeletNode(ctx context.Context, n int, images []string) error {
 	d := l.nodeDir(n)
-	for _, sub := range []string{"cni", "ipam", "kubelet", "pki", "containerd"} {
+	for _, sub := range []string{"cni", "ipam", "kubelet", "pki", "containerd", "logs"} {
 		if err := os.MkdirAll(filepath.Join(d, sub), 0o755); err != nil {
 			return err
 		}
@@ -226,9 +232,12 @@ func (l *Lab) startKubeletNode(ctx context.Context, n int, images []string) erro
 		return err
 	}
 	for _, img := range images {
-		if _, err := run(ctx, "ctr", "--address", l.containerdSocket(n), "--namespace", "k8s.io", "images", "import", "--no-unpack", img); err != nil {
+		if _, err := run(ctx, "ctr", "--address", l.containerdSocket(n), "--namespace", "k8s.io", "images", "import", "--snapshotter", "native", img); err != nil {
 			return fmt.Errorf("node %s: import %s: %w", l.NodeName(n), filepath.Base(img), err)
 		}
+	}
+	if err := makeCgroupRoot(l.CgroupRoot(n)); err != nil {
+		return fmt.Errorf("node %s: %w", l.NodeName(n), err)
 	}
 	a := l.NodeAddrs(n)
 	bin, args = enter(l.NodeNS(n), l.bins.Kubelet,
@@ -517,6 +526,26 @@ func cgroupProcs(root string) []int {
 		})
 	}
 	return pids
+}
+
+// makeCgroupRoot creates the cgroup root in every hierarchy: the kubelet
+// creates its pods' cgroups below it but wants it there. A new cpuset cgroup
+// has no CPUs or memory nodes until given its parent's.
+func makeCgroupRoot(root string) error {
+	for _, h := range cgroupHierarchies() {
+		dir := filepath.Join(h, root)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("cgroup %s: %w", dir, err)
+		}
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			if v, err := os.ReadFile(filepath.Join(h, f)); err == nil {
+				if err := os.WriteFile(filepath.Join(dir, f), v, 0o644); err != nil {
+					return fmt.Errorf("cgroup %s: %w", filepath.Join(dir, f), err)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // removeCgroups removes the cgroup root and everything below it, deepest first.

@@ -234,3 +234,35 @@ func TestNodeHostsSkipReservedNumbers(t *testing.T) {
 		}
 	}
 }
+
+// TestPodRanges: what CNI hands out on a real node is inside the node's pod
+// range and never an address that a process endpoint may take.
+func TestPodRanges(t *testing.T) {
+	p, err := NewPlan(1, 15)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := p.podRanges(1)
+	want := []string{"172.31.18.16/28 gw 172.31.18.23 172.31.18.24-172.31.18.30", "fd31:0:0:102:1::/80 gw fd31::102:1:0:0:7 fd31::102:1:0:0:8-fd31::102:1:0:0:ff"}
+	for i, w := range want {
+		got := fmt.Sprintf("%s gw %s %s-%s", netip.PrefixFrom(r[i].Subnet, r[i].Bits), r[i].Gateway, r[i].First, r[i].Last)
+		if got != w {
+			t.Errorf("family %d: got %s, want %s", i, got, w)
+		}
+	}
+	for n := 1; n <= p.Nodes; n++ {
+		cidrs := p.NodePodCIDRs(n)
+		for i, r := range p.podRanges(n) {
+			for _, a := range []netip.Addr{r.Gateway, r.First, r.Last} {
+				if !cidrs[i].Contains(a) {
+					t.Errorf("node %d: %s is outside the node's pod range %s", n, a, cidrs[i])
+				}
+			}
+			for e := 1; e < cniGateway; e++ {
+				if a := p.PodAddrs(n, e)[i]; a.Compare(r.Gateway) >= 0 {
+					t.Errorf("node %d: endpoint address %s is in CNI's part of the range (from %s)", n, a, r.Gateway)
+				}
+			}
+		}
+	}
+}
