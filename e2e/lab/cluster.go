@@ -182,6 +182,15 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	kcm := l.kubeconfigFor(kcmUser)
+	// Without kubelets no one renews node leases: node lifecycle would mark
+	// every node NotReady after 40 s. With them it must run: it lifts the
+	// not-ready taint that a kubelet registers its Node with.
+	// The lab's API server certificate is self-signed, not a CA, so it
+	// cannot be published as a ClusterTrustBundle.
+	controllers := "*,-node-lifecycle-controller,-kube-apiserver-serving-clustertrustbundle-publisher-controller"
+	if l.cfg.Kubelet {
+		controllers = "*,-kube-apiserver-serving-clustertrustbundle-publisher-controller"
+	}
 	_, err = l.start("kube-controller-manager", "", l.bins.KubeControllerManager,
 		"--kubeconfig="+kcm,
 		// No serving port: nothing here scrapes it, and several labs share
@@ -190,11 +199,7 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 		"--use-service-account-credentials=true",
 		"--service-account-private-key-file="+api.ServiceAccountKeyPath(),
 		"--root-ca-file="+api.CAPath(),
-		// No kubelet renews node leases here: node lifecycle would mark every
-		// node NotReady after 40 s.
-		// The lab's API server certificate is self-signed, not a CA, so it
-		// cannot be published as a ClusterTrustBundle.
-		"--controllers=*,-node-lifecycle-controller,-kube-apiserver-serving-clustertrustbundle-publisher-controller",
+		"--controllers="+controllers,
 		"--leader-elect=false",
 		"--cluster-name="+l.Prefix(),
 	)

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -459,10 +460,15 @@ func removeKubeletNodes(dir string, p Plan) error {
 			}
 		}
 	}
-	for _, pid := range shimsServing(dir + "/") {
-		if t, ok := startTicks(pid); ok {
-			Proc{Name: "containerd shim", Pid: pid, StartTicks: t}.killOne()
+	for _, sh := range shimsServing(dir + "/") {
+		if t, ok := startTicks(sh.pid); ok {
+			Proc{Name: "containerd shim", Pid: sh.pid, StartTicks: t}.killOne()
 		}
+		// What a shim that exits by itself removes: its socket, and the
+		// loopback plugin's cache of its pod.
+		sum := sha256.Sum256([]byte(filepath.Join(sh.address, sh.namespace, sh.id)))
+		os.Remove(fmt.Sprintf("/run/containerd/s/%x", sum))
+		os.Remove("/var/lib/cni/results/cni-loopback-" + sh.id + "-lo")
 	}
 	for _, m := range mountsUnder(dir+"/", podNets) {
 		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
@@ -580,10 +586,17 @@ func netnsInode(pid int) (uint64, bool) {
 	return st.Ino, true
 }
 
+// shim is a containerd shim process: the pod sandbox it serves, for the
+// containerd at address.
+type shim struct {
+	pid                    int
+	id, namespace, address string
+}
+
 // shimsServing lists the containerd shims whose containerd's socket is under dir.
-func shimsServing(dir string) []int {
+func shimsServing(dir string) []shim {
 	entries, _ := os.ReadDir("/proc")
-	var pids []int
+	var shims []shim
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -597,13 +610,32 @@ func shimsServing(dir string) []int {
 		if !strings.Contains(args[0], "containerd-shim") {
 			continue
 		}
+		sh := shim{pid: pid}
 		for i, a := range args[:len(args)-1] {
-			if a == "-address" && strings.HasPrefix(args[i+1], dir) {
-				pids = append(pids, pid)
+			switch a {
+			case "-address":
+				sh.address = args[i+1]
+			case "-id":
+				sh.id = args[i+1]
+			case "-namespace":
+				sh.namespace = args[i+1]
 			}
 		}
+		if strings.HasPrefix(sh.address, dir) {
+			shims = append(shims, sh)
+		}
 	}
-	return pids
+	return shims
+}
+
+// removeKubeletDebris removes, once no lab is left, what every kubelet on
+// the machine shares: the device plugins' directory (a fixed path), and
+// containerd's shim socket directory if it is empty.
+func removeKubeletDebris() {
+	os.RemoveAll("/var/lib/kubelet/device-plugins")
+	for _, d := range []string{"/var/lib/kubelet", "/run/containerd/s", "/run/containerd"} {
+		syscall.Rmdir(d)
+	}
 }
 
 // mountsUnder lists the mount points under dir and the network namespaces

@@ -339,6 +339,7 @@ func down(ctx context.Context, root string, s *State) error {
 	errs = append(errs, os.RemoveAll(filepath.Join(root, s.Name)))
 	if others, err := otherLabs(root, s.Name); err == nil && len(others) == 0 {
 		removeUnreachable(ctx)
+		removeKubeletDebris()
 	}
 	return errors.Join(errs...)
 }

@@ -295,12 +295,15 @@ func startOnce(ctx context.Context, dir string, cfg config) (s *APIServer, err e
 		"--endpoint-reconciler-type=none",
 		"--cert-dir=" + certDir,
 		"--token-auth-file=" + tokenFile,
-		"--authorization-mode=RBAC",
 		"--service-account-key-file=" + saKey,
 		"--service-account-signing-key-file=" + saKey,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-cluster-ip-range=" + strings.Join(cidrs, ","),
 	}, cfg.extraArgs...)
+	// RBAC unless the extra flags choose (a list flag: given twice, it lists RBAC twice).
+	if !slices.ContainsFunc(cfg.extraArgs, func(a string) bool { return strings.HasPrefix(a, "--authorization-mode=") }) {
+		args = append(args, "--authorization-mode=RBAC")
+	}
 	s.apiserver, err = startChild("kube-apiserver", cfg.bins.KubeAPIServer, filepath.Join(dir, "kube-apiserver.log"), cfg.detached, args...)
 	if err != nil {
 		return s, err
