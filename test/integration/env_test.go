@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/internal/testenv"
@@ -177,15 +178,22 @@ func (e *env) getPool(name string) *v1alpha1.IPPool {
 	return p
 }
 
+// updatePool changes the pool's spec as a user's read-modify-write does: on
+// a conflict (ironlb-ccm writes the pool's status meanwhile) it reads again
+// and applies mutate to the new version.
 func (e *env) updatePool(name string, mutate func(*v1alpha1.IPPool)) {
 	e.t.Helper()
-	p := e.getPool(name)
-	mutate(p)
-	obj, err := k8sruntime.DefaultUnstructuredConverter.ToUnstructured(p)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p := e.getPool(name)
+		mutate(p)
+		obj, err := k8sruntime.DefaultUnstructuredConverter.ToUnstructured(p)
+		if err != nil {
+			return err
+		}
+		_, err = e.dyn.Resource(v1alpha1.IPPoolResource).Update(e.ctx, &unstructured.Unstructured{Object: obj}, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.dyn.Resource(v1alpha1.IPPoolResource).Update(e.ctx, &unstructured.Unstructured{Object: obj}, metav1.UpdateOptions{}); err != nil {
 		e.t.Fatalf("update IPPool %s: %v", name, err)
 	}
 }
