@@ -71,18 +71,30 @@ func TestSpeakerPodWithPortTakenStaysNotReady(t *testing.T) {
 		stuck = p
 		return nil
 	})
-	f.Eventually("the kubelet reports why "+stuck.Name+" is not ready", 60, time.Second, func() error {
+	// The kubelet's event gives the status code; the speaker's log, the reason.
+	f.Eventually("the kubelet reports "+stuck.Name+" not ready", 60, time.Second, func() error {
 		events, err := f.Client.CoreV1().Events(lab.Namespace).List(f.Ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + stuck.Name})
 		if err != nil {
 			return err
 		}
 		for _, e := range events.Items {
-			if e.Reason == "Unhealthy" && strings.Contains(e.Message, "Readiness probe failed") && strings.Contains(e.Message, "address already in use") {
+			if e.Reason == "Unhealthy" && strings.Contains(e.Message, "Readiness probe failed: HTTP probe failed with statuscode: 503") {
 				t.Logf("event on %s: %s", stuck.Name, e.Message)
 				return nil
 			}
 		}
-		return fmt.Errorf("no Unhealthy event naming the taken port on %s yet (%d events)", stuck.Name, len(events.Items))
+		return fmt.Errorf("no Unhealthy event with a 503 on %s yet (%d events)", stuck.Name, len(events.Items))
+	})
+	f.Eventually("kubectl logs "+stuck.Name+" says why", 30, time.Second, func() error {
+		out, err := kubectl(f, "logs", "-n", lab.Namespace, stuck.Name)
+		if err != nil {
+			return fmt.Errorf("kubectl logs: %v: %s", err, out)
+		}
+		if line := lineOf(out, "address already in use"); line != "" {
+			t.Logf("$ kubectl logs %s: %s", stuck.Name, line)
+			return nil
+		}
+		return fmt.Errorf("no bind error in the log of %s yet", stuck.Name)
 	})
 
 	// It stays so, and the rollout stays stopped, for as long as the port is taken.

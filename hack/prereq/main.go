@@ -319,7 +319,7 @@ func checkDisks(root string, env map[string]string) (*Problem, string) {
 	warm := false
 	if pinned, err := upstream.Pinned(filepath.Join(root, "e2e", "go.mod")); err == nil {
 		if dir, err := upstream.CacheDir(pinned, env["GOVERSION"]); err == nil {
-			warm = len(upstream.Missing(dir, upstream.Lab)) == 0
+			warm = len(upstream.Missing(dir, append(upstream.Lab, upstream.Nodes...))) == 0
 		}
 	}
 	cacheRoot, err := upstream.CacheRoot()

@@ -32,7 +32,7 @@ func main() {
 	var names []string
 	switch *what {
 	case "lab":
-		names = slices.Clone(upstream.Lab)
+		names = append(slices.Clone(upstream.Lab), upstream.Nodes...)
 		if testenv.Kubectl(ctx) == "" {
 			names = append(names, "kubectl")
 		}

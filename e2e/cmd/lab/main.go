@@ -2,7 +2,7 @@
 // Kubernetes control plane, nodes with kube-proxy, an FRR router and clients
 // in network namespaces. It needs root.
 //
-//	lab up     [--name lab] [--nodes 3] [--no-sample] [--kubelet]
+//	lab up     [--name lab] [--nodes 3] [--no-sample] [--kubelet=false]
 //	lab status [--name lab]
 //	lab down   [--name lab | --all | --tests]
 //
@@ -37,7 +37,7 @@ func main() {
 	case "up":
 		nodes := fs.Int("nodes", 3, "number of nodes")
 		noSample := fs.Bool("no-sample", false, "do not create the sample pool and Service")
-		kubelet := fs.Bool("kubelet", false, "real nodes: a kubelet and containerd each, ironlb installed from deploy/ as pods")
+		kubelet := fs.Bool("kubelet", true, "real nodes: a kubelet and containerd each, ironlb installed from deploy/ as pods, echo pods as backends (false: nodes of processes, as the test suites but e2e/pods use)")
 		fs.Parse(args)
 		err = up(ctx, *name, *nodes, !*noSample, *kubelet)
 	case "down":
@@ -109,7 +109,7 @@ func up(ctx context.Context, name string, nodes int, sample, kubelet bool) error
 	fmt.Printf(`
 The lab is up. Look around:
   export KUBECONFIG=%[1]s/kubeconfig PATH=%[1]s/bin:$PATH
-  kubectl get nodes,services,ippools -o wide
+  kubectl get nodes,pods,services,ippools -A -o wide
   ip netns exec %[2]s bash          # a shell on the LAN client; nodes are %[3]s-node1..%[4]d
   ip netns exec %[5]s vtysh --vty_socket %[1]s/frr -c 'show ip route'
 
