@@ -232,10 +232,8 @@ func (l *Lab) startKubeletNode(ctx context.Context, n int, images []string) erro
 	if err := l.waitContainerd(ctx, n); err != nil {
 		return err
 	}
-	for _, img := range images {
-		if _, err := run(ctx, "ctr", "--address", l.containerdSocket(n), "--namespace", "k8s.io", "images", "import", "--snapshotter", "native", img); err != nil {
-			return fmt.Errorf("node %s: import %s: %w", l.NodeName(n), filepath.Base(img), err)
-		}
+	if err := l.importImages(ctx, n, images); err != nil {
+		return err
 	}
 	if err := makeCgroupRoot(l.CgroupRoot(n)); err != nil {
 		return fmt.Errorf("node %s: %w", l.NodeName(n), err)
@@ -369,26 +367,107 @@ func (l *Lab) buildImages(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := filepath.Join(l.dir, "images")
-	registry, version, err := deployImageTag()
+	_, version, err := deployImageTag()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, "go", "run", "./hack/images", "-out", out, "-version", version, "-registry", registry)
-	cmd.Dir = repo
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build ironlb's images: %w\n%s", err, b)
+	images, err := l.buildIronlbImages(ctx, version)
+	if err != nil {
+		return nil, err
 	}
-	images := []string{filepath.Join(out, "ironlb-ccm.tar"), filepath.Join(out, "ironlb-speaker.tar")}
 	for _, img := range []struct{ pkg, ref string }{{"./cmd/pause", PauseImage}, {"./cmd/echo", EchoImage}} {
-		path, err := buildLabImage(ctx, filepath.Join(repo, "e2e"), img.pkg, img.ref, out)
+		path, err := buildLabImage(ctx, filepath.Join(repo, "e2e"), img.pkg, img.ref, filepath.Join(l.dir, "images"))
 		if err != nil {
 			return nil, err
 		}
 		images = append(images, path)
 	}
 	return images, nil
+}
+
+// buildIronlbImages builds ironlb's two images from this tree, tagged with
+// version in the registry deploy/ names, as make images does.
+func (l *Lab) buildIronlbImages(ctx context.Context, version string) ([]string, error) {
+	repo, err := testenv.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	registry, _, err := deployImageTag()
+	if err != nil {
+		return nil, err
+	}
+	out := filepath.Join(l.dir, "images", version)
+	cmd := exec.CommandContext(ctx, "go", "run", "./hack/images", "-out", out, "-version", version, "-registry", registry)
+	cmd.Dir = repo
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build ironlb's images %s: %w\n%s", version, err, b)
+	}
+	return []string{filepath.Join(out, "ironlb-ccm.tar"), filepath.Join(out, "ironlb-speaker.tar")}, nil
+}
+
+// LoadImages builds ironlb's images of another version (an upgrade's) and
+// imports them into every node, as `kind load` does.
+func (l *Lab) LoadImages(ctx context.Context, version string) error {
+	images, err := l.buildIronlbImages(ctx, version)
+	if err != nil {
+		return err
+	}
+	for n := 1; n <= l.Nodes; n++ {
+		if err := l.importImages(ctx, n, images); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// importImages imports image archives into node n's containerd, unpacked.
+func (l *Lab) importImages(ctx context.Context, n int, images []string) error {
+	for _, img := range images {
+		if _, err := run(ctx, "ctr", "--address", l.containerdSocket(n), "--namespace", "k8s.io", "images", "import", "--snapshotter", "native", img); err != nil {
+			return fmt.Errorf("node %s: import %s: %w", l.NodeName(n), filepath.Base(img), err)
+		}
+	}
+	return nil
+}
+
+// DeployYAML is deploy/default rendered (as kubectl apply -k renders it)
+// with ironlb's images at version, as one YAML stream: what a user applies
+// to upgrade.
+func DeployYAML(version string) ([]byte, error) {
+	registry, _, err := deployImageTag()
+	if err != nil {
+		return nil, err
+	}
+	objs, err := Render(DeployDir)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for _, o := range objs {
+		for _, path := range [][]string{{"spec", "template", "spec", "containers"}, {"spec", "template", "spec", "initContainers"}} {
+			cs, found, _ := unstructured.NestedSlice(o.Object, path...)
+			if !found {
+				continue
+			}
+			for _, c := range cs {
+				m, _ := c.(map[string]any)
+				if image, _ := m["image"].(string); strings.HasPrefix(image, registry+"/") {
+					repo, _, _ := strings.Cut(image, ":")
+					m["image"] = repo + ":" + version
+				}
+			}
+			if err := unstructured.SetNestedSlice(o.Object, cs, path...); err != nil {
+				return nil, err
+			}
+		}
+		b, err := o.MarshalJSON()
+		if err != nil {
+			return nil, err
+		}
+		out = append(append(append(out, "---\n"...), b...), '\n')
+	}
+	return out, nil
 }
 
 // buildLabImage builds the static main package pkg of the e2e module and

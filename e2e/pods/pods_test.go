@@ -123,15 +123,27 @@ func TestInstalledAsPods(t *testing.T) {
 // addresses.
 func echoService(f *framework.F, name string, pool int, replicas int32) (types.NamespacedName, []netip.Addr) {
 	f.T.Helper()
-	prefixes := f.L2TestPool(pool)
-	f.Pool(name, prefixes, func(s *v1alpha1.IPPoolSpec) { s.L2 = &v1alpha1.L2Advertisement{} })
-	policy := corev1.IPFamilyPolicyRequireDualStack
+	return podService(f, name, f.L2TestPool(pool), func(s *v1alpha1.IPPoolSpec) { s.L2 = &v1alpha1.L2Advertisement{} }, replicas)
+}
+
+// podService creates a LoadBalancer Service of the families of prefixes in
+// front of an echo Deployment of replicas pods, with a pool of its own of
+// those prefixes (mutate says how it announces), and returns its addresses.
+func podService(f *framework.F, name string, prefixes []netip.Prefix, mutate func(*v1alpha1.IPPoolSpec), replicas int32) (types.NamespacedName, []netip.Addr) {
+	f.T.Helper()
+	f.Pool(name, prefixes, mutate)
+	policy := corev1.IPFamilyPolicySingleStack
+	families := []corev1.IPFamily{corev1.IPv4Protocol}
+	if len(prefixes) == 2 {
+		policy = corev1.IPFamilyPolicyRequireDualStack
+		families = append(families, corev1.IPv6Protocol)
+	}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.Namespace, Annotations: map[string]string{v1alpha1.AnnotationPool: name}},
 		Spec: corev1.ServiceSpec{
 			Type:           corev1.ServiceTypeLoadBalancer,
 			IPFamilyPolicy: &policy,
-			IPFamilies:     []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol},
+			IPFamilies:     families,
 			Selector:       map[string]string{"app": name},
 			Ports:          []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
 		},
@@ -143,7 +155,7 @@ func echoService(f *framework.F, name string, pool int, replicas int32) (types.N
 		f.T.Fatal(err)
 	}
 	key := types.NamespacedName{Namespace: f.Namespace, Name: name}
-	addrs, err := f.WaitIngress(f.Ctx, key, 2, 30*time.Second)
+	addrs, err := f.WaitIngress(f.Ctx, key, len(prefixes), 30*time.Second)
 	if err != nil {
 		f.T.Fatal(err)
 	}

@@ -1,0 +1,347 @@
+package pods
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ironlb/ironlb/api/v1alpha1"
+	"github.com/ironlb/ironlb/e2e/framework"
+	"github.com/ironlb/ironlb/e2e/lab"
+	"github.com/ironlb/ironlb/internal/testenv"
+)
+
+// The tests of this file change the install itself: they run last (TestUninstall
+// the very last), after the tests of the other files.
+
+var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// upgradeVersion is the second version of ironlb's images an upgrade rolls to.
+const upgradeVersion = "v0.1.1"
+
+// prober requests http://addr/ from namespace ns every 50 ms, each request
+// on a new connection with a 2 s limit, and counts the requests and the
+// failures, as a user's client would see them.
+type prober struct {
+	ns           string
+	addr         netip.Addr
+	sent, failed atomic.Int64
+	mu           sync.Mutex
+	failures     []string
+}
+
+func (p *prober) run(ctx context.Context) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		err := p.once()
+		if ctx.Err() != nil {
+			return
+		}
+		p.sent.Add(1)
+		if err != nil {
+			p.failed.Add(1)
+			p.mu.Lock()
+			p.failures = append(p.failures, time.Now().Format("15:04:05.000")+" "+err.Error())
+			p.mu.Unlock()
+		}
+	}
+}
+
+func (p *prober) once() error {
+	conn, err := lab.DialTCP(p.ns, netip.AddrPortFrom(p.addr, 80), 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", p.addr); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "endpoint=") {
+		return fmt.Errorf("%s: %q", resp.Status, body)
+	}
+	return nil
+}
+
+func (p *prober) String() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := fmt.Sprintf("%s from %s: %d requests, %d failed", p.addr, p.ns, p.sent.Load(), p.failed.Load())
+	if len(p.failures) > 0 {
+		s += fmt.Sprintf(" (first: %s)", p.failures[0])
+	}
+	return s
+}
+
+// addressWatch reads the Services' addresses every 200 ms and counts every
+// reading that differs from the first.
+type addressWatch struct {
+	first   map[types.NamespacedName][]string
+	changes []string
+}
+
+func ingress(f *framework.F, key types.NamespacedName) ([]string, error) {
+	s, err := f.Client.CoreV1().Services(key.Namespace).Get(f.Ctx, key.Name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var ips []string
+	for _, i := range s.Status.LoadBalancer.Ingress {
+		ips = append(ips, i.IP)
+	}
+	slices.Sort(ips)
+	return ips, nil
+}
+
+func watchAddresses(ctx context.Context, f *framework.F, keys ...types.NamespacedName) (*addressWatch, func()) {
+	w := &addressWatch{first: map[types.NamespacedName][]string{}}
+	for _, k := range keys {
+		ips, err := ingress(f, k)
+		if err != nil {
+			f.T.Fatal(err)
+		}
+		w.first[k] = ips
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			for _, k := range keys {
+				if ips, err := ingress(f, k); err == nil && !slices.Equal(ips, w.first[k]) {
+					w.changes = append(w.changes, fmt.Sprintf("%s %s: %v (was %v)", time.Now().Format("15:04:05.000"), k, ips, w.first[k]))
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	return w, func() { cancel(); <-done }
+}
+
+// bgpService creates the router's BGPPeer (once per test) and a Service whose
+// IPv4 address the nodes advertise to it, and waits until the router routes
+// it through every node.
+func bgpService(f *framework.F, name string, pool int) (types.NamespacedName, netip.Addr) {
+	f.T.Helper()
+	peer := "router-" + name
+	err := f.CreateBGPPeer(f.Ctx, peer, v1alpha1.BGPPeerSpec{
+		Address: f.RouterLAN()[0].String(), ASN: lab.RouterASN, LocalASN: lab.NodeASN,
+		HoldTime:      &metav1.Duration{Duration: 3 * time.Second},
+		KeepaliveTime: &metav1.Duration{Duration: time.Second},
+		ConnectTime:   &metav1.Duration{Duration: time.Second},
+	})
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	f.Cleanup(func(ctx context.Context) { _ = f.DeleteBGPPeer(ctx, peer) })
+	key, addrs := podService(f, name, f.TestPool(pool)[:1], func(s *v1alpha1.IPPoolSpec) { s.BGP = &v1alpha1.BGPAdvertisement{} }, 2)
+	f.Eventually("the router routes "+addrs[0].String()+" through every node", 120, 250*time.Millisecond, func() error {
+		routes, err := f.RouterRoutes(f.Ctx, false)
+		if err != nil {
+			return err
+		}
+		r := routes[framework.Host(addrs[0])]
+		if len(r.NextHops) != f.Nodes {
+			return fmt.Errorf("route %v", r)
+		}
+		return nil
+	})
+	return key, addrs[0]
+}
+
+// TestUpgradeLosesNoRequest: ironlb's images of a second version, loaded
+// into the nodes, and deploy/default applied again with them (kubectl apply
+// --server-side, as the README's upgrade says): the Deployment and the
+// DaemonSet roll to the new images one pod at a time, while a client that
+// requests every L2 address (IPv4 and IPv6, from the LAN) and a BGP address
+// (from behind the router) every 50 ms loses no request, and no Service's
+// address changes.
+func TestUpgradeLosesNoRequest(t *testing.T) {
+	f := framework.New(t)
+	l2, l2addrs := echoService(f, "up-l2", 2, 2)
+	bgp, bgpAddr := bgpService(f, "up-bgp", 3)
+	for _, a := range l2addrs {
+		f.Curl(f.ClientNS(), a, "endpoint=", 40)
+	}
+	f.Curl(f.ExternalNS(), bgpAddr, "endpoint=", 40)
+
+	if err := f.LoadImages(f.Ctx, upgradeVersion); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(f.Ctx)
+	probers := []*prober{{ns: f.ClientNS(), addr: l2addrs[0]}, {ns: f.ClientNS(), addr: l2addrs[1]}, {ns: f.ExternalNS(), addr: bgpAddr}}
+	var wg sync.WaitGroup
+	for _, p := range probers {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.run(ctx) }()
+	}
+	watch, stopWatch := watchAddresses(ctx, f, l2, bgp)
+	defer func() { stop(); wg.Wait(); stopWatch() }()
+	time.Sleep(2 * time.Second)
+
+	manifest, err := lab.DeployYAML(upgradeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "ironlb.yaml")
+	if err := os.WriteFile(file, manifest, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	if out, err := kubectl(f, "apply", "--server-side", "--field-manager=ironlb-lab", "-f", file); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	if err := f.WaitRolledOut(f.Ctx, 5*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("rolled out in %s", time.Since(began).Round(100*time.Millisecond))
+	pods, err := f.Client.CoreV1().Pods(lab.Namespace).List(f.Ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		if img := p.Spec.Containers[0].Image; !strings.HasSuffix(img, ":"+upgradeVersion) || !ready(p) {
+			t.Errorf("pod %s runs %s, ready=%t: want %s, ready", p.Name, img, ready(p), upgradeVersion)
+		}
+	}
+	time.Sleep(3 * time.Second)
+	stop()
+	wg.Wait()
+	stopWatch()
+	for _, p := range probers {
+		t.Log(p)
+		if p.sent.Load() < 100 {
+			t.Errorf("%s: too few requests to say anything", p)
+		}
+		if p.failed.Load() > 0 {
+			t.Errorf("requests lost during the upgrade: %s", p)
+		}
+	}
+	if len(watch.changes) > 0 {
+		t.Errorf("addresses changed during the upgrade: %v", watch.changes)
+	}
+}
+
+// TestUninstallLeavesNothing follows the README's uninstall: the
+// LoadBalancer Services deleted while ironlb-ccm runs (they go: their
+// finalizer is removed), then kubectl delete -k deploy/default. Afterwards
+// no Service carries ironlb's finalizer, no address is answered (ARP, NDP)
+// or routed (BGP), and the namespace, CRDs, ClusterRoles, bindings and
+// admission policies are gone.
+func TestUninstallLeavesNothing(t *testing.T) {
+	f := framework.New(t)
+	l2, l2addrs := echoService(f, "gone-l2", 4, 1)
+	bgp, bgpAddr := bgpService(f, "gone-bgp", 5)
+	f.Curl(f.ClientNS(), l2addrs[0], "endpoint=", 40)
+	f.Curl(f.ExternalNS(), bgpAddr, "endpoint=", 40)
+	for _, key := range []types.NamespacedName{l2, bgp} {
+		if out, err := kubectl(f, "delete", "service", "-n", key.Namespace, key.Name, "--timeout=60s"); err != nil {
+			t.Fatalf("kubectl delete service %s: %v\n%s", key, err, out)
+		}
+	}
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectl(f, "delete", "-k", filepath.Join(root, lab.DeployDir), "--timeout=120s"); err != nil {
+		t.Fatalf("kubectl delete -k %s: %v\n%s", lab.DeployDir, err, out)
+	}
+
+	services, err := f.Client.CoreV1().Services("").List(f.Ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range services.Items {
+		if slices.Contains(s.Finalizers, "service.kubernetes.io/load-balancer-cleanup") {
+			t.Errorf("Service %s/%s still has ironlb's finalizer", s.Namespace, s.Name)
+		}
+	}
+	if _, err := f.Client.CoreV1().Namespaces().Get(f.Ctx, lab.Namespace, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("namespace %s is still there (%v)", lab.Namespace, err)
+	}
+	selector := metav1.ListOptions{LabelSelector: "app.kubernetes.io/part-of=ironlb"}
+	crds, err := f.Dynamic.Resource(crdResource).List(f.Ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range crds.Items {
+		if strings.HasSuffix(c.GetName(), ".ironlb.io") {
+			t.Errorf("CRD %s is still there", c.GetName())
+		}
+	}
+	if crs, err := f.Client.RbacV1().ClusterRoles().List(f.Ctx, selector); err != nil || len(crs.Items) > 0 {
+		t.Errorf("ClusterRoles of ironlb left: %d (%v)", len(crs.Items), err)
+	}
+	if crbs, err := f.Client.RbacV1().ClusterRoleBindings().List(f.Ctx, selector); err != nil || len(crbs.Items) > 0 {
+		t.Errorf("ClusterRoleBindings of ironlb left: %d (%v)", len(crbs.Items), err)
+	}
+	if vaps, err := f.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies().List(f.Ctx, selector); err != nil || len(vaps.Items) > 0 {
+		t.Errorf("ValidatingAdmissionPolicies of ironlb left: %d (%v)", len(vaps.Items), err)
+	}
+	if bs, err := f.Client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().List(f.Ctx, selector); err != nil || len(bs.Items) > 0 {
+		t.Errorf("ValidatingAdmissionPolicyBindings of ironlb left: %d (%v)", len(bs.Items), err)
+	}
+	// Nothing answers or routes the addresses any more.
+	f.Eventually("no node answers the former L2 addresses", 20, 500*time.Millisecond, func() error {
+		for _, a := range l2addrs {
+			macs, err := lab.AnsweringMACs(f.Ctx, f.ClientNS(), a)
+			if err != nil {
+				return err
+			}
+			if len(macs) > 0 {
+				return fmt.Errorf("%s answered by %v", a, macs)
+			}
+		}
+		return nil
+	})
+	f.Eventually("the router has no route for "+bgpAddr.String(), 40, 250*time.Millisecond, func() error {
+		routes, err := f.RouterRoutes(f.Ctx, false)
+		if err != nil {
+			return err
+		}
+		if r, ok := routes[framework.Host(bgpAddr)]; ok {
+			return fmt.Errorf("route %v", r)
+		}
+		return nil
+	})
+	if pods, err := f.Client.CoreV1().Pods("").List(f.Ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/part-of=ironlb"}); err != nil || len(pods.Items) > 0 {
+		t.Errorf("pods of ironlb left: %d (%v)", len(pods.Items), err)
+	}
+}
