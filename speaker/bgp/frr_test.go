@@ -302,24 +302,75 @@ func TestAgainstFRR(t *testing.T) {
 		}
 	})
 
-	t.Run("shutdown withdraws and sends Cease", func(t *testing.T) {
-		before := lab.neighbor(t, nodeV4)
+	before4 := lab.neighbor(t, nodeV4)
+	t.Run("shutdown withdraws from the peers without graceful restart and sends them a Cease", func(t *testing.T) {
+		before6 := lab.neighbor(t, nodeV6)
 		h.shutdown(t)
 		// The helper is still running: the routes must be gone already.
-		for _, pfx := range []netip.Prefix{vip1, vip2, vip6} {
-			lab.waitRIB(t, pfx, false, netip.Addr{})
-		}
-		n := lab.neighbor(t, nodeV4)
-		if got := n.MessageStats.UpdatesRecv - before.MessageStats.UpdatesRecv; got < 1 {
-			t.Errorf("FRR received no withdrawal from v4 before the session closed")
+		lab.waitRIB(t, vip6, false, netip.Addr{})
+		n := lab.neighbor(t, nodeV6)
+		if got := n.MessageStats.UpdatesRecv - before6.MessageStats.UpdatesRecv; got < 1 {
+			t.Errorf("FRR received no withdrawal from v6 before the session closed")
 		}
 		if !strings.Contains(n.LastResetDueTo+n.LastNotificationReason, "Cease") || n.BGPState == "Established" {
-			t.Errorf("FRR's v4 session: %s, last reset %q, notification %q; want closed by a Cease", n.BGPState, n.LastResetDueTo, n.LastNotificationReason)
+			t.Errorf("FRR's v6 session: %s, last reset %q, notification %q; want closed by a Cease", n.BGPState, n.LastResetDueTo, n.LastNotificationReason)
 		}
-		t.Logf("FRR's v4 session: last reset %q, notification %q, %q", n.LastResetDueTo, n.LastNotificationReason, n.LastShutdownDescription)
+		t.Logf("FRR's v6 session: last reset %q, notification %q, %q", n.LastResetDueTo, n.LastNotificationReason, n.LastShutdownDescription)
 		if !lab.frrLogged("Cease") {
 			t.Errorf("FRR did not log a Cease")
 		}
+	})
+
+	t.Run("a peer with graceful restart keeps the routes while the speaker restarts", func(t *testing.T) {
+		// Shutdown sent v4 nothing: no withdrawal, no NOTIFICATION.
+		n := lab.neighbor(t, nodeV4)
+		if n.BGPState != "Established" || n.MessageStats.UpdatesRecv != before4.MessageStats.UpdatesRecv {
+			t.Fatalf("FRR's v4 session after the shutdown: %s, %d UPDATEs (were %d); want established and untouched",
+				n.BGPState, n.MessageStats.UpdatesRecv, before4.MessageStats.UpdatesRecv)
+		}
+		lab.waitRIB(t, vip2, true, nodeV4)
+		// From here on, vip2 (announced to v4 only) must never leave FRR's RIB.
+		stop := make(chan struct{})
+		gone := make(chan string, 1)
+		go func() {
+			defer close(gone)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				if nhs, ok := lab.ribRoute(t, vip2); !ok || !slices.Equal(nhs, []string{nodeV4.String()}) {
+					gone <- fmt.Sprintf("%s: present %t, next hops %v", time.Now().Format("15:04:05.000"), ok, nhs)
+					return
+				}
+			}
+		}()
+		// The process exits: the session ends without a NOTIFICATION.
+		_, _ = h.Stop(t)
+		netnstest.WaitFor(t, 10*time.Second, "FRR's v4 session down", func() (bool, string) {
+			n := lab.neighbor(t, nodeV4)
+			return n.BGPState != "Established", n.BGPState
+		})
+		time.Sleep(2 * time.Second)
+		// The next speaker.
+		next := startHelper(t, lab)
+		next.apply(t, []Peer{peers["v4"]}, []Route{r2}, "")
+		next.waitStatus(t, 20*time.Second, "v4 Established again", func(s map[string]PeerStatus) (bool, string) {
+			return s["v4"].State == StateEstablished, fmt.Sprintf("%+v", s["v4"])
+		})
+		netnstest.WaitFor(t, 10*time.Second, "FRR has vip2 from the new session", func() (bool, string) {
+			n := lab.neighbor(t, nodeV4)
+			return n.BGPState == "Established" && n.MessageStats.UpdatesRecv > 0, fmt.Sprintf("%s, %d UPDATEs", n.BGPState, n.MessageStats.UpdatesRecv)
+		})
+		time.Sleep(time.Second)
+		close(stop)
+		if msg, ok := <-gone; ok {
+			t.Errorf("vip2 left FRR's RIB over the restart: %s", msg)
+		}
+		lab.waitRIB(t, vip2, true, nodeV4)
+		lab.waitRIB(t, vip1, false, netip.Addr{}) // not announced by the new speaker: gone with End-of-RIB
+		next.shutdown(t)
 	})
 }
 

@@ -502,12 +502,21 @@ func (m *Manager) withdraw(ctx context.Context, p *peerEntry, pfx netip.Prefix) 
 	return nil
 }
 
-// Shutdown withdraws every route, closes every session with a Cease
-// NOTIFICATION (administrative shutdown) and stops the server. The
-// withdrawals are queued on each session before its NOTIFICATION, so a
-// router drops the routes even if it would keep them over a graceful
-// restart. It returns when the server stopped or, at the latest, when ctx
-// ends or 10 seconds passed. The Manager cannot be used afterwards.
+// Shutdown stops the speaker. Every BFD session says AdminDown first, so
+// that no router takes the stop for a forwarding failure (RFC 5882 §3.2).
+// Then a peer without graceful restart has every route withdrawn and its
+// session closed with a Cease NOTIFICATION (administrative shutdown); the
+// withdrawals are queued before the NOTIFICATION. A peer with graceful
+// restart keeps this node's routes: nothing is withdrawn and no
+// NOTIFICATION sent, and its session ends without one when the process
+// exits, which the router takes for a restart (RFC 4724): it goes on
+// forwarding to this node, whose kube-proxy does not stop with the speaker,
+// until the next speaker has re-established the session and sent the routes
+// again, or gracefulRestartTime passes. So a rolling restart changes no
+// router's next hops. It returns when the server stopped (or, with a
+// graceful restart peer, when the other sessions are closed) or, at the
+// latest, when ctx ends or 10 seconds passed. The Manager cannot be used
+// afterwards.
 func (m *Manager) Shutdown(ctx context.Context) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -517,43 +526,53 @@ func (m *Manager) Shutdown(ctx context.Context) {
 	m.closed = true
 	ctx, cancel := context.WithTimeout(ctx, shutdownTimeout)
 	defer cancel()
-	m.logger.Info("BGP speaker shutting down", "peers", len(m.peers))
-
+	var closing, kept []*peerEntry
 	for _, name := range sortedKeys(m.peers) {
-		p := m.peers[name]
+		if p := m.peers[name]; p.cfg.gracefulRestart {
+			kept = append(kept, p)
+		} else {
+			closing = append(closing, p)
+		}
+	}
+	m.logger.Info("BGP speaker shutting down", "peers", len(m.peers), "keptForGracefulRestart", len(kept))
+
+	for _, p := range closing {
 		for _, pfx := range sortedPrefixes(p.sent) {
 			if err := m.withdraw(ctx, p, pfx); err != nil {
 				m.logger.Error(err, "Withdrawing on shutdown")
 			}
 		}
 	}
-	// BFD says "administratively down" before BGP's Cease, so that no
-	// router takes the stop for a failure (RFC 5882 §3.2).
 	if m.bfd != nil {
 		m.bfd.shutdown(ctx)
 	}
-	for _, name := range sortedKeys(m.peers) {
-		p := m.peers[name]
+	for _, p := range closing {
 		err := m.server.DisablePeer(ctx, &api.DisablePeerRequest{Address: p.cfg.address.String(), Communication: "ironlb speaker shutting down"})
 		if err != nil {
-			m.logger.Error(err, "Closing a BGP session on shutdown", "peer", name)
+			m.logger.Error(err, "Closing a BGP session on shutdown", "peer", p.cfg.name)
 		}
 	}
 	// Wait for the NOTIFICATIONs to go out before the sessions are torn
 	// down without one.
-	m.waitAllDown(ctx)
+	m.waitDown(ctx, closing)
+	if len(kept) > 0 {
+		// Stopping GoBGP would send them a Cease.
+		m.stopWatch()
+		m.logger.Info("BGP speaker stopped; sessions with graceful restart end with the process, the routers keep the routes", "peers", len(kept))
+		return
+	}
 	m.stopServer(ctx)
 	m.stopWatch()
 	m.logger.Info("BGP speaker stopped")
 }
 
-// waitAllDown waits until no session is established, or ctx ends.
-func (m *Manager) waitAllDown(ctx context.Context) {
+// waitDown waits until none of peers' sessions is established, or ctx ends.
+func (m *Manager) waitDown(ctx context.Context, peers []*peerEntry) {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		up := 0
-		for _, p := range m.peers {
+		for _, p := range peers {
 			if s, ok := m.sessions.get(p.cfg.address); ok && s.state == StateEstablished {
 				up++
 			}

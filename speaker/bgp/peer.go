@@ -42,8 +42,8 @@ type Peer struct {
 	// SourceAddress, when valid, is the local address of the session.
 	SourceAddress netip.Addr
 	// GracefulRestart announces the graceful restart capability (RFC
-	// 4724), so that the router keeps this node's routes for a while when
-	// the speaker restarts.
+	// 4724), so that the router keeps this node's routes while the speaker
+	// restarts (Shutdown leaves them there), up to gracefulRestartTime.
 	GracefulRestart bool
 	// BFD runs a BFD session beside the BGP session; its settings are not
 	// part of the session's configuration: changing them never replaces
