@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -205,17 +206,6 @@ func TestUpgradeLosesNoRequest(t *testing.T) {
 	if err := f.LoadImages(f.Ctx, upgradeVersion); err != nil {
 		t.Fatal(err)
 	}
-	ctx, stop := context.WithCancel(f.Ctx)
-	probers := []*prober{{ns: f.ClientNS(), addr: l2addrs[0]}, {ns: f.ClientNS(), addr: l2addrs[1]}, {ns: f.ExternalNS(), addr: bgpAddr}}
-	var wg sync.WaitGroup
-	for _, p := range probers {
-		wg.Add(1)
-		go func() { defer wg.Done(); p.run(ctx) }()
-	}
-	watch, stopWatch := watchAddresses(ctx, f, l2, bgp)
-	defer func() { stop(); wg.Wait(); stopWatch() }()
-	time.Sleep(2 * time.Second)
-
 	manifest, err := lab.DeployYAML(upgradeVersion)
 	if err != nil {
 		t.Fatal(err)
@@ -224,10 +214,33 @@ func TestUpgradeLosesNoRequest(t *testing.T) {
 	if err := os.WriteFile(file, manifest, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	began := time.Now()
-	if out, err := kubectl(f, "apply", "--server-side", "--field-manager=ironlb-lab", "-f", file); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	targets := []*prober{{ns: f.ClientNS(), addr: l2addrs[0]}, {ns: f.ClientNS(), addr: l2addrs[1]}, {ns: f.ExternalNS(), addr: bgpAddr}}
+	rollWithProbes(f, targets, []types.NamespacedName{l2, bgp}, func() {
+		if out, err := kubectl(f, "apply", "--server-side", "--field-manager=ironlb-lab", "-f", file); err != nil {
+			t.Fatalf("kubectl apply: %v\n%s", err, out)
+		}
+	})
+}
+
+// rollWithProbes runs roll, which starts a rollout of ironlb to
+// upgradeVersion, while the probers request their addresses every 50 ms, and
+// waits until every pod runs that version and is Ready. It fails the test if
+// any request failed or any of the Services' addresses changed meanwhile.
+func rollWithProbes(f *framework.F, probers []*prober, keys []types.NamespacedName, roll func()) {
+	t := f.T
+	t.Helper()
+	ctx, stop := context.WithCancel(f.Ctx)
+	var wg sync.WaitGroup
+	for _, p := range probers {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.run(ctx) }()
 	}
+	watch, stopWatch := watchAddresses(ctx, f, keys...)
+	defer func() { stop(); wg.Wait(); stopWatch() }()
+	time.Sleep(2 * time.Second)
+
+	began := time.Now()
+	roll()
 	if err := f.WaitRolledOut(f.Ctx, 5*time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -287,6 +300,16 @@ func TestUninstallLeavesNothing(t *testing.T) {
 		t.Fatalf("kubectl delete -k %s: %v\n%s", lab.DeployDir, err, out)
 	}
 
+	nothingLeft(f, l2addrs, bgpAddr)
+}
+
+// nothingLeft checks that ironlb is gone without a trace: no Service with its
+// finalizer, no namespace, CRD, ClusterRole, binding, admission policy or pod
+// of it, and nobody answering (ARP, NDP) or routing (BGP) the addresses it
+// announced.
+func nothingLeft(f *framework.F, l2addrs []netip.Addr, bgpAddr netip.Addr) {
+	t := f.T
+	t.Helper()
 	services, err := f.Client.CoreV1().Services("").List(f.Ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -347,4 +370,73 @@ func TestUninstallLeavesNothing(t *testing.T) {
 	if pods, err := f.Client.CoreV1().Pods("").List(f.Ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/part-of=ironlb"}); err != nil || len(pods.Items) > 0 {
 		t.Errorf("pods of ironlb left: %d (%v)", len(pods.Items), err)
 	}
+}
+
+// helm runs the pinned helm with the lab's admin kubeconfig and a home of its own.
+func helm(f *framework.F, args ...string) (string, error) {
+	f.T.Helper()
+	bins, err := testenv.Binaries(f.Ctx, "helm")
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(f.Ctx, 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bins.Helm, args...)
+	home := filepath.Join(f.T.TempDir(), "helm")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+f.Kubeconfig, "HELM_CACHE_HOME="+home, "HELM_CONFIG_HOME="+home, "HELM_DATA_HOME="+home)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// TestHelmInstallUpgradeUninstall (after the kustomize install is gone): the
+// chart installed with its default values, as the README says, runs and
+// serves; `helm upgrade` to the second version loses no request and changes no
+// address; the README's Helm uninstall (Services first, helm uninstall, the
+// CRDs, the namespace) leaves nothing.
+func TestHelmInstallUpgradeUninstall(t *testing.T) {
+	f := framework.New(t)
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	chart := filepath.Join(root, "deploy", "helm", "ironlb")
+	if out, err := helm(f, "install", "ironlb", chart, "--namespace", lab.Namespace, "--create-namespace"); err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	if err := f.WaitRolledOut(f.Ctx, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	l2, l2addrs := echoService(f, "helm-l2", 6, 2)
+	bgp, bgpAddr := bgpService(f, "helm-bgp", 6)
+	for _, a := range l2addrs {
+		f.Curl(f.ClientNS(), a, "endpoint=", 40)
+	}
+	f.Curl(f.ExternalNS(), bgpAddr, "endpoint=", 40)
+
+	if err := f.LoadImages(f.Ctx, upgradeVersion); err != nil {
+		t.Fatal(err)
+	}
+	targets := []*prober{{ns: f.ClientNS(), addr: l2addrs[0]}, {ns: f.ClientNS(), addr: l2addrs[1]}, {ns: f.ExternalNS(), addr: bgpAddr}}
+	rollWithProbes(f, targets, []types.NamespacedName{l2, bgp}, func() {
+		if out, err := helm(f, "upgrade", "ironlb", chart, "--namespace", lab.Namespace,
+			"--set", "images.ccm.tag="+upgradeVersion, "--set", "images.speaker.tag="+upgradeVersion); err != nil {
+			t.Fatalf("helm upgrade: %v\n%s", err, out)
+		}
+	})
+
+	for _, key := range []types.NamespacedName{l2, bgp} {
+		if out, err := kubectl(f, "delete", "service", "-n", key.Namespace, key.Name, "--timeout=60s"); err != nil {
+			t.Fatalf("kubectl delete service %s: %v\n%s", key, err, out)
+		}
+	}
+	if out, err := helm(f, "uninstall", "ironlb", "--namespace", lab.Namespace, "--wait"); err != nil {
+		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	}
+	if out, err := kubectl(f, "delete", "-f", filepath.Join(chart, "crds"), "--timeout=120s"); err != nil {
+		t.Fatalf("kubectl delete -f crds: %v\n%s", err, out)
+	}
+	if out, err := kubectl(f, "delete", "namespace", lab.Namespace, "--timeout=120s"); err != nil {
+		t.Fatalf("kubectl delete namespace: %v\n%s", err, out)
+	}
+	nothingLeft(f, l2addrs, bgpAddr)
 }
