@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 // kubectl runs the lab's kubectl with its admin kubeconfig.
 func kubectl(f *framework.F, args ...string) (string, error) {
 	f.T.Helper()
-	ctx, cancel := context.WithTimeout(f.Ctx, time.Minute)
+	ctx, cancel := context.WithTimeout(f.Ctx, 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(f.Dir(), "bin", "kubectl"), append([]string{"--kubeconfig", f.Kubeconfig}, args...)...)
 	out, err := cmd.CombinedOutput()
