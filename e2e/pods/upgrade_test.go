@@ -209,16 +209,7 @@ func bgpService(f *framework.F, name string, pool int) (types.NamespacedName, ne
 // "Upgrade"); no new connection ever fails.
 func TestUpgradeLosesNoRequest(t *testing.T) {
 	f := framework.New(t)
-	l2, l2addrs := echoService(f, "up-l2", 2, 2)
-	bgp, bgpAddr := bgpService(f, "up-bgp", 3)
-	for _, a := range l2addrs {
-		f.Curl(f.ClientNS(), a, "endpoint=", 40)
-	}
-	f.Curl(f.ExternalNS(), bgpAddr, "endpoint=", 40)
-
-	if err := f.LoadImages(f.Ctx, upgradeVersion); err != nil {
-		t.Fatal(err)
-	}
+	keys, targets := upgradeServices(f, "up", 2, 3)
 	manifest, err := lab.DeployYAML(upgradeVersion)
 	if err != nil {
 		t.Fatal(err)
@@ -227,12 +218,34 @@ func TestUpgradeLosesNoRequest(t *testing.T) {
 	if err := os.WriteFile(file, manifest, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	targets := []*prober{{ns: f.ClientNS(), addr: l2addrs[0], resetsAllowed: true}, {ns: f.ClientNS(), addr: l2addrs[1], resetsAllowed: true}, {ns: f.ExternalNS(), addr: bgpAddr}}
-	rollWithProbes(f, targets, []types.NamespacedName{l2, bgp}, func() {
+	rollWithProbes(f, targets, keys, func() {
 		if out, err := kubectl(f, "apply", "--server-side", "--field-manager=ironlb-lab", "-f", file); err != nil {
 			t.Fatalf("kubectl apply: %v\n%s", err, out)
 		}
 	})
+}
+
+// upgradeServices makes what an upgrade test watches: an L2 Service (both
+// families, pool l2pool) and a BGP Service (pool bgpPool) in front of echo
+// pods, both reached once, and ironlb's images of upgradeVersion loaded into
+// the nodes. It returns the Services and a prober for each address; the
+// L2 ones allow the reset of an open connection when their address moves.
+func upgradeServices(f *framework.F, name string, l2pool, bgpPool int) ([]types.NamespacedName, []*prober) {
+	f.T.Helper()
+	l2, l2addrs := echoService(f, name+"-l2", l2pool, 2)
+	bgp, bgpAddr := bgpService(f, name+"-bgp", bgpPool)
+	for _, a := range l2addrs {
+		f.Curl(f.ClientNS(), a, "endpoint=", 40)
+	}
+	f.Curl(f.ExternalNS(), bgpAddr, "endpoint=", 40)
+	if err := f.LoadImages(f.Ctx, upgradeVersion); err != nil {
+		f.T.Fatal(err)
+	}
+	return []types.NamespacedName{l2, bgp}, []*prober{
+		{ns: f.ClientNS(), addr: l2addrs[0], resetsAllowed: true},
+		{ns: f.ClientNS(), addr: l2addrs[1], resetsAllowed: true},
+		{ns: f.ExternalNS(), addr: bgpAddr},
+	}
 }
 
 // rollWithProbes runs roll, which starts a rollout of ironlb to
@@ -423,25 +436,15 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	if err := f.WaitRolledOut(f.Ctx, 3*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	l2, l2addrs := echoService(f, "helm-l2", 6, 2)
-	bgp, bgpAddr := bgpService(f, "helm-bgp", 6)
-	for _, a := range l2addrs {
-		f.Curl(f.ClientNS(), a, "endpoint=", 40)
-	}
-	f.Curl(f.ExternalNS(), bgpAddr, "endpoint=", 40)
-
-	if err := f.LoadImages(f.Ctx, upgradeVersion); err != nil {
-		t.Fatal(err)
-	}
-	targets := []*prober{{ns: f.ClientNS(), addr: l2addrs[0], resetsAllowed: true}, {ns: f.ClientNS(), addr: l2addrs[1], resetsAllowed: true}, {ns: f.ExternalNS(), addr: bgpAddr}}
-	rollWithProbes(f, targets, []types.NamespacedName{l2, bgp}, func() {
+	keys, targets := upgradeServices(f, "helm", 6, 6)
+	rollWithProbes(f, targets, keys, func() {
 		if out, err := helm(f, "upgrade", "ironlb", chart, "--namespace", lab.Namespace,
 			"--set", "images.ccm.tag="+upgradeVersion, "--set", "images.speaker.tag="+upgradeVersion); err != nil {
 			t.Fatalf("helm upgrade: %v\n%s", err, out)
 		}
 	})
 
-	for _, key := range []types.NamespacedName{l2, bgp} {
+	for _, key := range keys {
 		if out, err := kubectl(f, "delete", "service", "-n", key.Namespace, key.Name, "--timeout=60s"); err != nil {
 			t.Fatalf("kubectl delete service %s: %v\n%s", key, err, out)
 		}
@@ -455,5 +458,5 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	if out, err := kubectl(f, "delete", "namespace", lab.Namespace, "--timeout=120s"); err != nil {
 		t.Fatalf("kubectl delete namespace: %v\n%s", err, out)
 	}
-	nothingLeft(f, l2addrs, bgpAddr)
+	nothingLeft(f, []netip.Addr{targets[0].addr, targets[1].addr}, targets[2].addr)
 }
