@@ -708,12 +708,18 @@ func shimsServing(dir string) []shim {
 }
 
 // removeKubeletDebris removes, once no lab is left, what every kubelet on
-// the machine shares: the device plugins' directory (a fixed path), and
-// containerd's shim socket directory if it is empty.
+// the machine shares: the device plugins' directory (a fixed path) with
+// the files a kubelet leaves there, and containerd's shim socket directory,
+// each only if nothing else is there: a machine that is a Kubernetes node
+// itself keeps its kubelet's files.
 func removeKubeletDebris() {
-	os.RemoveAll("/var/lib/kubelet/device-plugins")
-	for _, d := range []string{"/var/lib/kubelet", "/run/containerd/s", "/run/containerd"} {
-		syscall.Rmdir(d)
+	if entries, err := os.ReadDir("/var/lib/kubelet"); err == nil && len(entries) == 1 && entries[0].Name() == "device-plugins" {
+		for _, f := range []string{"kubelet.sock", "kubelet_internal_checkpoint"} {
+			os.Remove(filepath.Join("/var/lib/kubelet/device-plugins", f))
+		}
+	}
+	for _, d := range []string{"/var/lib/kubelet/device-plugins", "/var/lib/kubelet", "/run/containerd/s", "/run/containerd"} {
+		syscall.Rmdir(d) // only if empty
 	}
 }
 
