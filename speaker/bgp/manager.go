@@ -502,11 +502,11 @@ func (m *Manager) withdraw(ctx context.Context, p *peerEntry, pfx netip.Prefix) 
 	return nil
 }
 
-// Shutdown stops the speaker. Every BFD session says AdminDown first, so
-// that no router takes the stop for a forwarding failure (RFC 5882 §3.2).
-// Then a peer without graceful restart has every route withdrawn and its
-// session closed with a Cease NOTIFICATION (administrative shutdown); the
-// withdrawals are queued before the NOTIFICATION. A peer with graceful
+// Shutdown stops the speaker. A peer without graceful restart has every
+// route withdrawn, then (after every BFD session has said AdminDown, so
+// that no router takes the stop for a forwarding failure, RFC 5882 §3.2)
+// its session closed with a Cease NOTIFICATION (administrative shutdown);
+// the withdrawals are queued before the NOTIFICATION. A peer with graceful
 // restart keeps this node's routes: nothing is withdrawn and no
 // NOTIFICATION sent, and its session ends without one when the process
 // exits, which the router takes for a restart (RFC 4724): it goes on
