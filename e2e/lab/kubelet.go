@@ -226,7 +226,7 @@ func (l *Lab) startKubeletNode(ctx context.Context, n int, images []string) erro
 		}
 	}
 	bin, args := enter(l.NodeNS(n), "containerd", "--config", filepath.Join(d, "containerd.toml"))
-	if _, err := l.startProc("containerd@"+l.NodeName(n), bin, args...); err != nil {
+	if _, err := l.start("containerd@"+l.NodeName(n), "", bin, args...); err != nil {
 		return err
 	}
 	if err := l.waitContainerd(ctx, n); err != nil {
@@ -248,7 +248,7 @@ func (l *Lab) startKubeletNode(ctx context.Context, n int, images []string) erro
 		"--node-ip="+a[0].String()+","+a[1].String(),
 		"--v=1",
 	)
-	_, err := l.startProc("kubelet@"+l.NodeName(n), bin, args...)
+	_, err := l.start("kubelet@"+l.NodeName(n), "", bin, args...)
 	return err
 }
 
@@ -352,12 +352,6 @@ func (l *Lab) startScheduler() error {
 		"--leader-elect=false",
 	)
 	return err
-}
-
-// startProc runs a command line in the root namespace and records it; a
-// Restart runs it again as it was.
-func (l *Lab) startProc(name, bin string, args ...string) (Proc, error) {
-	return l.start(name, "", bin, args...)
 }
 
 // buildImages writes the images the lab's nodes import: ironlb's two (from
@@ -591,24 +585,33 @@ func cgroupHierarchies() []string {
 	return dirs
 }
 
+// cgroupDirs lists the cgroup root and every cgroup below it, in every
+// hierarchy, each parent before its children.
+func cgroupDirs(root string) []string {
+	var dirs []string
+	for _, h := range cgroupHierarchies() {
+		filepath.WalkDir(filepath.Join(h, root), func(path string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+	}
+	return dirs
+}
+
 // cgroupProcs lists every process in the cgroup root and below it, in any hierarchy.
 func cgroupProcs(root string) []int {
 	seen := map[int]bool{}
 	var pids []int
-	for _, h := range cgroupHierarchies() {
-		filepath.WalkDir(filepath.Join(h, root), func(path string, d os.DirEntry, err error) error {
-			if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
-				return nil
+	for _, dir := range cgroupDirs(root) {
+		data, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		for _, f := range strings.Fields(string(data)) {
+			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
+				seen[pid] = true
+				pids = append(pids, pid)
 			}
-			data, _ := os.ReadFile(path)
-			for _, f := range strings.Fields(string(data)) {
-				if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
-					seen[pid] = true
-					pids = append(pids, pid)
-				}
-			}
-			return nil
-		})
+		}
 	}
 	return pids
 }
@@ -636,18 +639,10 @@ func makeCgroupRoot(root string) error {
 // removeCgroups removes the cgroup root and everything below it, deepest first.
 func removeCgroups(root string) error {
 	var errs []string
-	for _, h := range cgroupHierarchies() {
-		var dirs []string
-		filepath.WalkDir(filepath.Join(h, root), func(path string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, path)
-			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- {
-			if err := syscall.Rmdir(dirs[i]); err != nil && !errors.Is(err, syscall.ENOENT) {
-				errs = append(errs, fmt.Sprintf("rmdir %s: %v", dirs[i], err))
-			}
+	dirs := cgroupDirs(root)
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := syscall.Rmdir(dirs[i]); err != nil && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Sprintf("rmdir %s: %v", dirs[i], err))
 		}
 	}
 	if len(errs) > 0 {
