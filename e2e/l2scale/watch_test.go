@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,9 @@ import (
 type watch struct {
 	*lab.ARPWatch
 	addrs []netip.Addr
+	// speakerDrops is each node's ironlb_speaker_l2_dropped_total when the
+	// step began.
+	speakerDrops map[int]float64
 }
 
 func startWatch(f *framework.F, addrs []netip.Addr) *watch {
@@ -26,7 +30,7 @@ func startWatch(f *framework.F, addrs []netip.Addr) *watch {
 	if err != nil {
 		f.T.Fatal(err)
 	}
-	w := &watch{ARPWatch: lab.StartARPWatch(probe, addrs), addrs: addrs}
+	w := &watch{ARPWatch: lab.StartARPWatch(probe, addrs), addrs: addrs, speakerDrops: droppedBySpeakers(f)}
 	f.T.Cleanup(func() {
 		w.Close()
 		probe.Close()
@@ -114,6 +118,9 @@ func ownedBy(owners map[netip.Addr]int, n int) []netip.Addr {
 type stepReport struct {
 	name string
 	lab.Dark
+	// drops says which sockets dropped ARP frames during the step, which
+	// would explain addresses dark while their owners answered ("" none).
+	drops string
 }
 
 // step ends a step: it fails the test for every split brain seen during
@@ -122,11 +129,54 @@ func (w *watch) step(f *framework.F, name string) stepReport {
 	f.T.Helper()
 	w.next(f)
 	r := stepReport{name: name, Dark: w.Step()}
+	r.drops = w.dropsSince(f, r.ProbeDropped)
 	if len(r.Splits) > 0 {
 		f.T.Errorf("%s: split brain: %s", name, splitSummary(f, r.Splits))
 	}
-	f.T.Logf("%s: %.1fs, %d ARP rounds of %d addresses; %s", name, r.Elapsed.Seconds(), r.Rounds, len(w.addrs), r.darkSummary())
+	f.T.Logf("%s: %.1fs, %d ARP rounds of %d addresses; %s%s", name, r.Elapsed.Seconds(), r.Rounds, len(w.addrs), r.darkSummary(), r.drops)
 	return r
+}
+
+// droppedBySpeakers is each node's ironlb_speaker_l2_dropped_total, summed
+// over its sockets (nodes whose metrics cannot be read are left out).
+func droppedBySpeakers(f *framework.F) map[int]float64 {
+	out := map[int]float64{}
+	for n := 1; n <= f.AllNodes(); n++ {
+		m, err := f.SpeakerMetrics(n)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(m, "\n") {
+			if rest, ok := strings.CutPrefix(line, "ironlb_speaker_l2_dropped_total{"); ok {
+				if _, v, ok := strings.Cut(rest, "} "); ok {
+					x, _ := strconv.ParseFloat(v, 64)
+					out[n] += x
+				}
+			}
+		}
+	}
+	return out
+}
+
+// dropsSince says which sockets dropped ARP frames since the last step: the
+// LAN client's (probeDropped) and the speakers' (read now), or "".
+func (w *watch) dropsSince(f *framework.F, probeDropped int) string {
+	now := droppedBySpeakers(f)
+	var by []string
+	for n := 1; n <= f.AllNodes(); n++ {
+		if d := now[n] - w.speakerDrops[n]; d > 0 {
+			by = append(by, fmt.Sprintf("%s %.0f", node(f, n), d))
+		}
+	}
+	w.speakerDrops = now
+	var out string
+	if probeDropped > 0 {
+		out += fmt.Sprintf("; the LAN client's socket dropped %d frames (its rounds may show answered addresses dark)", probeDropped)
+	}
+	if len(by) > 0 {
+		out += fmt.Sprintf("; speakers' sockets dropped ARP frames (requests unanswered): %s", strings.Join(by, ", "))
+	}
+	return out
 }
 
 // splitSummary says, per address, when and by which nodes it was answered
@@ -201,6 +251,6 @@ func (r stepReport) checkDark(f *framework.F, limit time.Duration, why string) {
 	}
 	if len(over) > 0 {
 		sort.Strings(over)
-		f.T.Errorf("%s: %d addresses went unanswered for longer than %v (%s): %s", r.name, len(over), limit, why, strings.Join(over, ", "))
+		f.T.Errorf("%s: %d addresses went unanswered for longer than %v (%s): %s%s", r.name, len(over), limit, why, strings.Join(over, ", "), r.drops)
 	}
 }

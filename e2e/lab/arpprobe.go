@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ARPProbe asks from the LAN client who has many IPv4 addresses at once:
@@ -31,6 +33,9 @@ type ARPProbe struct {
 	mu     sync.Mutex
 	rounds int
 	round  *arpRound // nil between rounds
+	// dropped counts the frames the socket's full queue dropped (its
+	// kernel count is reset on every read).
+	dropped int
 	done   chan struct{}
 	closed bool
 }
@@ -40,6 +45,9 @@ type arpRound struct {
 	want   map[[4]byte]netip.Addr
 	seen   map[netip.Addr][]net.HardwareAddr
 }
+
+// probeQueue is the receive queue of the probe's socket, in bytes.
+const probeQueue = 8 << 20
 
 const (
 	ethPARP     = 0x0806
@@ -66,6 +74,15 @@ func (l *Lab) OpenARPProbe() (*ARPProbe, error) {
 		if err := syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: htons(ethPARP), Ifindex: ifi.Index}); err != nil {
 			return fmt.Errorf("bind ARP socket to eth0: %w", err)
 		}
+		// A round's hundred answers arrive at once, and the test process
+		// may wait for a CPU: the queue holds thousands of frames, and the
+		// frames this socket sends itself are not queued back to it.
+		if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, probeQueue); err != nil {
+			return fmt.Errorf("ARP socket receive queue: %w", err)
+		}
+		if err := syscall.SetsockoptInt(fd, syscall.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
+			return fmt.Errorf("ARP socket: ignoring outgoing frames: %w", err)
+		}
 		// Reads wake up now and then, so Close can end the reader.
 		tv := syscall.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
 		return syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
@@ -78,6 +95,15 @@ func (l *Lab) OpenARPProbe() (*ARPProbe, error) {
 	}
 	go p.read()
 	return p, nil
+}
+
+// Dropped is how many frames (answers among them) the probe's socket
+// dropped so far because its queue was full: rounds that ended meanwhile
+// may show addresses dark that were answered.
+func (p *ARPProbe) Dropped() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dropped
 }
 
 // Close stops the probe.
@@ -190,8 +216,13 @@ func (p *ARPProbe) Ask(addrs []netip.Addr, wait time.Duration) (map[netip.Addr][
 		}
 	}
 	time.Sleep(wait)
+	stats, err := unix.GetsockoptTpacketStats(p.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
+	if err != nil {
+		return nil, fmt.Errorf("ARP socket statistics: %w", err)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.dropped += int(stats.Drops)
 	out := make(map[netip.Addr][]net.HardwareAddr, len(r.seen))
 	for addr, macs := range r.seen {
 		out[addr] = slices.Clone(macs)

@@ -40,6 +40,7 @@ type ARPWatch struct {
 	moves     map[netip.Addr]int // in this step
 	stepBegan time.Time
 	stepRound int
+	stepDrops int // the probe's Dropped when the step began
 	err       error
 	// Trace, when set before the first round, is told of every dark
 	// stretch as it ends: the address, when it began and ended, the last
@@ -70,6 +71,9 @@ type Dark struct {
 	// node than the last one that answered it alone (a dark stretch or a
 	// split between them does not count as a move of its own).
 	Moves map[netip.Addr]int
+	// ProbeDropped counts the frames the LAN client's own socket dropped
+	// (its queue full): darkness seen meanwhile may be the client's.
+	ProbeDropped int
 }
 
 // StartARPWatch starts asking for addrs through probe. Close ends it.
@@ -189,8 +193,9 @@ func (w *ARPWatch) Step() Dark {
 	now := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	drops := w.probe.Dropped()
 	d := Dark{Elapsed: now.Sub(w.stepBegan), Rounds: w.rounds - w.stepRound, Splits: w.splits,
-		Longest: map[netip.Addr]time.Duration{}, Total: map[netip.Addr]time.Duration{}, Moves: w.moves}
+		Longest: map[netip.Addr]time.Duration{}, Total: map[netip.Addr]time.Duration{}, Moves: w.moves, ProbeDropped: drops - w.stepDrops}
 	for a, stretches := range w.dark {
 		for _, s := range stretches {
 			d.Longest[a] = max(d.Longest[a], s)
@@ -203,6 +208,6 @@ func (w *ARPWatch) Step() Dark {
 		d.Total[a] += s
 		w.darkSince[a] = now
 	}
-	w.splits, w.dark, w.moves, w.stepBegan, w.stepRound = nil, map[netip.Addr][]time.Duration{}, map[netip.Addr]int{}, now, w.rounds
+	w.splits, w.dark, w.moves, w.stepBegan, w.stepRound, w.stepDrops = nil, map[netip.Addr][]time.Duration{}, map[netip.Addr]int{}, now, w.rounds, drops
 	return d
 }

@@ -30,7 +30,8 @@ func (r *Responder) openARP(addrs []net.Addr) error {
 		_ = p.Close()
 		return fmt.Errorf("interface %s: opening ARP client: %w", r.ifi.Name, err)
 	}
-	r.arp = c
+	r.tuneQueue(p, protocolARP)
+	r.arp, r.arpFrames = c, p
 	r.arpMetrics = newCounters(protocolARP, r.ifi.Name)
 	return nil
 }

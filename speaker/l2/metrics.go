@@ -29,6 +29,10 @@ var (
 		Namespace: "ironlb", Subsystem: "speaker", Name: "l2_takeovers_waited_total",
 		Help: "Addresses this node was to answer that another host still answered when it looked (ARP probe, DAD solicitation): it waited for that host to stop.",
 	}, []string{"protocol", "interface"})
+	droppedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ironlb", Subsystem: "speaker", Name: "l2_dropped_total",
+		Help: "ARP and neighbor discovery frames the kernel dropped because the speaker's socket queue was full: requests among them went unanswered.",
+	}, []string{"protocol", "interface"})
 	conflictsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ironlb", Subsystem: "speaker", Name: "l2_conflicts_total",
 		Help: "Addresses this node answers although another host still answered them after the longest wait.",
@@ -38,11 +42,11 @@ var (
 // RegisterMetrics adds the package's counters to reg:
 // ironlb_speaker_l2_requests_total, ironlb_speaker_l2_replies_total,
 // ironlb_speaker_l2_gratuitous_total, ironlb_speaker_l2_takeovers_waited_total
-// and ironlb_speaker_l2_conflicts_total, each labelled by protocol ("arp" or
+// ironlb_speaker_l2_conflicts_total and ironlb_speaker_l2_dropped_total, each labelled by protocol ("arp" or
 // "ndp") and interface. Registering them again with the same registry is not
 // an error, so every component that runs a Responder may call it.
 func RegisterMetrics(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{requestsTotal, repliesTotal, gratuitousTotal, waitedTotal, conflictsTotal} {
+	for _, c := range []prometheus.Collector{requestsTotal, repliesTotal, gratuitousTotal, waitedTotal, conflictsTotal, droppedTotal} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if errors.As(err, &already) && already.ExistingCollector == c {
@@ -57,7 +61,7 @@ func RegisterMetrics(reg prometheus.Registerer) error {
 // counters are one protocol's counters on one interface, resolved once so
 // that the packet path does no label lookups.
 type counters struct {
-	requests, replies, gratuitous, waited, conflicts prometheus.Counter
+	requests, replies, gratuitous, waited, conflicts, dropped prometheus.Counter
 }
 
 func newCounters(protocol, iface string) counters {
@@ -67,5 +71,6 @@ func newCounters(protocol, iface string) counters {
 		gratuitous: gratuitousTotal.WithLabelValues(protocol, iface),
 		waited:     waitedTotal.WithLabelValues(protocol, iface),
 		conflicts:  conflictsTotal.WithLabelValues(protocol, iface),
+		dropped:    droppedTotal.WithLabelValues(protocol, iface),
 	}
 }

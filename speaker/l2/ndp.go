@@ -82,6 +82,7 @@ func (r *Responder) openNDP(addrs []net.Addr) error {
 	if err != nil {
 		return fmt.Errorf("interface %s: opening NDP packet socket: %w", r.ifi.Name, err)
 	}
+	r.tuneQueue(p, protocolNDP)
 	r.ndpFrames = p
 	r.ndpMetrics = newCounters(protocolNDP, r.ifi.Name)
 	return nil

@@ -39,6 +39,8 @@ type config struct {
 	gate     func() bool
 	probing  Probing
 	conflict func(netip.Addr, net.HardwareAddr)
+	// receiveQueue is the socket receive queue asked for, in bytes.
+	receiveQueue int
 }
 
 // WithGate makes every reply and announcement wait for gate to return true
@@ -73,8 +75,13 @@ type Responder struct {
 	probing  Probing
 	conflict func(netip.Addr, net.HardwareAddr) // nil: not reported
 
-	// IPv4; arp is nil when the interface has no IPv4 address.
+	// receiveQueue is the receive queue asked for each packet socket.
+	receiveQueue int
+
+	// IPv4; arp and arpFrames, its packet socket, are nil when the
+	// interface has no IPv4 address.
 	arp        *arp.Client
+	arpFrames  *packet.Conn
 	arpMetrics counters
 
 	// IPv6; both are nil when IPv6 is disabled on the interface. ndpFrames
@@ -122,7 +129,7 @@ func New(ifaceName string, logger klog.Logger, opts ...Option) (*Responder, erro
 		return nil, fmt.Errorf("interface %s: listing its addresses: %w", ifaceName, err)
 	}
 
-	cfg := config{schedule: defaultSchedule, probing: DefaultProbing}
+	cfg := config{schedule: defaultSchedule, probing: DefaultProbing, receiveQueue: receiveQueue}
 	for _, opt := range opts {
 		opt(&cfg)
 	}
@@ -153,6 +160,7 @@ func newResponder(ifi *net.Interface, logger klog.Logger, cfg config) *Responder
 		gate:              cfg.gate,
 		probing:           cfg.probing,
 		conflict:          cfg.conflict,
+		receiveQueue:      cfg.receiveQueue,
 		arpMetrics:        newCounters(protocolARP, ifi.Name),
 		ndpMetrics:        newCounters(protocolNDP, ifi.Name),
 		announceCtx:       ctx,
@@ -187,6 +195,7 @@ func (r *Responder) Run(ctx context.Context) error {
 	if r.ndpFrames != nil {
 		wg.Go(func() { r.serveNDP(ctx) })
 	}
+	wg.Go(func() { r.watchDrops(ctx) })
 	<-ctx.Done()
 	err := r.Close()
 	wg.Wait()
