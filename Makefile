@@ -67,12 +67,18 @@ vet:
 # the Debian packages of hack/prereq/packages.txt (the only list; as root on Debian or Ubuntu
 # the check installs what is missing with apt-get, IRONLB_PREREQ_INSTALL=no only reports),
 # root, the kernel features of the lab, free disk where the build caches live, and Go.
+PREREQ_FOR ?= make $(or $(MAKECMDGOALS),prereq)
 prereq:
-	@$(GO) run ./hack/prereq -for "make $(or $(MAKECMDGOALS),prereq)"
+	@$(GO) run ./hack/prereq -for "$(PREREQ_FOR)"
 
 # Every test: unit tests, integration tests that run ironlb-ccm against a real
-# kube-apiserver and etcd, and end-to-end tests in the lab (root needed).
-test: prereq upstream verify-generate vet test-unit test-images test-integration test-e2e
+# kube-apiserver and etcd, and end-to-end tests in the lab (root needed). Each step says how
+# long it took; the first that fails ends the run.
+TEST_STEPS := prereq upstream verify-generate vet test-unit test-images test-integration test-e2e
+test:
+	@start=$$(date +%s); for step in $(TEST_STEPS); do s=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$step PREREQ_FOR="make test" || { echo "make test: $$step failed after $$(( $$(date +%s) - s ))s"; exit 1; }; \
+	  echo "make test: $$step done in $$(( $$(date +%s) - s ))s ($$(( $$(date +%s) - start ))s in all)"; done
 
 # The pinned upstream binaries, kubectl and helm included, built once into a cache keyed by
 # version (minutes cold, with progress; nothing warm), all in one go build so that they share

@@ -42,14 +42,13 @@ func startWatch(f *framework.F, addrs []netip.Addr) *watch {
 // owners it saw.
 func (w *watch) next(f *framework.F) map[netip.Addr]int {
 	f.T.Helper()
-	rounds, _, _ := w.Rounds()
-	want := rounds + 2 // the running round may have begun before the call
+	called := time.Now()
 	for i := 0; i < 400; i++ {
-		rounds, owners, err := w.Rounds()
+		owners, ok, err := w.Since(called)
 		if err != nil {
 			f.T.Fatalf("ARP watch: %v", err)
 		}
-		if rounds >= want {
+		if ok {
 			return owners
 		}
 		time.Sleep(25 * time.Millisecond)
@@ -129,7 +128,7 @@ func (w *watch) step(f *framework.F, name string) stepReport {
 	f.T.Helper()
 	w.next(f)
 	r := stepReport{name: name, Dark: w.Step()}
-	r.drops = w.dropsSince(f, r.ProbeDropped)
+	r.drops = w.dropsSince(f, r.ProbeDropped, r.ProbeLate)
 	if len(r.Splits) > 0 {
 		f.T.Errorf("%s: split brain: %s", name, splitSummary(f, r.Splits))
 	}
@@ -159,8 +158,9 @@ func droppedBySpeakers(f *framework.F) map[int]float64 {
 }
 
 // dropsSince says which sockets dropped ARP frames since the last step: the
-// LAN client's (probeDropped) and the speakers' (read now), or "".
-func (w *watch) dropsSince(f *framework.F, probeDropped int) string {
+// LAN client's (probeDropped) and the speakers' (read now), and how many
+// answers came after their round (late), or "".
+func (w *watch) dropsSince(f *framework.F, probeDropped, late int) string {
 	now := droppedBySpeakers(f)
 	var by []string
 	for n := 1; n <= f.AllNodes(); n++ {
@@ -175,6 +175,9 @@ func (w *watch) dropsSince(f *framework.F, probeDropped int) string {
 	}
 	if len(by) > 0 {
 		out += fmt.Sprintf("; speakers' sockets dropped ARP frames (requests unanswered): %s", strings.Join(by, ", "))
+	}
+	if late > 0 {
+		out += fmt.Sprintf("; %d answers came after their round (%v), counted dark", late, lab.ARPRoundWait)
 	}
 	return out
 }

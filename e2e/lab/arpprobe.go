@@ -23,7 +23,8 @@ import (
 // Each round asks from a sender address of its own (Plan.probeSender, in
 // turn), and a reply counts only for the round whose sender it is addressed
 // to: a late answer to an earlier question is never taken for a second node
-// answering this one.
+// answering this one. Rounds may overlap (Begin, End), as a client that asks
+// again before its last question's time is up.
 type ARPProbe struct {
 	fd      int
 	ifindex int
@@ -32,15 +33,18 @@ type ARPProbe struct {
 
 	mu     sync.Mutex
 	rounds int
-	round  *arpRound // nil between rounds
+	open   map[[4]byte]*ARPRound // by sender, the rounds begun and not ended
 	// dropped counts the frames the socket's full queue dropped (its
-	// kernel count is reset on every read).
-	dropped int
-	done   chan struct{}
-	closed bool
+	// kernel count is reset on every read); late, the answers that came
+	// for a round already over.
+	dropped, late int
+	done          chan struct{}
+	closed        bool
 }
 
-type arpRound struct {
+// ARPRound is one round of questions, from Begin to End.
+type ARPRound struct {
+	p      *ARPProbe
 	sender [4]byte
 	want   map[[4]byte]netip.Addr
 	seen   map[netip.Addr][]net.HardwareAddr
@@ -59,7 +63,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // OpenARPProbe opens an ARPProbe on the LAN client's eth0.
 func (l *Lab) OpenARPProbe() (*ARPProbe, error) {
-	p := &ARPProbe{plan: l.Plan, done: make(chan struct{}), fd: -1}
+	p := &ARPProbe{plan: l.Plan, done: make(chan struct{}), fd: -1, open: map[[4]byte]*ARPRound{}}
 	err := inNamespace(l.ClientNS(), func() error {
 		ifi, err := net.InterfaceByName("eth0")
 		if err != nil {
@@ -98,12 +102,13 @@ func (l *Lab) OpenARPProbe() (*ARPProbe, error) {
 }
 
 // Dropped is how many frames (answers among them) the probe's socket
-// dropped so far because its queue was full: rounds that ended meanwhile
-// may show addresses dark that were answered.
-func (p *ARPProbe) Dropped() int {
+// dropped so far because its queue was full, and Late how many answers
+// came after their round was over: rounds that ended meanwhile may show
+// addresses dark that were answered, or answered late.
+func (p *ARPProbe) Dropped() (dropped, late int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.dropped
+	return p.dropped, p.late
 }
 
 // Close stops the probe.
@@ -153,8 +158,11 @@ func (p *ARPProbe) take(f []byte) {
 	mac := net.HardwareAddr(slices.Clone(a[8:14]))
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	r := p.round
-	if r == nil || [4]byte(a[24:28]) != r.sender {
+	r := p.open[[4]byte(a[24:28])]
+	if r == nil {
+		if p.plan.isProbeSender(netip.AddrFrom4([4]byte(a[24:28]))) {
+			p.late++
+		}
 		return
 	}
 	addr, ok := r.want[[4]byte(a[14:18])]
@@ -173,28 +181,37 @@ func (p *ARPProbe) take(f []byte) {
 // distinct MAC that answered each of them within wait of the last request
 // (none: nobody answered; two or more: split brain).
 func (p *ARPProbe) Ask(addrs []netip.Addr, wait time.Duration) (map[netip.Addr][]net.HardwareAddr, error) {
-	p.mu.Lock()
-	if p.closed || p.round != nil {
-		p.mu.Unlock()
-		return nil, errors.New("ARP probe closed, or asked twice at once")
+	r, err := p.Begin(addrs)
+	if err != nil {
+		return nil, err
 	}
-	sender := p.plan.probeSender(p.rounds)
-	p.rounds++
-	r := &arpRound{sender: sender.As4(), want: map[[4]byte]netip.Addr{}, seen: map[netip.Addr][]net.HardwareAddr{}}
+	time.Sleep(wait)
+	return r.End()
+}
+
+// Begin sends one ARP request for each IPv4 address, from a sender address
+// no other open round uses, and takes the answers until End.
+func (p *ARPProbe) Begin(addrs []netip.Addr) (*ARPRound, error) {
+	r := &ARPRound{p: p, want: map[[4]byte]netip.Addr{}, seen: map[netip.Addr][]net.HardwareAddr{}}
 	for _, a := range addrs {
 		if !a.Is4() {
-			p.mu.Unlock()
 			return nil, fmt.Errorf("ARP probe: %s is not an IPv4 address", a)
 		}
 		r.want[a.As4()] = a
 	}
-	p.round = r
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		p.round = nil
+	p.mu.Lock()
+	if p.closed || len(p.open) >= probeSenders-1 {
 		p.mu.Unlock()
-	}()
+		return nil, fmt.Errorf("ARP probe closed, or %d rounds open at once", len(p.open))
+	}
+	r.sender = p.plan.probeSender(p.rounds).As4()
+	p.rounds++
+	if p.open[r.sender] != nil {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("ARP probe: sender %v still in use", r.sender)
+	}
+	p.open[r.sender] = r
+	p.mu.Unlock()
 
 	to := &syscall.SockaddrLinklayer{Protocol: htons(ethPARP), Ifindex: p.ifindex, Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
 	frame := make([]byte, arpFrameLen)
@@ -212,16 +229,25 @@ func (p *ARPProbe) Ask(addrs []netip.Addr, wait time.Duration) (map[netip.Addr][
 		t := addr.As4()
 		copy(a[24:28], t[:])
 		if err := syscall.Sendto(p.fd, frame, 0, to); err != nil {
+			_, _ = r.End()
 			return nil, fmt.Errorf("ARP request for %s: %w", addr, err)
 		}
 	}
-	time.Sleep(wait)
+	return r, nil
+}
+
+// End stops taking answers for the round and returns every distinct MAC
+// that answered each address (none: nobody answered; two or more: split
+// brain).
+func (r *ARPRound) End() (map[netip.Addr][]net.HardwareAddr, error) {
+	p := r.p
 	stats, err := unix.GetsockoptTpacketStats(p.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.open, r.sender)
 	if err != nil {
 		return nil, fmt.Errorf("ARP socket statistics: %w", err)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.dropped += int(stats.Drops)
 	out := make(map[netip.Addr][]net.HardwareAddr, len(r.seen))
 	for addr, macs := range r.seen {

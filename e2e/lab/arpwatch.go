@@ -10,13 +10,15 @@ import (
 )
 
 // A round of an ARPWatch asks every address once and takes the answers
-// that come within ARPRoundWait of its last question (a busy node's answer
-// may take a few hundred milliseconds; a client waits a second before it
-// asks again); rounds begin ARPRoundEvery apart, which is how finely
-// darkness is measured. Every ARP request reaches every speaker's packet
-// socket: the pause between rounds keeps the watch from loading the lab.
+// that come within ARPRoundWait of its questions, as a client does: Linux
+// waits a second (retrans_time_ms) for an answer before it asks again, and
+// a speaker that the lab's shared CPUs leave waiting may answer a few
+// hundred milliseconds late. Rounds begin ARPRoundEvery apart, which is how
+// finely darkness is measured, so two are open at once. Every ARP request
+// reaches every speaker's packet socket: the pause between rounds keeps the
+// watch from loading the lab.
 const (
-	ARPRoundWait  = 400 * time.Millisecond
+	ARPRoundWait  = time.Second
 	ARPRoundEvery = 500 * time.Millisecond
 )
 
@@ -30,18 +32,19 @@ type ARPWatch struct {
 	probe *ARPProbe
 	addrs []netip.Addr
 
-	mu        sync.Mutex
-	rounds    int
-	owners    map[netip.Addr]int // by the last round: 0 none, -1 several
-	darkSince map[netip.Addr]time.Time
-	dark      map[netip.Addr][]time.Duration // stretches ended in this step
-	splits    []Split
-	alone     map[netip.Addr]int // the last node seen answering alone
-	moves     map[netip.Addr]int // in this step
-	stepBegan time.Time
-	stepRound int
-	stepDrops int // the probe's Dropped when the step began
-	err       error
+	mu                  sync.Mutex
+	rounds              int
+	lastAt              time.Time          // when the last round that ended began
+	owners              map[netip.Addr]int // by the last round: 0 none, -1 several
+	darkSince           map[netip.Addr]time.Time
+	dark                map[netip.Addr][]time.Duration // stretches ended in this step
+	splits              []Split
+	alone               map[netip.Addr]int // the last node seen answering alone
+	moves               map[netip.Addr]int // in this step
+	stepBegan           time.Time
+	stepRound           int
+	stepDrops, stepLate int // the probe's Dropped when the step began
+	err                 error
 	// Trace, when set before the first round, is told of every dark
 	// stretch as it ends: the address, when it began and ended, the last
 	// node that answered it alone before it (0: none yet), and who answers
@@ -73,7 +76,9 @@ type Dark struct {
 	Moves map[netip.Addr]int
 	// ProbeDropped counts the frames the LAN client's own socket dropped
 	// (its queue full): darkness seen meanwhile may be the client's.
-	ProbeDropped int
+	// ProbeLate counts the answers that came after their round was over
+	// (counted dark in it).
+	ProbeDropped, ProbeLate int
 }
 
 // StartARPWatch starts asking for addrs through probe. Close ends it.
@@ -108,26 +113,54 @@ func (w *ARPWatch) Close() {
 
 func (w *ARPWatch) run() {
 	defer close(w.done)
-	for {
-		select {
-		case <-w.stop:
-			return
-		default:
+	type begun struct {
+		at time.Time
+		r  *ARPRound
+	}
+	var open []begun // oldest first
+	defer func() {
+		for _, b := range open {
+			_, _ = b.r.End()
 		}
-		at := time.Now()
-		answers, err := w.probe.Ask(w.addrs, ARPRoundWait)
+	}()
+	fail := func(err error) {
 		w.mu.Lock()
-		if err != nil {
-			w.err = err
-			w.mu.Unlock()
-			return
-		}
-		w.take(at, answers)
+		w.err = err
 		w.mu.Unlock()
+	}
+	next := time.Now()
+	for {
+		now := time.Now()
+		for len(open) > 0 && now.Sub(open[0].at) >= ARPRoundWait {
+			answers, err := open[0].r.End()
+			if err != nil {
+				fail(err)
+				return
+			}
+			w.mu.Lock()
+			w.take(open[0].at, answers)
+			w.mu.Unlock()
+			open = open[1:]
+		}
+		if !now.Before(next) {
+			r, err := w.probe.Begin(w.addrs)
+			if err != nil {
+				fail(err)
+				return
+			}
+			open = append(open, begun{at: now, r: r})
+			next = now.Add(ARPRoundEvery) // late rounds are not caught up in a burst
+		}
+		wake := next
+		if len(open) > 0 {
+			if end := open[0].at.Add(ARPRoundWait); end.Before(wake) {
+				wake = end
+			}
+		}
 		select {
 		case <-w.stop:
 			return
-		case <-time.After(max(ARPRoundEvery-time.Since(at), 0)):
+		case <-time.After(time.Until(wake)):
 		}
 	}
 }
@@ -135,6 +168,7 @@ func (w *ARPWatch) run() {
 // take records one round asked at at; w.mu is held.
 func (w *ARPWatch) take(at time.Time, answers map[netip.Addr][]net.HardwareAddr) {
 	w.rounds++
+	w.lastAt = at
 	for _, a := range w.addrs {
 		var nodes []int
 		for _, mac := range answers[a] {
@@ -178,6 +212,18 @@ func (w *ARPWatch) Rounds() (int, map[netip.Addr]int, error) {
 	return w.rounds, maps.Clone(w.owners), w.err
 }
 
+// Since returns the owners seen by the last round that ended, if it began
+// at t or later (ok false: none such yet), and the error that ended the
+// watch, if any.
+func (w *ARPWatch) Since(t time.Time) (owners map[netip.Addr]int, ok bool, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.rounds == 0 || w.lastAt.Before(t) {
+		return nil, false, w.err
+	}
+	return maps.Clone(w.owners), true, w.err
+}
+
 // TakeSplits returns and forgets the split brains seen so far.
 func (w *ARPWatch) TakeSplits() []Split {
 	w.mu.Lock()
@@ -193,9 +239,9 @@ func (w *ARPWatch) Step() Dark {
 	now := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	drops := w.probe.Dropped()
+	drops, late := w.probe.Dropped()
 	d := Dark{Elapsed: now.Sub(w.stepBegan), Rounds: w.rounds - w.stepRound, Splits: w.splits,
-		Longest: map[netip.Addr]time.Duration{}, Total: map[netip.Addr]time.Duration{}, Moves: w.moves, ProbeDropped: drops - w.stepDrops}
+		Longest: map[netip.Addr]time.Duration{}, Total: map[netip.Addr]time.Duration{}, Moves: w.moves, ProbeDropped: drops - w.stepDrops, ProbeLate: late - w.stepLate}
 	for a, stretches := range w.dark {
 		for _, s := range stretches {
 			d.Longest[a] = max(d.Longest[a], s)
@@ -208,6 +254,6 @@ func (w *ARPWatch) Step() Dark {
 		d.Total[a] += s
 		w.darkSince[a] = now
 	}
-	w.splits, w.dark, w.moves, w.stepBegan, w.stepRound, w.stepDrops = nil, map[netip.Addr][]time.Duration{}, map[netip.Addr]int{}, now, w.rounds, drops
+	w.splits, w.dark, w.moves, w.stepBegan, w.stepRound, w.stepDrops, w.stepLate = nil, map[netip.Addr][]time.Duration{}, map[netip.Addr]int{}, now, w.rounds, drops, late
 	return d
 }

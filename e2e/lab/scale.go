@@ -67,7 +67,20 @@ func (p Plan) L2ScalePool() []netip.Prefix {
 // probeSender is the sender address of an ARPProbe's i-th round (of 16 in
 // turn): an unused LAN address, so that an answer names the round it
 // answers.
-func (p Plan) probeSender(i int) netip.Addr { return p.v4(0, 101+i%16) }
+func (p Plan) probeSender(i int) netip.Addr { return p.v4(0, 101+i%probeSenders) }
+
+// probeSenders is how many sender addresses the probe takes in turn.
+const probeSenders = 16
+
+// isProbeSender reports whether a is one of the probe's sender addresses.
+func (p Plan) isProbeSender(a netip.Addr) bool {
+	for i := range probeSenders {
+		if p.probeSender(i) == a {
+			return true
+		}
+	}
+	return false
+}
 
 // buildScaleNetwork joins the speaker-only nodes to the LAN (buildNetwork
 // made their namespaces, as it makes every one of Namespaces) and routes the
