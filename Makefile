@@ -12,7 +12,7 @@ export GOFLAGS := -trimpath $(GOFLAGS)
 # (its own subset of checks, with facts of every dependency: minutes on a cold cache).
 GOTEST := $(GO) test -vet=off
 
-.PHONY: all build images test-images generate verify-generate vet prereq test test-unit test-integration test-e2e upstream lab lab-down lab-status lab-down-tests bench clean
+.PHONY: all build images test-images generate verify-generate vet prereq test test-unit test-integration test-unit-integration test-e2e upstream lab lab-down lab-status lab-down-tests bench clean
 
 # What the binaries (--version) and images say they are. PLATFORMS empty: the host's
 # architecture only; e.g. PLATFORMS=linux/amd64,linux/arm64 for one image of both.
@@ -74,7 +74,7 @@ prereq:
 # Every test: unit tests, integration tests that run ironlb-ccm against a real
 # kube-apiserver and etcd, and end-to-end tests in the lab (root needed). Each step says how
 # long it took; the first that fails ends the run.
-TEST_STEPS := prereq upstream verify-generate vet test-unit test-images test-integration test-e2e
+TEST_STEPS := prereq upstream verify-generate vet test-images test-unit-integration test-e2e
 test:
 	@start=$$(date +%s); for step in $(TEST_STEPS); do s=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$step PREREQ_FOR="make test" || { echo "make test: $$step failed after $$(( $$(date +%s) - s ))s"; exit 1; }; \
@@ -115,6 +115,11 @@ test-unit:
 
 test-integration:
 	$(GOTEST) -count=1 -timeout $(TEST_TIMEOUT) -v ./test/integration/
+
+# Both in one go test, as make test runs them: the integration package's API servers run while
+# the unit tests do (two packages at a time), each package's output shown when it fails.
+test-unit-integration:
+	$(GOTEST) -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e /test/ -e /hack/images) ./test/integration/
 
 # Allocator micro-benchmarks and Services per second on a real API server, as one table; one
 # speaker recompute at 10,000 Services and 100 nodes; then

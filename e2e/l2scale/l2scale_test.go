@@ -68,7 +68,7 @@ func TestSplitBrainIsDetected(t *testing.T) {
 	// removal; what follows must have none.
 	w.next(f)
 	w.TakeSplits()
-	w.waitOwners(f, "the address answered by its owner alone again", 20, func(o map[netip.Addr]int) error {
+	w.waitOwners(f, "the address answered by its owner alone again", 20*time.Second, func(o map[netip.Addr]int) error {
 		if o[a] != owner {
 			return fmt.Errorf("%s answered by %s", a, node(f, o[a]))
 		}
@@ -133,7 +133,7 @@ func TestOwnerDiesAndComesBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	down = true
-	after := w.waitOwners(f, "every address of "+node(f, victim)+" answered by another node", 40, func(o map[netip.Addr]int) error {
+	after := w.waitOwners(f, "every address of "+node(f, victim)+" answered by another node", 40*time.Second, func(o map[netip.Addr]int) error {
 		for _, a := range lost {
 			if o[a] == victim {
 				return fmt.Errorf("%s still answered by the dead node", a)
@@ -182,7 +182,7 @@ func TestOwnerDiesAndComesBack(t *testing.T) {
 	// Give a needless move time to show: the returning node settles for a
 	// moment before it may take anything.
 	w.watchFor(f, 3*time.Second)
-	back := w.waitOwners(f, "every address answered", 20, func(map[netip.Addr]int) error { return nil })
+	back := w.waitOwners(f, "every address answered", 20*time.Second, func(map[netip.Addr]int) error { return nil })
 	for a, n := range after {
 		if back[a] != n {
 			t.Errorf("%s moved from %s to %s when %s came back", a, node(f, n), node(f, back[a]), node(f, victim))
@@ -300,7 +300,7 @@ func TestRollingRestart(t *testing.T) {
 	if err := f.WaitSpeakersConverged(f.Ctx); err != nil {
 		t.Fatal(err)
 	}
-	w.waitOwners(f, "every address answered after the rollout", 20, func(map[netip.Addr]int) error { return nil })
+	w.waitOwners(f, "every address answered after the rollout", 20*time.Second, func(map[netip.Addr]int) error { return nil })
 	r := w.step(f, "rolling restart")
 	r.checkDark(f, maxFailover, "every address keeps answering during a rollout")
 	waitConditions(f, "Announced", 60)
@@ -358,7 +358,7 @@ func blocked(t *testing.T, in, out, everyNode bool) {
 		// One node cut off: the others hear each other and answer its
 		// addresses; it answers nothing, before and after the fallback's
 		// time, since their standby Leases say the heartbeats flow.
-		w.waitOwners(f, "the cut-off node answers nothing", 20, func(owners map[netip.Addr]int) error {
+		w.waitOwners(f, "the cut-off node answers nothing", 20*time.Second, func(owners map[netip.Addr]int) error {
 			if a := ownedBy(owners, cut[0]); len(a) > 0 {
 				return fmt.Errorf("%s still answers %v", node(f, cut[0]), a)
 			}
@@ -369,7 +369,7 @@ func blocked(t *testing.T, in, out, everyNode bool) {
 			t.Errorf("%s after the fallback's time: cut-off mode %v, want 1 (others hear the heartbeats)", node(f, cut[0]), v)
 		}
 	}
-	w.waitOwners(f, "every address answered", 20, func(owners map[netip.Addr]int) error {
+	w.waitOwners(f, "every address answered", 20*time.Second, func(owners map[netip.Addr]int) error {
 		if !everyNode {
 			if a := ownedBy(owners, cut[0]); len(a) > 0 {
 				return fmt.Errorf("%s answers %v", node(f, cut[0]), a)
@@ -639,7 +639,7 @@ func TestForgedHeartbeats(t *testing.T) {
 		}
 		return nil
 	})
-	after := w.waitOwners(f, "every address answered", 20, func(map[netip.Addr]int) error { return nil })
+	after := w.waitOwners(f, "every address answered", 20*time.Second, func(map[netip.Addr]int) error { return nil })
 	for a, n := range before {
 		if after[a] != n {
 			t.Errorf("%s moved from %s to %s after forged heartbeats", a, node(f, n), node(f, after[a]))

@@ -375,7 +375,7 @@ func atRest(f *framework.F, w *watch) {
 	if err := f.WaitSpeakersConverged(f.Ctx); err != nil {
 		f.T.Fatal(err)
 	}
-	w.waitOwners(f, "every address answered by one node", 40, func(owners map[netip.Addr]int) error { return nil })
+	w.waitOwners(f, "every address answered by one node", 40*time.Second, func(owners map[netip.Addr]int) error { return nil })
 	waitConditions(f, "Announced", 60)
 }
 

@@ -43,41 +43,56 @@ func startWatch(f *framework.F, addrs []netip.Addr) *watch {
 func (w *watch) next(f *framework.F) map[netip.Addr]int {
 	f.T.Helper()
 	called := time.Now()
+	owners, _ := w.await(f, func(_ int, began time.Time) bool { return !began.Before(called) })
+	return owners
+}
+
+// await waits, at most 10 s, until the last round that ended is one done
+// accepts (by the rounds ended so far and when it began), and returns its
+// owners and the rounds ended.
+func (w *watch) await(f *framework.F, done func(rounds int, began time.Time) bool) (map[netip.Addr]int, int) {
+	f.T.Helper()
 	for i := 0; i < 400; i++ {
-		owners, ok, err := w.Since(called)
+		rounds, began, owners, err := w.Last()
 		if err != nil {
 			f.T.Fatalf("ARP watch: %v", err)
 		}
-		if ok {
-			return owners
+		if rounds > 0 && done(rounds, began) {
+			return owners, rounds
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
 	f.T.Fatalf("ARP watch: no round in 10 s")
-	return nil
+	return nil, 0
 }
 
-// watchFor lets the watch ask for d more, and waits for its next round.
+// watchFor lets the watch ask for d more, and waits until the rounds begun
+// by then have ended.
 func (w *watch) watchFor(f *framework.F, d time.Duration) {
 	f.T.Helper()
+	until := time.Now().Add(d)
 	time.Sleep(d)
-	w.next(f)
+	w.await(f, func(_ int, began time.Time) bool { return !began.Add(lab.ARPRoundEvery).Before(until) })
 }
 
-// waitOwners waits, at most rounds rounds, until every address is answered
-// by exactly one node and check accepts the owners, and returns them.
-func (w *watch) waitOwners(f *framework.F, what string, rounds int, check func(owners map[netip.Addr]int) error) map[netip.Addr]int {
+// waitOwners waits, at most for within, until every address is answered
+// by exactly one node and check accepts the owners, and returns them. The
+// first round it looks at began after the call; then every round in turn.
+func (w *watch) waitOwners(f *framework.F, what string, within time.Duration, check func(owners map[netip.Addr]int) error) map[netip.Addr]int {
 	f.T.Helper()
 	var err error
-	for i := 0; i < rounds; i++ {
-		owners := w.next(f)
+	called := time.Now()
+	seen, looked := 0, 0
+	for looked == 0 || time.Since(called) < within {
+		owners, n := w.await(f, func(n int, began time.Time) bool { return n > seen && !began.Before(called) })
+		seen, looked = n, looked+1
 		if err = allAnswered(f, owners); err == nil {
 			if err = check(owners); err == nil {
 				return owners
 			}
 		}
 	}
-	f.T.Fatalf("%s: not so after %d ARP rounds: %v", what, rounds, err)
+	f.T.Fatalf("%s: not so after %v (%d ARP rounds): %v", what, within, looked, err)
 	return nil
 }
 

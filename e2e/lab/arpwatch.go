@@ -212,16 +212,12 @@ func (w *ARPWatch) Rounds() (int, map[netip.Addr]int, error) {
 	return w.rounds, maps.Clone(w.owners), w.err
 }
 
-// Since returns the owners seen by the last round that ended, if it began
-// at t or later (ok false: none such yet), and the error that ended the
-// watch, if any.
-func (w *ARPWatch) Since(t time.Time) (owners map[netip.Addr]int, ok bool, err error) {
+// Last returns how many rounds ended so far, when the last of them began,
+// the owners it saw, and the error that ended the watch, if any.
+func (w *ARPWatch) Last() (rounds int, began time.Time, owners map[netip.Addr]int, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.rounds == 0 || w.lastAt.Before(t) {
-		return nil, false, w.err
-	}
-	return maps.Clone(w.owners), true, w.err
+	return w.rounds, w.lastAt, maps.Clone(w.owners), w.err
 }
 
 // TakeSplits returns and forgets the split brains seen so far.
