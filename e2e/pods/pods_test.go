@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -16,8 +17,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ironlb/ironlb/api/v1alpha1"
 	"github.com/ironlb/ironlb/e2e/framework"
@@ -132,14 +135,22 @@ func echoService(f *framework.F, name string, pool int, replicas int32) (types.N
 func podService(f *framework.F, name string, prefixes []netip.Prefix, mutate func(*v1alpha1.IPPoolSpec), replicas int32) (types.NamespacedName, []netip.Addr) {
 	f.T.Helper()
 	f.Pool(name, prefixes, mutate)
+	return poolService(f, name, name, len(prefixes) == 2, replicas)
+}
+
+// poolService creates a LoadBalancer Service (dual-stack or IPv4) from pool
+// in front of an echo Deployment of replicas pods, and returns its
+// addresses.
+func poolService(f *framework.F, name, pool string, dualStack bool, replicas int32) (types.NamespacedName, []netip.Addr) {
+	f.T.Helper()
 	policy := corev1.IPFamilyPolicySingleStack
 	families := []corev1.IPFamily{corev1.IPv4Protocol}
-	if len(prefixes) == 2 {
+	if dualStack {
 		policy = corev1.IPFamilyPolicyRequireDualStack
 		families = append(families, corev1.IPv6Protocol)
 	}
 	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.Namespace, Annotations: map[string]string{v1alpha1.AnnotationPool: name}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.Namespace, Annotations: map[string]string{v1alpha1.AnnotationPool: pool}},
 		Spec: corev1.ServiceSpec{
 			Type:           corev1.ServiceTypeLoadBalancer,
 			IPFamilyPolicy: &policy,
@@ -155,7 +166,7 @@ func podService(f *framework.F, name string, prefixes []netip.Prefix, mutate fun
 		f.T.Fatal(err)
 	}
 	key := types.NamespacedName{Namespace: f.Namespace, Name: name}
-	addrs, err := f.WaitIngress(f.Ctx, key, len(prefixes), 30*time.Second)
+	addrs, err := f.WaitIngress(f.Ctx, key, len(families), 30*time.Second)
 	if err != nil {
 		f.T.Fatal(err)
 	}
@@ -205,5 +216,69 @@ func TestServiceReachesPods(t *testing.T) {
 		if len(seen) != len(want) {
 			t.Errorf("%s: reached %d of the %d pods in 60 requests: %v", a, len(seen), len(want), seen)
 		}
+	}
+}
+
+// TestKindOverlay: deploy/overlays/kind, applied as the README tells kind
+// users (kubectl apply --server-side -k, the images already on the nodes,
+// the pool's range edited to the network's as the README says when
+// Docker's subnet differs: here one of the lab's ranges), leaves ironlb
+// Ready, and a Service of its pool reaches echo pods from the LAN.
+func TestKindOverlay(t *testing.T) {
+	f := framework.New(t)
+	const overlay, pool = "deploy/overlays/kind", "kind"
+	objs, err := lab.Render(overlay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := f.L2TestPool(6)[0]
+	var docs []string
+	var want []string
+	edited := false
+	for _, o := range objs {
+		if o.GetKind() == "IPPool" && o.GetName() == pool {
+			if err := unstructured.SetNestedStringSlice(o.Object, []string{prefix.String()}, "spec", "addresses"); err != nil {
+				t.Fatal(err)
+			}
+			edited = true
+		}
+		b, err := yaml.Marshal(o.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, string(b))
+		want = append(want, strings.ToLower(o.GetKind())+"/"+o.GetName()+" serverside-applied")
+	}
+	if !edited {
+		t.Fatalf("%s has no IPPool %q", overlay, pool)
+	}
+	f.Cleanup(func(ctx context.Context) {
+		_ = f.Dynamic.Resource(v1alpha1.IPPoolResource).Delete(ctx, pool, metav1.DeleteOptions{})
+	})
+	file := filepath.Join(t.TempDir(), "kind.yaml")
+	if err := os.WriteFile(file, []byte(strings.Join(docs, "---\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// As the lab's field manager: the lab installed deploy/default with it,
+	// and the upgrade test later applies new images with it; a kind user's
+	// kubectl applies to a cluster where no other manager owns these fields.
+	out, err := kubectl(f, "apply", "--server-side", "--field-manager=ironlb-lab", "-f", file)
+	if err != nil {
+		t.Fatalf("kubectl apply --server-side (%s): %v\n%s", overlay, err, out)
+	}
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("kubectl apply (%s) does not say %q:\n%s", overlay, w, out)
+		}
+	}
+	if err := f.WaitRolledOut(f.Ctx, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	_, addrs := poolService(f, "web", pool, false, 2)
+	if len(addrs) != 1 || !prefix.Contains(addrs[0]) {
+		t.Fatalf("Service of pool %s got %v, want one address in %s", pool, addrs, prefix)
+	}
+	if body := f.Curl(f.ClientNS(), addrs[0], "endpoint=web-", 40); !strings.Contains(body, "node=") {
+		t.Errorf("curl %s: %q, want an echo pod's answer", addrs[0], body)
 	}
 }
