@@ -116,10 +116,11 @@ test-unit:
 test-integration:
 	$(GOTEST) -count=1 -timeout $(TEST_TIMEOUT) -v ./test/integration/
 
-# Both in one go test, as make test runs them: the integration package's API servers run while
-# the unit tests do (two packages at a time), each package's output shown when it fails.
+# Both in one go test, as make test runs them: the integration package (the longest) first, so
+# that its API servers run while the unit tests take the other slot of two; each package's
+# output shown when it fails.
 test-unit-integration:
-	$(GOTEST) -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e /test/ -e /hack/images) ./test/integration/
+	$(GOTEST) -count=1 -timeout $(TEST_TIMEOUT) ./test/integration/ $$($(GO) list ./... | grep -v -e /test/ -e /hack/images)
 
 # Allocator micro-benchmarks and Services per second on a real API server, as one table; one
 # speaker recompute at 10,000 Services and 100 nodes; then
