@@ -73,19 +73,9 @@ func dryRun(f *framework.F, objs []*unstructured.Unstructured, stdin string, sou
 		return out
 	}
 	for _, o := range objs {
-		if want := resourceName(o) + " serverside-applied (server dry run)"; !strings.Contains(out, want) {
+		if want := lab.ResourceName(o) + " serverside-applied (server dry run)"; !strings.Contains(out, want) {
 			f.T.Errorf("kubectl %s: no %q in\n%s", strings.Join(args, " "), want, out)
 		}
 	}
 	return out
-}
-
-// resourceName is how kubectl names an object: kind.group/name.
-func resourceName(o *unstructured.Unstructured) string {
-	gvk := o.GroupVersionKind()
-	r := strings.ToLower(gvk.Kind)
-	if gvk.Group != "" {
-		r += "." + gvk.Group
-	}
-	return r + "/" + o.GetName()
 }

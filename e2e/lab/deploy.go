@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -229,4 +230,14 @@ func deployArgs(kind, name string) ([]string, error) {
 		}
 	}
 	return nil, fmt.Errorf("%s: no %s %s with a container %s", DeployDir, kind, name, name)
+}
+
+// ResourceName is how kubectl names an object: kind.group/name.
+func ResourceName(o *unstructured.Unstructured) string {
+	gvk := o.GroupVersionKind()
+	r := strings.ToLower(gvk.Kind)
+	if gvk.Group != "" {
+		r += "." + gvk.Group
+	}
+	return r + "/" + o.GetName()
 }

@@ -247,7 +247,7 @@ func TestKindOverlay(t *testing.T) {
 			t.Fatal(err)
 		}
 		docs = append(docs, string(b))
-		want = append(want, strings.ToLower(o.GetKind())+"/"+o.GetName()+" serverside-applied")
+		want = append(want, lab.ResourceName(o)+" serverside-applied")
 	}
 	if !edited {
 		t.Fatalf("%s has no IPPool %q", overlay, pool)
