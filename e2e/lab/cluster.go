@@ -450,7 +450,8 @@ func (l *Lab) SpeakerMetrics(n int) (string, error) {
 func (l *Lab) WaitSpeakersConverged(ctx context.Context) error {
 	var running []int
 	for n := 1; n <= l.AllNodes(); n++ {
-		if l.Alive(l.SpeakerName(n)) {
+		// On real nodes the DaemonSet runs a speaker pod on each.
+		if l.Alive(l.SpeakerName(n)) || l.state.Kubelet && n <= l.Nodes {
 			running = append(running, n)
 		}
 	}

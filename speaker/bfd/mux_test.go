@@ -15,13 +15,25 @@ func openListeners(m *Mux) int {
 	return len(m.listeners)
 }
 
-// waitListeners waits until m has n listeners open.
-func waitListeners(t *testing.T, m *Mux, n int) {
+// attachedSessions is how many sessions m's listeners serve.
+func attachedSessions(m *Mux) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, l := range m.listeners {
+		n += len(l.sessions)
+	}
+	return n
+}
+
+// waitListeners waits until m has n listeners open, serving sessions
+// sessions between them (a session attaches once its Run has begun).
+func waitListeners(t *testing.T, m *Mux, n, sessions int) {
 	t.Helper()
 	deadline := time.Now().Add(eventually)
-	for openListeners(m) != n {
+	for openListeners(m) != n || attachedSessions(m) != sessions {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d listeners open after %v, want %d", openListeners(m), eventually, n)
+			t.Fatalf("%d listeners open for %d sessions after %v, want %d for %d", openListeners(m), attachedSessions(m), eventually, n, sessions)
 		}
 		time.Sleep(5 * ms)
 	}
@@ -33,7 +45,7 @@ func TestMux_ListenerIsSharedAndClosesAfterItsLastSession(t *testing.T) {
 	port := freePort(t, local)
 	a := start(t, m, local, netip.MustParseAddr("127.0.0.1"), port, false)
 	b := start(t, m, local, netip.MustParseAddr("127.0.0.3"), port, false)
-	waitListeners(t, m, 1)
+	waitListeners(t, m, 1, 2)
 
 	if err := a.stop(); err != nil {
 		t.Fatal(err)
@@ -54,7 +66,7 @@ func TestMux_CloseStopsListenersOfRunningSessions(t *testing.T) {
 	m := newMux(t)
 	port := freePort(t, local)
 	s := start(t, m, local, netip.MustParseAddr("127.0.0.1"), port, false)
-	waitListeners(t, m, 1)
+	waitListeners(t, m, 1, 1)
 
 	closed := make(chan error, 1)
 	go func() { closed <- m.Close() }()

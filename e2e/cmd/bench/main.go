@@ -13,6 +13,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -55,6 +56,7 @@ func main() {
 	trace := flag.String("trace", "", "a folder for the L2 sizes' traces: each dark stretch of the rolling restart with the nodes before and after it, each restart's time, and the lab's logs (none: no traces)")
 	bgpOnly := flag.Bool("bgp-only", false, "only the BGP measures, in the three-node lab")
 	costOnly := flag.Bool("cost-only", false, "only the speaker's cost")
+	podsOnly := flag.Bool("pods-only", false, "only L2 failover on real nodes (speaker pod deleted; kubelet and containerd killed)")
 	flag.Parse()
 	sizes, err := parseSizes(*l2Sizes)
 	if err != nil {
@@ -65,13 +67,17 @@ func main() {
 	defer stop()
 
 	var rows []row
-	if *bgpOnly || !*l2Only && !*costOnly {
+	only := *l2Only || *bgpOnly || *costOnly || *podsOnly
+	if *bgpOnly || !only {
 		rows = classic(ctx, *runs, *services, *bgpOnly)
 	}
-	if !*costOnly && !*bgpOnly {
+	if *podsOnly || !only {
+		rows = append(rows, onPods(ctx, *runs)...)
+	}
+	if *l2Only || !only {
 		rows = append(rows, l2Scale(ctx, sizes, *l2Each, *profiles, *trace)...)
 	}
-	if !*l2Only && !*bgpOnly && *costOthers+*costLBs > 0 {
+	if (*costOnly || !only) && *costOthers+*costLBs > 0 {
 		rows = append(rows, speakerCost(ctx, costConfig{others: *costOthers, endpointsPer: *costEndpoints, lbs: *costLBs, profiles: *profiles})...)
 	}
 
@@ -127,6 +133,49 @@ func classic(parent context.Context, runs, services int, bgpOnly bool) []row {
 	return rows
 }
 
+// onPods measures L2 failover on real nodes (kubelet and containerd, ironlb
+// installed from deploy/default): the owner's speaker pod deleted (the
+// kubelet stops it with SIGTERM and the DaemonSet makes a new one), and the
+// owner node's kubelet and containerd killed (the speaker's container runs
+// on under its shim, so traffic should not notice).
+func onPods(parent context.Context, runs int) []row {
+	ctx, cancel := context.WithTimeout(parent, 30*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, lab.Config{Name: "bench-pods", Kubelet: true, CCM: true, Speakers: true, Attached: true, Progress: os.Stderr})
+	if err != nil {
+		fail(err)
+	}
+	defer l.Down(context.Background())
+	b := &bench{l: l, ctx: ctx}
+	rows := b.failovers("owner's speaker pod deleted (real nodes)", runs,
+		b.deleteSpeakerPod,
+		func(int) error { return l.WaitRolledOut(ctx, 3*time.Minute) })
+	rows = append(rows, b.failovers("owner node's kubelet and containerd killed (real nodes; the pods run on)", max(runs/2, 3),
+		func(n int) error {
+			return errors.Join(l.Kill("kubelet@"+l.NodeName(n)), l.Kill("containerd@"+l.NodeName(n)))
+		},
+		func(n int) error {
+			if err := errors.Join(l.Restart("containerd@"+l.NodeName(n)), l.Restart("kubelet@"+l.NodeName(n))); err != nil {
+				return err
+			}
+			return l.WaitNodeReady(ctx, n)
+		})...)
+	return rows
+}
+
+// deleteSpeakerPod deletes the speaker pod on node n.
+func (b *bench) deleteSpeakerPod(n int) error {
+	pods, err := b.l.Client.CoreV1().Pods(lab.Namespace).List(b.ctx, metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/name=ironlb-speaker", FieldSelector: "spec.nodeName=" + b.l.NodeName(n)})
+	if err != nil {
+		return err
+	}
+	if len(pods.Items) != 1 {
+		return fmt.Errorf("%d speaker pods on %s, want 1", len(pods.Items), b.l.NodeName(n))
+	}
+	return b.l.Client.CoreV1().Pods(lab.Namespace).Delete(b.ctx, pods.Items[0].Name, metav1.DeleteOptions{})
+}
+
 // fail stops the bench; without IRONLB_BENCH_KEEP the lab dies with it.
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "bench:", err)
@@ -134,9 +183,10 @@ func fail(err error) {
 }
 
 type bench struct {
-	l   *lab.Lab
-	ctx context.Context
-	n   int
+	l      *lab.Lab
+	ctx    context.Context
+	n      int
+	pooled bool
 }
 
 // service creates a dual-stack Service in the L2 pool with endpoints on every node.
@@ -173,18 +223,19 @@ func (b *bench) serviceWith(poolName string, mutate func(*corev1.Service), nodes
 	return key, addrs, err
 }
 
-var poolOnce sync.Once
-
+// pool creates the lab's L2 pool "bench", once per lab.
 func (b *bench) pool() {
-	poolOnce.Do(func() {
-		p := b.l.L2Pool()
-		if err := b.l.CreatePool(b.ctx, "bench", v1alpha1.IPPoolSpec{
-			Addresses: []v1alpha1.AddressRange{v1alpha1.AddressRange(p[0].String()), v1alpha1.AddressRange(p[1].String())},
-			L2:        &v1alpha1.L2Advertisement{},
-		}); err != nil {
-			fail(err)
-		}
-	})
+	if b.pooled {
+		return
+	}
+	p := b.l.L2Pool()
+	if err := b.l.CreatePool(b.ctx, "bench", v1alpha1.IPPoolSpec{
+		Addresses: []v1alpha1.AddressRange{v1alpha1.AddressRange(p[0].String()), v1alpha1.AddressRange(p[1].String())},
+		L2:        &v1alpha1.L2Advertisement{},
+	}); err != nil {
+		fail(err)
+	}
+	b.pooled = true
 }
 
 // owner is the node that answers ARP for addr, waiting for exactly one.
