@@ -262,7 +262,7 @@ func (b *bench) failovers(what string, runs int, stop, restore func(n int) error
 	}
 	addr := addrs[0]
 	var times []time.Duration
-	failed := 0
+	failed, lostAll := 0, 0
 	for i := 0; i < runs; i++ {
 		victim, err := b.owner(addr)
 		if err != nil {
@@ -279,6 +279,7 @@ func (b *bench) failovers(what string, runs int, stop, restore func(n int) error
 		}
 		back, ok := p.firstSuccessAfter(t0, 30*time.Second)
 		lost := p.stop(t0)
+		lostAll += lost
 		if !ok {
 			failed++
 		} else {
@@ -293,7 +294,9 @@ func (b *bench) failovers(what string, runs int, stop, restore func(n int) error
 		}
 		time.Sleep(time.Second)
 	}
-	return []row{summary("failover: "+what, times, failed, runs)}
+	r := summary("failover: "+what, times, failed, runs)
+	r.note += fmt.Sprintf(", %d probes failed in all", lostAll)
+	return []row{r}
 }
 
 func summary(what string, times []time.Duration, failed, runs int) row {
