@@ -200,16 +200,12 @@ func (p *ARPProbe) Begin(addrs []netip.Addr) (*ARPRound, error) {
 		r.want[a.As4()] = a
 	}
 	p.mu.Lock()
-	if p.closed || len(p.open) >= probeSenders-1 {
-		p.mu.Unlock()
-		return nil, fmt.Errorf("ARP probe closed, or %d rounds open at once", len(p.open))
-	}
 	r.sender = p.plan.probeSender(p.rounds).As4()
-	p.rounds++
-	if p.open[r.sender] != nil {
+	if p.closed || p.open[r.sender] != nil {
 		p.mu.Unlock()
-		return nil, fmt.Errorf("ARP probe: sender %v still in use", r.sender)
+		return nil, fmt.Errorf("ARP probe closed, or %d rounds open at once (sender %v still in use)", len(p.open), netip.AddrFrom4(r.sender))
 	}
+	p.rounds++
 	p.open[r.sender] = r
 	p.mu.Unlock()
 

@@ -203,15 +203,6 @@ func (w *ARPWatch) take(at time.Time, answers map[netip.Addr][]net.HardwareAddr)
 	}
 }
 
-// Rounds is how many rounds ended so far, the owners the last one saw
-// (by address: the node's number, 0 for none, -1 for several), and the
-// error that ended the watch, if any.
-func (w *ARPWatch) Rounds() (int, map[netip.Addr]int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.rounds, maps.Clone(w.owners), w.err
-}
-
 // Last returns how many rounds ended so far, when the last of them began,
 // the owners it saw, and the error that ended the watch, if any.
 func (w *ARPWatch) Last() (rounds int, began time.Time, owners map[netip.Addr]int, err error) {

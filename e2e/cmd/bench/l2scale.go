@@ -598,15 +598,16 @@ func (b *l2Bench) rollingRestart() error {
 		}
 	}
 	elapsed := time.Since(began)
-	// The last restart's stretches end within a round or two.
-	_ = sleep(b.ctx, 2*lab.ARPRoundEvery)
+	// The last restart's stretches end within a round or two, and a round
+	// is taken once its answers' time is up.
+	_ = sleep(b.ctx, 2*lab.ARPRoundEvery+lab.ARPRoundWait)
 	w.Close()
 	seen := w.Step()
 	dark, rounds, splits := seen.Total, seen.Rounds, len(seen.Splits)
 	for _, sp := range seen.Splits {
 		tr.Printf("%s %s answered by several nodes: %v", sp.At.Format(traceTime), sp.Addr, sp.Nodes)
 	}
-	_, _, werr := w.Rounds()
+	_, _, _, werr := w.Last()
 	if werr != nil && stopped == nil {
 		stopped = werr
 	}
